@@ -1,0 +1,48 @@
+"""Every config key with its default. Config files start from `base()` and change what differs,
+so `config.json` in a workdir lists the whole experiment. Keys are documented in the README."""
+import math
+
+import ml_collections
+from ml_collections import config_dict
+
+from synthclip_jax.models.sizes import text_size, vit_size
+from synthclip_jax.sharding import DEFAULT_RULES
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 256  # global, over all devices and processes
+    c.lr = 5e-4
+    c.warmup_steps = 100
+    c.weight_decay = 0.2
+
+    c.optim = dict(b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0, lr_warmup_init=0.0,
+                   lr_end=0.0, max_nonfinite_in_a_row=10)
+    c.train = dict(grad_accum_steps=1)
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES)
+    c.loss = dict(name="softmax")
+
+    c.model = dict(
+        embed_dim=512,
+        layernorm_eps=1e-6,
+        activation="gelu",  # gelu (exact) | gelu_tanh | quick_gelu
+        dtype="float32",  # compute dtype; params stay float32 (bfloat16 on TPU/GPU)
+        remat=False,  # per-layer rematerialisation (jax.checkpoint) for large models
+        logit_scale_init=math.log(1 / 0.07),
+        logit_bias_init=config_dict.placeholder(float),  # set for the sigmoid losses
+        logit_scale_max=math.log(100.0),
+        image=dict(**vit_size("B/16"), mlp_ratio=4.0, pool_type="tok", ln_pre=True),
+        text=dict(**text_size("B"), mlp_ratio=4.0, context_length=77, vocab_size=49408,
+                  causal=True, pool_type="argmax"),
+    )
+    c.data = dict(
+        source="tfrecord",  # tfrecord (data.train shards) | synthetic_shapes (in memory)
+        train="",  # glob of TFRecord shards
+        image_size=224,
+    )
+    c.eval = dict(every_steps=0, retrieval="", zeroshot="")
+    c.checkpoint = dict(every_steps=1000, keep=3)
+    c.log = dict(every_steps=50)
+    return c

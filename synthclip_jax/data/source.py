@@ -1,0 +1,27 @@
+"""The trainer's data source, chosen by `data.source`.
+
+A source is an iterator of host-local batches {'image': float32 (b, H, W, 3) normalised,
+'text': int32 (b, context_length)} with `get_state()` / `set_state(dict)` for exact resume
+(the state is saved in every checkpoint).
+"""
+import jax
+
+from synthclip_jax.data.synthetic import ShapesSource
+
+SOURCES = ("synthetic_shapes", "tfrecord")
+
+
+def make_train_source(config):
+    name = config.data.source
+    if name == "synthetic_shapes":
+        return ShapesSource(seed=config.seed, global_batch=config.batch_size,
+                            image_size=config.data.image_size,
+                            context_length=config.model.text.context_length,
+                            vocab_size=config.model.text.vocab_size,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count())
+    if name == "tfrecord":
+        raise NotImplementedError(
+            f"data.source='tfrecord' (data.train={config.data.train!r}): the TFRecord/Grain "
+            "reader is not in this version yet; use data.source='synthetic_shapes'")
+    raise ValueError(f"data.source={name!r}; choose one of {SOURCES}")

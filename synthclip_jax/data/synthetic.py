@@ -1,0 +1,114 @@
+"""Procedural captioned shapes, generated in memory: the trainer's data source until (and
+beside) TFRecord shards, and the demo's default.
+
+Example i of a seed is a pure function of (seed, i): a shape of some size, colour and position
+on a plain background, with the caption that states exactly that, e.g.
+"a large red circle at the top left". Batches are contiguous index ranges, so the iterator state
+is one integer and resume is exact; each JAX process produces only its own rows of every global
+batch.
+
+Captions are tokenized with a tiny word vocabulary laid out like OpenAI's BPE ids (start token
+vocab_size-2, end token vocab_size-1 = the largest id, padding 0), so argmax (EOT) pooling works.
+"""
+import numpy as np
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+
+COLORS = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
+    "purple": (140, 50, 180), "orange": (245, 140, 30), "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
+SHAPES = ("square", "circle", "triangle")
+SIZES = {"small": 0.22, "large": 0.42}
+POSITIONS = {"top left": (0.28, 0.28), "top right": (0.28, 0.72), "bottom left": (0.72, 0.28),
+             "bottom right": (0.72, 0.72), "center": (0.5, 0.5)}
+BACKGROUNDS = ((128, 128, 128), (90, 110, 140), (150, 135, 110))
+WORDS = sorted({"a", "at", "the", *COLORS, *SHAPES, *SIZES,
+                *(w for p in POSITIONS for w in p.split())})
+
+
+def caption_of(size: str, color: str, shape: str, position: str) -> str:
+    return f"a {size} {color} {shape} at the {position}"
+
+
+def render(size: str, color: str, shape: str, position: str, background, image_size: int,
+           rng: np.random.Generator) -> np.ndarray:
+    """uint8 (image_size, image_size, 3); a little jitter and noise so no two are identical."""
+    n = image_size
+    cy, cx = (np.array(POSITIONS[position]) + rng.uniform(-0.05, 0.05, 2)) * n
+    half = SIZES[size] * n / 2
+    yy, xx = np.mgrid[0:n, 0:n] + 0.5
+    if shape == "square":
+        mask = (np.abs(yy - cy) <= half) & (np.abs(xx - cx) <= half)
+    elif shape == "circle":
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= half**2
+    else:  # upward triangle inside the same box
+        top = cy - half
+        mask = (yy >= top) & (yy <= cy + half) & (np.abs(xx - cx) <= (yy - top) / 2)
+    image = np.empty((n, n, 3), np.float32)
+    image[:] = background
+    image[mask] = COLORS[color]
+    image += rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def tokenize_words(caption: str, context_length: int, vocab_size: int) -> np.ndarray:
+    if vocab_size < len(WORDS) + 3:
+        raise ValueError(f"model.text.vocab_size={vocab_size} is too small for the synthetic "
+                         f"vocabulary ({len(WORDS)} words + pad/start/end)")
+    ids = [vocab_size - 2] + [1 + WORDS.index(w) for w in caption.split()][:context_length - 2]
+    ids.append(vocab_size - 1)
+    out = np.zeros(context_length, np.int32)
+    out[:len(ids)] = ids
+    return out
+
+
+class ShapesSource:
+    """Infinite, seeded, exactly resumable stream of host-local batches."""
+
+    def __init__(self, *, seed: int, global_batch: int, image_size: int, context_length: int,
+                 vocab_size: int, process_index: int = 0, process_count: int = 1):
+        if global_batch % process_count:
+            raise ValueError(f"batch_size={global_batch} does not divide over {process_count} "
+                             "processes")
+        self.seed, self.global_batch = seed, global_batch
+        self.local_batch = global_batch // process_count
+        self.first_row = process_index * self.local_batch
+        self.image_size, self.context_length, self.vocab_size = (
+            image_size, context_length, vocab_size)
+        self.next_batch = 0
+
+    def example(self, index: int):
+        rng = np.random.default_rng([self.seed, index])
+        pick = lambda options: options[rng.integers(len(options))]
+        attrs = (pick(list(SIZES)), pick(list(COLORS)), pick(SHAPES), pick(list(POSITIONS)))
+        bg = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+        image = render(*attrs, bg, self.image_size, rng)
+        return image, caption_of(*attrs)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        start = self.next_batch * self.global_batch + self.first_row
+        images, tokens = [], []
+        for i in range(start, start + self.local_batch):
+            image, caption = self.example(i)
+            images.append(image)
+            tokens.append(tokenize_words(caption, self.context_length, self.vocab_size))
+        self.next_batch += 1
+        images = (np.stack(images).astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
+        return {"image": images, "text": np.stack(tokens)}
+
+    def get_state(self) -> dict:
+        return {"next_batch": self.next_batch, "seed": self.seed,
+                "global_batch": self.global_batch}
+
+    def set_state(self, state: dict):
+        for key in ("seed", "global_batch"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"checkpointed data iterator has {key}={state[key]}, but the "
+                                 f"config gives {getattr(self, key)}; resume with the same config")
+        self.next_batch = int(state["next_batch"])

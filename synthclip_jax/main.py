@@ -1,0 +1,50 @@
+"""Train (and resume) a CLIP/SigLIP model.
+
+  python -m synthclip_jax.main --config=configs/demo_cpu.py --workdir=W [--config.KEY=VALUE ...]
+
+Resumes from the latest checkpoint in --workdir if there is one. SIGTERM saves a checkpoint at
+the next step boundary and exits 0. Writes W/config.json (the resolved config),
+W/metrics.jsonl, W/tensorboard/ and W/checkpoints/.
+"""
+from absl import app, flags, logging
+from etils import epath
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Output directory: checkpoints, metrics, config.json.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                  "train: train (resuming) and evaluate on schedule; eval: only evaluate the "
+                  "latest checkpoint.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries:
+    """Orbax logs every file it renames at INFO; keep our progress lines readable."""
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+    del argv
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    import jax  # after absl parsed flags: jax reads its own flags/env at import
+
+    from synthclip_jax.train import loop
+
+    config = flags.FLAGS.config
+    workdir = epath.Path(flags.FLAGS.workdir)
+    if flags.FLAGS.mode == "eval":
+        raise app.UsageError("--mode=eval: evaluation is not in this version yet")
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    logging.info("devices: %d x %s, processes: %d", jax.device_count(),
+                 jax.devices()[0].device_kind, jax.process_count())
+    last = loop.train(config, workdir)
+    logging.info("done: %s", {k: round(v, 5) for k, v in last.items()})
+
+
+if __name__ == "__main__":
+    app.run(main)

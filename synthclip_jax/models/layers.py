@@ -1,0 +1,115 @@
+"""Transformer pieces shared by the image and text towers.
+
+Every parameter is one `nnx.Param` whose shape maps onto exactly one OpenCLIP tensor (see
+`two_tower.OPENCLIP_KEYS`) and whose `logical_axes` metadata names each dimension, so that
+`sharding.py` can place it on the mesh by rules from the config.
+
+The residual blocks of a tower are stored stacked (leading 'layers' axis) and run with
+`jax.lax.scan`: compile time stays flat in depth, and `jax.checkpoint` on the scanned body gives
+per-layer rematerialisation as a config switch.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # PyTorch nn.GELU()
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),  # Flax / big_vision
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP
+}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"model.activation={name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def normal_param(rngs: nnx.Rngs, shape, axes, std: float) -> nnx.Param:
+    assert len(shape) == len(axes), (shape, axes)
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+    return nnx.Param(value, logical_axes=tuple(axes))
+
+
+def const_param(shape, axes, value: float) -> nnx.Param:
+    assert len(shape) == len(axes), (shape, axes)
+    return nnx.Param(jnp.full(shape, value, jnp.float32), logical_axes=tuple(axes))
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm computed in float32 whatever the compute dtype (as OpenCLIP's LayerNormFp32)."""
+
+    def __init__(self, width: int, eps: float, stack: tuple = ()):
+        lead = ("layers",) * len(stack)
+        self.scale = const_param((*stack, width), (*lead, "embed"), 1.0)
+        self.bias = const_param((*stack, width), (*lead, "embed"), 0.0)
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+class ResidualBlock(nnx.Module):
+    """Pre-LN block: x + attn(ln_1(x)); x + mlp(ln_2(x)). Built stacked, called one layer at a time.
+
+    q/k/v live in one kernel (width, 3, heads, head_dim): OpenCLIP packs them the same way
+    (`in_proj_weight`), and the heads axis is what tensor parallelism shards.
+    """
+
+    def __init__(self, width, heads, mlp_dim, depth, *, eps, act, dtype, rngs: nnx.Rngs):
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        head_dim = width // heads
+        L = ("layers",)
+        attn_std = width**-0.5
+        proj_std = width**-0.5 * (2 * depth) ** -0.5
+        fc_std = (2 * width) ** -0.5
+        self.ln_1 = LayerNorm(width, eps, stack=(depth,))
+        self.in_proj_kernel = normal_param(
+            rngs, (depth, width, 3, heads, head_dim), (*L, "embed", None, "heads", "kv"), attn_std)
+        self.in_proj_bias = const_param((depth, 3, heads, head_dim), (*L, None, "heads", "kv"), 0.0)
+        self.out_proj_kernel = normal_param(
+            rngs, (depth, heads, head_dim, width), (*L, "heads", "kv", "embed"), proj_std)
+        self.out_proj_bias = const_param((depth, width), (*L, "embed"), 0.0)
+        self.ln_2 = LayerNorm(width, eps, stack=(depth,))
+        self.c_fc_kernel = normal_param(rngs, (depth, width, mlp_dim), (*L, "embed", "mlp"), fc_std)
+        self.c_fc_bias = const_param((depth, mlp_dim), (*L, "mlp"), 0.0)
+        self.c_proj_kernel = normal_param(rngs, (depth, mlp_dim, width), (*L, "mlp", "embed"), proj_std)
+        self.c_proj_bias = const_param((depth, width), (*L, "embed"), 0.0)
+        self.act = act
+        self.dtype = dtype
+
+    def __call__(self, x, causal: bool):
+        cast = lambda p: p[...].astype(self.dtype)
+        h = self.ln_1(x)
+        q, k, v = jnp.einsum("bsd,dthk->tbshk", h, cast(self.in_proj_kernel)) + cast(
+            self.in_proj_bias)[:, None, None]
+        h = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+        x = x + jnp.einsum("bshk,hkd->bsd", h, cast(self.out_proj_kernel)) + cast(self.out_proj_bias)
+        h = self.ln_2(x)
+        h = self.act(h @ cast(self.c_fc_kernel) + cast(self.c_fc_bias))
+        return x + h @ cast(self.c_proj_kernel) + cast(self.c_proj_bias)
+
+
+class Transformer(nnx.Module):
+    def __init__(self, width, depth, heads, mlp_ratio, *, eps, act, dtype, remat, rngs: nnx.Rngs):
+        self.resblocks = ResidualBlock(
+            width, heads, int(width * mlp_ratio), depth, eps=eps, act=act, dtype=dtype, rngs=rngs)
+        self.remat = remat
+
+    def __call__(self, x, causal: bool):
+        graphdef, stacked = nnx.split(self.resblocks)
+
+        def layer(x, layer_params):
+            return nnx.merge(graphdef, layer_params)(x, causal), None
+
+        if self.remat:
+            layer = jax.checkpoint(layer, prevent_cse=False)
+        x, _ = jax.lax.scan(layer, x, stacked)
+        return x

@@ -1,0 +1,49 @@
+"""Text tower, laid out as OpenCLIP's `TextTransformer`.
+
+tokens -> token + positional embedding -> transformer (causal, or bidirectional as SigLIP/CLIPS)
+-> ln_final -> pool -> projection (`x @ W`, no bias). Pooling:
+  'argmax': the EOT token, found as the largest token id (OpenAI BPE: EOT 49407 is the max id);
+  'last':   the last position (big_vision / SigLIP 'sticky EOS', CLIPS class token);
+  'mean':   mean over non-padding tokens (id != 0); OpenCLIP cannot express it.
+No padding mask in attention, as OpenCLIP and big_vision.
+"""
+import jax.numpy as jnp
+from flax import nnx
+
+from synthclip_jax.models import layers
+
+POOL_TYPES = ("argmax", "last", "mean")
+PAD_ID = 0
+
+
+class TextTransformer(nnx.Module):
+    def __init__(self, cfg, *, embed_dim, eps, act, dtype, remat, rngs: nnx.Rngs):
+        if cfg.pool_type not in POOL_TYPES:
+            raise ValueError(f"model.text.pool_type={cfg.pool_type!r}; choose one of {POOL_TYPES}")
+        width = cfg.width
+        self.token_embedding = layers.normal_param(
+            rngs, (cfg.vocab_size, width), ("vocab", "embed"), 0.02)
+        self.positional_embedding = layers.normal_param(
+            rngs, (cfg.context_length, width), (None, "embed"), 0.01)
+        self.transformer = layers.Transformer(
+            width, cfg.depth, cfg.heads, cfg.mlp_ratio, eps=eps, act=act, dtype=dtype, remat=remat,
+            rngs=rngs)
+        self.ln_final = layers.LayerNorm(width, eps)
+        self.text_projection = layers.normal_param(rngs, (width, embed_dim), ("embed", None),
+                                                   width**-0.5)
+        self.causal = cfg.causal
+        self.pool_type = cfg.pool_type
+        self.dtype = dtype
+
+    def __call__(self, tokens):
+        """tokens: (B, context_length) int32 -> (B, embed_dim) unnormalised."""
+        x = jnp.take(self.token_embedding[...], tokens, axis=0) + self.positional_embedding[...]
+        x = self.ln_final(self.transformer(x.astype(self.dtype), causal=self.causal))
+        if self.pool_type == "argmax":
+            pooled = jnp.take_along_axis(x, tokens.argmax(-1)[:, None, None], axis=1)[:, 0]
+        elif self.pool_type == "last":
+            pooled = x[:, -1]
+        else:
+            mask = (tokens != PAD_ID)[..., None].astype(x.dtype)
+            pooled = (x * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
+        return pooled @ self.text_projection[...].astype(self.dtype)

@@ -1,0 +1,117 @@
+"""Mesh, logical-axis rules and data placement.
+
+One mesh with axes ('data', 'fsdp', 'tensor'). Parameters carry logical axis names
+(`logical_axes` metadata on each `nnx.Param`); `mesh.rules` in the config maps each logical name
+to mesh axes. With the default rules, pure data parallel, FSDP (ZeRO-3: parameters and optimizer
+state sharded over 'fsdp', gathered per layer by XLA) and tensor parallel (heads/mlp/vocab over
+'tensor') are only a change of `mesh.data/fsdp/tensor`; a mesh axis of size 1 shards nothing.
+The batch is split over ('data', 'fsdp').
+"""
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+DEFAULT_RULES = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("layers", None),
+)
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple:
+    """(data, fsdp, tensor) sizes from `mesh.*`, with one -1 filled by the remaining devices."""
+    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: sizes must be positive, "
+                         "with at most one -1 (= all remaining devices)")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not "
+                             f"divisible by the fixed axes' product {known}")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                         f"but {num_devices} are available")
+    return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(mesh_cfg, len(devices))
+    # Auto axes: the step is one jit with explicit in/out shardings and XLA (GSPMD) inserts the
+    # collectives; the losses switch to manual per-device code with shard_map.
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def spec_for(logical_axes, rules) -> P:
+    rules = dict(rules)
+    unknown = [a for a in logical_axes if a is not None and a not in rules]
+    if unknown:
+        raise ValueError(f"logical axes {unknown} have no entry in mesh.rules {sorted(rules)}")
+    return P(*(None if a is None else rules[a] for a in logical_axes))
+
+
+def _axis_size(mesh: Mesh, mesh_axes) -> int:
+    if mesh_axes is None:
+        return 1
+    names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+    return math.prod(mesh.shape[n] for n in names)
+
+
+def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules):
+    """NamedSharding per parameter (pure-dict tree), checking every sharded dim divides."""
+
+    def one(path, variable):
+        axes = variable.get_metadata().get("logical_axes")
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        if axes is None:
+            raise ValueError(f"parameter {name} has no logical_axes annotation")
+        spec = spec_for(axes, rules)
+        for dim, (size, mesh_axes) in enumerate(zip(variable.shape, spec)):
+            n = _axis_size(mesh, mesh_axes)
+            if size % n:
+                raise ValueError(
+                    f"parameter {name} {tuple(variable.shape)}: dim {dim} ({axes[dim]}, size {size}) "
+                    f"does not divide over mesh axis {mesh_axes} of size {n}; change the model "
+                    "size, the mesh shape or mesh.rules")
+        return NamedSharding(mesh, spec)
+
+    tree = jax.tree_util.tree_map_with_path(
+        one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.to_pure_dict(tree)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, grad_accum_steps: int = 1):
+    shards = _axis_size(mesh, BATCH_AXES)
+    if global_batch % (shards * grad_accum_steps):
+        raise ValueError(
+            f"batch_size={global_batch} must be divisible by the data-parallel shards "
+            f"(mesh.data x mesh.fsdp = {shards}) times train.grad_accum_steps={grad_accum_steps}")
+    if global_batch % jax.process_count():
+        raise ValueError(f"batch_size={global_batch} does not divide over "
+                         f"{jax.process_count()} processes")
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+    """Host-local numpy batch (this process's rows) -> global jax.Arrays sharded over the batch."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local_batch.items()}

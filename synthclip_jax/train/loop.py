@@ -1,0 +1,119 @@
+"""The training loop: resume, step, log, checkpoint, stop cleanly on SIGTERM.
+
+Metrics of step t are fetched to the host after step t+1 has been dispatched, so the device
+never waits for the host; the one-step lag also bounds how late the non-finite guard reacts.
+"""
+import signal
+import threading
+import time
+
+import jax
+from absl import logging
+from etils import epath
+
+from synthclip_jax import sharding
+from synthclip_jax.data.source import make_train_source
+from synthclip_jax.train.checkpoint import Checkpointer
+from synthclip_jax.train.metrics import MetricWriter
+from synthclip_jax.train.state import count_params, make_train_setup
+from synthclip_jax.train.step import make_train_step
+
+
+class StopRequest:
+    """Set by SIGTERM (TPU/spot preemption, SLURM, `kill`): checkpoint at the next step, exit 0."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+
+    def __bool__(self):
+        return self.event.is_set()
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def check_eval_config(config):
+    if config.eval.every_steps and (config.eval.zeroshot or config.eval.retrieval):
+        raise NotImplementedError(
+            "eval.zeroshot / eval.retrieval are set, but evaluation is not in this version yet; "
+            "set eval.every_steps=0 or leave them empty")
+
+
+def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dict:
+    """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns last metrics."""
+    check_eval_config(config)
+    workdir = epath.Path(workdir)
+    stop = StopRequest() if stop is None else stop
+    mesh = sharding.make_mesh(config.mesh, devices)
+    sharding.check_batch_size(config.batch_size, mesh, config.train.grad_accum_steps)
+    setup = make_train_setup(config, mesh)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
+    data = make_train_source(config)
+
+    latest = checkpointer.latest_step()
+    if latest is None:
+        state = setup.init()
+        logging.info("initialised %s parameters on mesh %s",
+                     f"{count_params(state['params']):,}", dict(mesh.shape))
+    else:
+        state, data_state = checkpointer.restore(latest, setup.abstract_state)
+        data.set_state(data_state)
+        logging.info("resumed from step %d in %s", latest, workdir / "checkpoints")
+    start = int(state["step"])
+    writer = MetricWriter(workdir, resume_step=start)
+    train_step = make_train_step(config, setup, mesh)
+
+    total, log_every = config.total_steps, config.log.every_steps
+    ckpt_every = config.checkpoint.every_steps
+    pending = None  # (step, device metrics) not yet looked at on the host
+    last = {}
+    clock = {"time": time.perf_counter(), "step": start}
+
+    def host_side(step, device_metrics):
+        nonlocal last
+        last = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        if last["nonfinite_in_a_row"] >= config.optim.max_nonfinite_in_a_row:
+            raise NonFiniteError(
+                f"step {step}: {int(last['nonfinite_in_a_row'])} steps in a row had non-finite "
+                f"loss or gradients (limit optim.max_nonfinite_in_a_row="
+                f"{config.optim.max_nonfinite_in_a_row}); last loss {last['loss']}. Lower lr, "
+                "check the data, or use float32")
+        if (log_every and step % log_every == 0) or step == total:
+            now = time.perf_counter()
+            rate = (step - clock["step"]) * config.batch_size / max(now - clock["time"], 1e-9)
+            clock.update(time=now, step=step)
+            writer.write(step, {**last, "examples_per_sec": rate})
+            eta = (total - step) * config.batch_size / max(rate, 1e-9)
+            logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f ex/s  eta %s", step, total,
+                         last["loss"], last["lr"], rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
+
+    def flush():
+        nonlocal pending
+        if pending is not None:
+            host_side(*pending)
+            pending = None
+
+    step = start
+    try:
+        while step < total:
+            batch = sharding.global_batch(next(data), mesh)
+            state, metrics = train_step(state, batch)
+            step += 1
+            flush()
+            pending = (step, metrics)
+            if (ckpt_every and step % ckpt_every == 0) or stop:
+                flush()
+                checkpointer.save(step, state, data.get_state())
+            if stop:
+                logging.warning("SIGTERM: checkpoint saved at step %d; exiting", step)
+                break
+        flush()
+        if checkpointer.latest_step() != step:
+            checkpointer.save(step, state, data.get_state())
+    finally:
+        checkpointer.close()
+        writer.close()
+    return last

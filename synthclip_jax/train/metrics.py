@@ -1,0 +1,38 @@
+"""metrics.jsonl + TensorBoard, written by process 0 only.
+
+On resume from step s, lines for steps after s (logged before the run stopped but after its
+last checkpoint) are dropped, so the file reads as one uninterrupted run.
+"""
+import json
+
+import jax
+from etils import epath
+
+
+class MetricWriter:
+    def __init__(self, workdir, resume_step: int, filename: str = "metrics.jsonl"):
+        self.enabled = jax.process_index() == 0
+        self.path = epath.Path(workdir) / filename
+        self.tb = None
+        if not self.enabled:
+            return
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        from tensorboardX import SummaryWriter  # light; no TensorFlow needed
+        self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, scalars: dict):
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in row.items():
+            if k != "step":
+                self.tb.add_scalar(k, v, step)
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
