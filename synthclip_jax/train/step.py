@@ -54,8 +54,8 @@ def make_train_step(config, setup, mesh):
         metrics = {
             "loss": loss,
             "lr": schedule(state["step"]),
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
             "logit_scale": jnp.exp(params["logit_scale"]),
             "nonfinite_in_a_row": opt_state.notfinite_count,
             "nonfinite_total": opt_state.total_notfinite,
