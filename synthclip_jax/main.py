@@ -6,6 +6,8 @@ Resumes from the latest checkpoint in --workdir if there is one. SIGTERM saves a
 the next step boundary and exits 0. Writes W/config.json (the resolved config),
 W/metrics.jsonl, W/tensorboard/ and W/checkpoints/.
 """
+import logging as pylogging
+
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
@@ -23,12 +25,12 @@ class _QuietLibraries:
     """Orbax logs every file it renames at INFO; keep our progress lines readable."""
 
     def filter(self, record):
-        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+        return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
 
 
 def main(argv):
     del argv
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
     import jax  # after absl parsed flags: jax reads its own flags/env at import
 
     from synthclip_jax.train import loop

@@ -107,6 +107,7 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
             if (ckpt_every and step % ckpt_every == 0) or stop:
                 flush()
                 checkpointer.save(step, state, data.get_state())
+                logging.info("checkpoint at step %d (written in the background)", step)
             if stop:
                 logging.warning("SIGTERM: checkpoint saved at step %d; exiting", step)
                 break
