@@ -8,7 +8,7 @@ scale=(0.5, 1)) with ImageNet mean/std.
   python -m synthclip_jax.main --config=configs/vitb16_synthci30m.py --workdir=gs://BUCKET/run \
       --config.data.train='gs://BUCKET/synthci30m/*.tfrecord'
 """
-from synthclip_jax.config_base import base
+from synthclip_jax.config_base import IMAGENET_MEAN, IMAGENET_STD, base
 from synthclip_jax.models.sizes import text_size, vit_size
 
 EXAMPLES = 30_000_000
@@ -31,6 +31,9 @@ def get_config():
     c.data.source = "tfrecord"
     c.data.train = "/data/synthci30m/*.tfrecord"
     c.data.image_size = 224
+    c.data.rrc_scale = (0.5, 1.0)
+    c.data.mean, c.data.std = IMAGENET_MEAN, IMAGENET_STD
+    c.data.num_workers = 8
     c.checkpoint.every_steps = 2000
     c.log.every_steps = 100
     return c

@@ -9,6 +9,12 @@ from synthclip_jax.models.sizes import text_size, vit_size
 from synthclip_jax.sharding import DEFAULT_RULES
 
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -41,6 +47,13 @@ def base() -> ml_collections.ConfigDict:
         source="tfrecord",  # tfrecord (data.train shards) | synthetic_shapes (in memory)
         train="",  # glob of TFRecord shards
         image_size=224,
+        rrc_scale=(0.9, 1.0),  # RandomResizedCrop area range (OpenCLIP's default)
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        num_workers=4,  # Grain worker processes (0 = decode in the training process)
+        prefetch_per_worker=2,  # batches each worker prepares ahead
+        skip_corrupt=False,  # False: a bad record stops training with its file and offset
+        max_corrupt_fraction=0.001,  # with skip_corrupt: of this process's share of records
     )
     c.eval = dict(every_steps=0, retrieval="", zeroshot="")
     c.checkpoint = dict(every_steps=1000, keep=3)

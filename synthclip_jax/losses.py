@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-BATCH_AXES = ('data', 'fsdp')
+from synthclip_jax.sharding import BATCH_AXES
+
 LOSS_NAMES = ('softmax', 'sigmoid', 'sigmoid_ring')
 
 

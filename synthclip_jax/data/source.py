@@ -2,7 +2,8 @@
 
 A source is an iterator of host-local batches {'image': float32 (b, H, W, 3) normalised,
 'text': int32 (b, context_length)} with `get_state()` / `set_state(dict)` for exact resume
-(the state is saved in every checkpoint).
+(the state is saved in every checkpoint). A source may count skipped corrupt records in
+`corrupt`; the trainer logs it.
 """
 import jax
 
@@ -18,10 +19,10 @@ def make_train_source(config):
                             image_size=config.data.image_size,
                             context_length=config.model.text.context_length,
                             vocab_size=config.model.text.vocab_size,
+                            mean=config.data.mean, std=config.data.std,
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
     if name == "tfrecord":
-        raise NotImplementedError(
-            f"data.source='tfrecord' (data.train={config.data.train!r}): the TFRecord/Grain "
-            "reader is not in this version yet; use data.source='synthetic_shapes'")
+        from synthclip_jax.data.pipeline import make_grain_source  # grain only when used
+        return make_grain_source(config, jax.process_index(), jax.process_count())
     raise ValueError(f"data.source={name!r}; choose one of {SOURCES}")

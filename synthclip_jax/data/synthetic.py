@@ -12,9 +12,6 @@ vocab_size-2, end token vocab_size-1 = the largest id, padding 0), so argmax (EO
 """
 import numpy as np
 
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
-
 COLORS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
     "purple": (140, 50, 180), "orange": (245, 140, 30), "white": (245, 245, 245),
@@ -69,7 +66,7 @@ class ShapesSource:
     """Infinite, seeded, exactly resumable stream of host-local batches."""
 
     def __init__(self, *, seed: int, global_batch: int, image_size: int, context_length: int,
-                 vocab_size: int, process_index: int = 0, process_count: int = 1):
+                 vocab_size: int, mean, std, process_index: int = 0, process_count: int = 1):
         if global_batch % process_count:
             raise ValueError(f"batch_size={global_batch} does not divide over {process_count} "
                              "processes")
@@ -78,6 +75,7 @@ class ShapesSource:
         self.first_row = process_index * self.local_batch
         self.image_size, self.context_length, self.vocab_size = (
             image_size, context_length, vocab_size)
+        self.mean, self.std = np.array(mean, np.float32), np.array(std, np.float32)
         self.next_batch = 0
 
     def example(self, index: int):
@@ -99,7 +97,7 @@ class ShapesSource:
             images.append(image)
             tokens.append(tokenize_words(caption, self.context_length, self.vocab_size))
         self.next_batch += 1
-        images = (np.stack(images).astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
+        images = (np.stack(images).astype(np.float32) / 255.0 - self.mean) / self.std
         return {"image": images, "text": np.stack(tokens)}
 
     def get_state(self) -> dict:
