@@ -1,0 +1,176 @@
+"""Grain input pipeline over TFRecord shards.
+
+  record indices -> seeded global shuffle, reshuffled every epoch -> this process's slice
+  -> read (CRC-checked) -> decode JPEG -> RandomResizedCrop -> normalise -> pick a caption
+  -> tokenize -> batch -> worker processes (`data.num_workers`) with prefetch.
+
+Every random choice comes from Grain's per-element generator (seeded by `seed` and the element's
+position), so the batches are a pure function of the config and the step: the iterator state
+(a small dict saved in every checkpoint) resumes the exact sequence.
+
+Bad records (CRC mismatch, truncation, undecodable image, bad caption) raise an error naming
+file and offset. With `data.skip_corrupt`, a bad record is replaced by the next good one in the
+shuffled order and counted (`corrupt` in each batch; the trainer logs the total and stops once
+it exceeds `data.max_corrupt_fraction` of this process's share of the dataset).
+"""
+import dataclasses
+import io
+
+import grain
+import numpy as np
+from absl import flags
+from PIL import Image
+
+from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
+from synthclip_jax.data.tokenizer import tokenize
+
+MAX_REPLACEMENTS = 100  # consecutive bad records tolerated while looking for a good one
+
+
+def random_resized_crop_box(width, height, scale, ratio, rng: np.random.Generator):
+    """torchvision's RandomResizedCrop box: area fraction in `scale`, log-uniform aspect ratio
+    in `ratio`, 10 tries, then the largest central crop within `ratio`."""
+    area = width * height
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(*log_ratio))
+        w = int(round(np.sqrt(target * aspect)))
+        h = int(round(np.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def center_crop_box(width, height):
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+@dataclasses.dataclass
+class LoadExample(grain.transforms.RandomMap):
+    """Record index -> {'image': float32 (S, S, 3), 'text': int32 (L,), 'corrupt': int}."""
+
+    shards: TFRecordShards
+    image_size: int
+    context_length: int
+    mean: tuple
+    std: tuple
+    train: bool = True
+    rrc_scale: tuple = (0.9, 1.0)
+    rrc_ratio: tuple = (3 / 4, 4 / 3)
+    skip_corrupt: bool = False
+
+    def random_map(self, index, rng: np.random.Generator):
+        for corrupt in range(MAX_REPLACEMENTS + 1):
+            i = (int(index) + corrupt) % len(self.shards)
+            try:
+                image, caption = self.load(i, rng)
+            except CorruptRecordError:
+                if not self.skip_corrupt:
+                    raise
+                continue
+            return {"image": image, "text": tokenize([caption], self.context_length)[0],
+                    "corrupt": np.int32(corrupt)}
+        raise CorruptRecordError(f"{MAX_REPLACEMENTS + 1} bad records in a row from record "
+                                 f"{index} ({self.shards.location(int(index))})")
+
+    def load(self, i, rng):
+        path, offset = self.shards.location(i)
+        where = f"{path} at offset {offset}"
+        example = decode_example(self.shards[i], where=where)
+        try:
+            with Image.open(io.BytesIO(example["image"])) as img:
+                img = img.convert("RGB")
+                box = (random_resized_crop_box(*img.size, self.rrc_scale, self.rrc_ratio, rng)
+                       if self.train else center_crop_box(*img.size))
+                img = img.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC,
+                                 box=box)
+        except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
+            raise CorruptRecordError(f"undecodable image in {where}: {e}") from e
+        image = (np.asarray(img, np.float32) / 255.0 - self.mean) / self.std
+        captions = example["captions"]
+        caption = captions[rng.integers(len(captions))] if self.train else captions[0]
+        return image.astype(np.float32), caption
+
+
+def ensure_flags_parsed():
+    # Grain's worker processes read absl flags; outside an absl app (tests, notebooks) nothing
+    # parsed them, so take the defaults.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def shuffled_indices(num_records: int, seed: int) -> grain.MapDataset:
+    """Record indices, an endless sequence of epochs, each its own seeded permutation."""
+    return grain.MapDataset.range(num_records).shuffle(seed=seed).repeat()
+
+
+def train_dataset(config, shards: TFRecordShards, process_index: int,
+                  process_count: int) -> grain.IterDataset:
+    d = config.data
+    if config.batch_size % process_count:
+        raise ValueError(f"batch_size={config.batch_size} does not divide over "
+                         f"{process_count} processes")
+    load = LoadExample(shards, d.image_size, config.model.text.context_length,
+                       np.array(d.mean, np.float32), np.array(d.std, np.float32), train=True,
+                       rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt)
+    # Random choices are seeded by the global position, so that the examples do not depend
+    # on the number of processes. Element k of process p = global element k*P + p (lazily:
+    # only this process's elements are ever read).
+    ds = (shuffled_indices(len(shards), config.seed)
+          .random_map(load, seed=config.seed)
+          [process_index::process_count]
+          .batch(config.batch_size // process_count, drop_remainder=True)
+          .to_iter_dataset())
+    if d.num_workers > 0:
+        ensure_flags_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=d.num_workers, per_worker_buffer_size=d.prefetch_per_worker))
+    return ds
+
+
+class GrainSource:
+    """The trainer's source interface over a Grain dataset: host-local numpy batches plus
+    `get_state`/`set_state` for checkpoints; counts skipped corrupt records."""
+
+    def __init__(self, dataset: grain.IterDataset, max_corrupt: float):
+        self.iterator = iter(dataset)
+        self.max_corrupt = max_corrupt
+        self.corrupt = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = dict(next(self.iterator))
+        self.corrupt += int(np.sum(batch.pop("corrupt")))
+        if self.corrupt > self.max_corrupt:
+            raise CorruptRecordError(
+                f"{self.corrupt} corrupt records skipped, more than data.max_corrupt_fraction "
+                f"allows ({self.max_corrupt:.0f} for this process)")
+        return {"image": np.asarray(batch["image"]), "text": np.asarray(batch["text"])}
+
+    def get_state(self) -> dict:
+        return {"grain": self.iterator.get_state(), "corrupt": self.corrupt}
+
+    def set_state(self, state: dict):
+        self.iterator.set_state(state["grain"])
+        self.corrupt = int(state["corrupt"])
+
+
+def make_grain_source(config, process_index: int, process_count: int) -> GrainSource:
+    shards = TFRecordShards(config.data.train)
+    ds = train_dataset(config, shards, process_index, process_count)
+    return GrainSource(ds, config.data.max_corrupt_fraction * len(shards) / process_count)

@@ -1,0 +1,371 @@
+"""TFRecord shards of `tf.train.Example` image-caption pairs: the one place the schema lives.
+
+File framing (TensorFlow's): uint64 LE payload length, masked CRC32C of those 8 bytes, payload,
+masked CRC32C of the payload. Each shard `X.tfrecord` has `X.tfrecord.index` beside it with one
+line "<offset> <record length incl. the 16 framing bytes>" per record, the format of the
+`tfrecord` package's tfrecord2idx, so Grain can read record i without scanning the file.
+
+Example features: image (bytes, one JPEG), caption (bytes, one or more UTF-8 strings),
+key (bytes, one), optional concept (int64 list) and source (bytes, one).
+
+Rebuild a missing index: python -m synthclip_jax.data.tfrecord SHARD [SHARD ...]
+"""
+import collections
+import glob
+import os
+import struct
+import sys
+import threading
+from typing import Iterator, Sequence
+
+import crc32c
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+
+
+def _example_class():
+    """tf.train.Example (tensorflow/core/example/{feature,example}.proto), wire-identical.
+
+    Built in a private descriptor pool rather than imported from a generated example_pb2 (e.g.
+    the `tfrecord` package's): those register `tensorflow.Example` in protobuf's default pool,
+    and TensorFlow itself (TFDS eval sets) then fails to import with "duplicate symbol".
+    """
+    f = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="synthclip_jax/example.proto", package="tensorflow", syntax="proto3")
+
+    def message(parent, name, *fields):
+        m = parent.add(name=name)
+        for number, (fname, ftype, label, type_name) in enumerate(fields, 1):
+            m.field.add(name=fname, number=number, type=ftype, label=label,
+                        **({"type_name": type_name} if type_name else {}))
+        return m
+
+    rep, opt = f.LABEL_REPEATED, f.LABEL_OPTIONAL
+    message(proto.message_type, "BytesList", ("value", f.TYPE_BYTES, rep, ""))
+    message(proto.message_type, "FloatList", ("value", f.TYPE_FLOAT, rep, ""))
+    message(proto.message_type, "Int64List", ("value", f.TYPE_INT64, rep, ""))
+    feature = message(proto.message_type, "Feature",
+                      *[(k, f.TYPE_MESSAGE, opt, f".tensorflow.{t}") for k, t in
+                        [("bytes_list", "BytesList"), ("float_list", "FloatList"),
+                         ("int64_list", "Int64List")]])
+    feature.oneof_decl.add(name="kind")
+    for field in feature.field:
+        field.oneof_index = 0
+    features = message(proto.message_type, "Features",
+                       ("feature", f.TYPE_MESSAGE, rep, ".tensorflow.Features.FeatureEntry"))
+    entry = message(features.nested_type, "FeatureEntry", ("key", f.TYPE_STRING, opt, ""),
+                    ("value", f.TYPE_MESSAGE, opt, ".tensorflow.Feature"))
+    entry.options.map_entry = True
+    message(proto.message_type, "Example",
+            ("features", f.TYPE_MESSAGE, opt, ".tensorflow.Features"))
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(proto.SerializeToString())
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
+
+
+Example = _example_class()
+
+_HEADER = 12  # length (8) + its masked CRC (4)
+_FRAMING = 16  # header + payload CRC (4)
+_MAX_OPEN_FILES = 64  # per thread; shard sets can exceed the process fd limit
+
+
+class CorruptRecordError(ValueError):
+    """A record that fails its CRC, is truncated, or does not follow the schema."""
+
+
+def _masked_crc(data) -> int:
+    crc = crc32c.crc32c(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _frame(payload: bytes) -> bytes:
+    length = struct.pack("<Q", len(payload))
+    return b"".join([length, struct.pack("<I", _masked_crc(length)), payload,
+                     struct.pack("<I", _masked_crc(payload))])
+
+
+def _check_header(header: bytes, path: str, offset: int) -> int:
+    if len(header) < _HEADER:
+        raise CorruptRecordError(f"{path} at byte offset {offset}: truncated record header")
+    (length,) = struct.unpack("<Q", header[:8])
+    if struct.unpack("<I", header[8:12])[0] != _masked_crc(header[:8]):
+        raise CorruptRecordError(f"{path} at byte offset {offset}: length CRC mismatch")
+    return length
+
+
+def _check_payload(payload, crc: bytes, length: int, path: str, offset: int) -> None:
+    if len(payload) != length or len(crc) != 4:
+        raise CorruptRecordError(f"{path} at byte offset {offset}: truncated record "
+                                 f"(expected {length} payload bytes)")
+    if struct.unpack("<I", crc)[0] != _masked_crc(payload):
+        raise CorruptRecordError(f"{path} at byte offset {offset}: payload CRC mismatch")
+
+
+def encode_example(*, image: bytes, captions: Sequence[str], key: str,
+                   concepts: Sequence[int] = (), source: str = "") -> bytes:
+    if isinstance(captions, (str, bytes)) or not captions or not all(
+            isinstance(c, str) and c.strip() for c in captions):
+        raise ValueError(f"captions must be a non-empty list of non-empty str, got {captions!r}")
+    if not image:
+        raise ValueError(f"empty image for key {key!r}")
+    ex = Example()
+    f = ex.features.feature
+    f["image"].bytes_list.value.append(bytes(image))
+    f["caption"].bytes_list.value.extend(c.encode("utf-8") for c in captions)
+    f["key"].bytes_list.value.append(key.encode("utf-8"))
+    if len(concepts):
+        f["concept"].int64_list.value.extend(int(c) for c in concepts)
+    if source:
+        f["source"].bytes_list.value.append(source.encode("utf-8"))
+    # Features is a map: deterministic=True sorts keys, so equal inputs give equal bytes.
+    return ex.SerializeToString(deterministic=True)
+
+
+def decode_example(serialized: bytes, *, where: str = "") -> dict:
+    def bad(msg):
+        return CorruptRecordError(f"{where or 'record'}: {msg}")
+
+    try:
+        f = Example.FromString(serialized).features.feature
+    except DecodeError as e:
+        raise bad(f"not a tf.train.Example ({e})") from None
+
+    def values(name, kind, required):
+        if name not in f:
+            if required:
+                raise bad(f"missing feature {name!r}")
+            return []
+        if f[name].WhichOneof("kind") != kind:
+            raise bad(f"feature {name!r} is {f[name].WhichOneof('kind')}, expected {kind}")
+        return list(getattr(f[name], kind).value)
+
+    def text(b, name):
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad(f"{name} is not valid UTF-8: {b[:40]!r}") from None
+
+    images = values("image", "bytes_list", True)
+    if len(images) != 1 or not images[0]:
+        raise bad(f"expected one non-empty image, got {len(images)}")
+    captions = [text(c, "caption") for c in values("caption", "bytes_list", True)]
+    if not captions or not all(c.strip() for c in captions):
+        raise bad(f"empty caption in {captions!r}")
+    keys, sources = values("key", "bytes_list", False), values("source", "bytes_list", False)
+    return {"image": images[0], "captions": captions,
+            "key": text(keys[0], "key") if keys else "",
+            "concepts": [int(c) for c in values("concept", "int64_list", False)],
+            "source": text(sources[0], "source") if sources else ""}
+
+
+def shard_name(prefix: str, index: int, num_shards: int) -> str:
+    if not 0 <= index < num_shards:
+        raise ValueError(f"shard index {index} not in [0, {num_shards})")
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def _tmp_name(path: str) -> str:
+    # Hidden and suffixed, so a `*.tfrecord` glob never picks up a half-written file.
+    d, base = os.path.split(path)
+    return os.path.join(d, f".{base}.tmp-{os.getpid()}")
+
+
+def _write_index_atomic(index_path: str, rows) -> None:
+    tmp = _tmp_name(index_path)
+    with open(tmp, "w") as f:
+        f.writelines(f"{o} {n}\n" for o, n in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, index_path)
+
+
+class ShardWriter:
+    """Writes one shard + index under temporary names and renames both on a clean close.
+
+    The index is renamed first, so an existing final-named shard always has its index.
+    """
+
+    def __init__(self, path: str):
+        self.path, self._tmp = path, _tmp_name(path)
+        self._file = open(self._tmp, "wb")
+        self._rows, self._offset = [], 0
+
+    @property
+    def num_records(self) -> int:
+        return len(self._rows)
+
+    def write(self, serialized: bytes) -> None:
+        record = _frame(serialized)
+        self._file.write(record)
+        self._rows.append((self._offset, len(record)))
+        self._offset += len(record)
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        _write_index_atomic(self.path + ".index", self._rows)
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._file.close()
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def read_index(shard_path: str) -> np.ndarray:
+    index_path = shard_path + ".index"
+    try:
+        with open(index_path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"index {index_path} not found for shard {shard_path}; rebuild it with "
+            f"`python -m synthclip_jax.data.tfrecord {shard_path}`") from None
+    lines = text.count("\n") + (not text.endswith("\n") and bool(text))
+    try:
+        rows = np.fromstring(text, dtype=np.int64, sep=" ")
+    except ValueError:
+        rows = None
+    if rows is None or rows.size != 2 * lines:
+        raise ValueError(f"malformed index {index_path}: expected '<offset> <length>' lines")
+    rows = rows.reshape(-1, 2)
+    size = os.path.getsize(shard_path)
+    starts = np.concatenate([[0], np.cumsum(rows[:, 1])[:-1]]).astype(np.int64)
+    if len(rows) and (np.any(rows[:, 1] < _FRAMING) or np.any(rows[:, 0] != starts)):
+        raise ValueError(f"index {index_path} is not contiguous/monotonic; rebuild it with "
+                         f"`python -m synthclip_jax.data.tfrecord {shard_path}`")
+    end = int(rows[-1].sum()) if len(rows) else 0
+    if end != size:
+        what = "truncated shard" if end > size else "stale index (shard has more data)"
+        raise ValueError(f"{what}: {index_path} says {len(rows)} records ending at byte {end}, "
+                         f"but {shard_path} has {size} bytes")
+    return rows
+
+
+def _scan(path: str) -> Iterator[tuple[int, int, bytes]]:
+    """Yields (offset, record length incl. framing, payload), verifying both CRCs."""
+    with open(path, "rb") as f:
+        offset = 0
+        while header := f.read(_HEADER):
+            length = _check_header(header, path, offset)
+            payload, crc = f.read(length), f.read(4)
+            _check_payload(payload, crc, length, path, offset)
+            yield offset, length + _FRAMING, payload
+            offset += length + _FRAMING
+
+
+def iterate_shard(path) -> Iterator[bytes]:
+    for _, _, payload in _scan(os.fspath(path)):
+        yield payload
+
+
+def build_index(shard_path: str) -> int:
+    rows = [(offset, n) for offset, n, _ in _scan(shard_path)]
+    _write_index_atomic(shard_path + ".index", rows)
+    return len(rows)
+
+
+class _OpenFile:
+    """A read-only fd, closed when dropped (evicted, or with its thread or dataset)."""
+
+    def __init__(self, path: str):
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __del__(self):
+        os.close(self.fd)
+
+
+class TFRecordShards:
+    """Random access over the records of many shards (a Grain RandomAccessDataSource).
+
+    Pickles as paths + per-shard counts only: each process reloads index offsets and opens
+    files lazily (per thread, LRU-bounded), and reads with os.pread, so no file position is
+    shared between threads or forked processes.
+    """
+
+    def __init__(self, pattern_or_paths: "str | Sequence[str]"):
+        if isinstance(pattern_or_paths, (str, os.PathLike)):
+            self.paths = sorted(glob.glob(os.fspath(pattern_or_paths)))
+            if not self.paths:
+                raise FileNotFoundError(f"no TFRecord shards match {pattern_or_paths!r}")
+        else:
+            self.paths = [os.fspath(p) for p in pattern_or_paths]
+            if not self.paths:
+                raise ValueError("TFRecordShards needs at least one shard path")
+        self._bounds = {}
+        counts = [len(self._load(s)) - 1 for s in range(len(self.paths))]
+        self._cum = np.cumsum([0] + counts).astype(np.int64)
+        self._local = threading.local()
+
+    def _load(self, s: int) -> np.ndarray:
+        """Record boundaries of shard s: n + 1 byte offsets (records are contiguous)."""
+        if s not in self._bounds:
+            rows = read_index(self.paths[s])
+            self._bounds[s] = np.append(rows[:, 0], rows[-1].sum() if len(rows) else 0)
+        return self._bounds[s]
+
+    def __getstate__(self):
+        return {"paths": self.paths, "_cum": self._cum}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _bounds={}, _local=threading.local())
+
+    def __len__(self) -> int:
+        return int(self._cum[-1])
+
+    def _find(self, i: int) -> tuple[int, int, int]:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"record {i} out of range [0, {len(self)})")
+        s = int(np.searchsorted(self._cum, i, side="right")) - 1
+        b = self._load(s)
+        j = i - int(self._cum[s])
+        return s, int(b[j]), int(b[j + 1] - b[j])
+
+    def location(self, i) -> tuple[str, int]:
+        s, offset, _ = self._find(i)
+        return self.paths[s], offset
+
+    def _fd(self, s: int) -> int:
+        files = getattr(self._local, "files", None)
+        if files is None:
+            files = self._local.files = collections.OrderedDict()
+        if s in files:
+            files.move_to_end(s)
+        else:
+            if len(files) >= _MAX_OPEN_FILES:
+                files.popitem(last=False)
+            files[s] = _OpenFile(self.paths[s])
+        return files[s].fd
+
+    def __getitem__(self, i: int) -> bytes:
+        s, offset, n = self._find(i)
+        path = self.paths[s]
+        record = os.pread(self._fd(s), n, offset)
+        length = _check_header(record[:_HEADER], path, offset)
+        if length + _FRAMING != n:
+            raise CorruptRecordError(f"{path} at byte offset {offset}: record length {length} "
+                                     f"disagrees with the index ({n - _FRAMING})")
+        payload = record[_HEADER:_HEADER + length]
+        _check_payload(payload, record[_HEADER + length:], length, path, offset)
+        return payload
+
+
+if __name__ == "__main__":
+    for p in sys.argv[1:]:
+        print(f"{p}: indexed {build_index(p)} records")

@@ -1,0 +1,150 @@
+"""Grain pipeline: exact resume, disjoint per-process slices, crops, corrupt-record policy."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthclip_jax.config_base import base
+from synthclip_jax.data import pipeline
+from synthclip_jax.data.tfrecord import (CorruptRecordError, ShardWriter, TFRecordShards,
+                                         encode_example, shard_name)
+from synthclip_jax.data.tokenizer import EOT_ID, tokenize
+
+N = 48
+
+
+def jpeg(color, size=(40, 30)):
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def write_dataset(folder, n=N, num_shards=3):
+    for s in range(num_shards):
+        with ShardWriter(str(folder / shard_name("pairs", s, num_shards))) as w:
+            for i in range(s, n, num_shards):
+                color = (i * 5 % 256, 255 - i * 5 % 256, 128)
+                w.write(encode_example(image=jpeg(color), captions=[f"photo {i}", f"picture {i}"],
+                                       key=str(i)))
+    return str(folder / "*.tfrecord")
+
+
+def data_config(pattern, **data):
+    c = base()
+    c.seed, c.batch_size = 7, 8
+    c.model.text.context_length = 16
+    c.data.update({"source": "tfrecord", "train": pattern, "image_size": 16, "num_workers": 0,
+                   **data})
+    return c
+
+
+def batches(source, n):
+    return [next(source) for _ in range(n)]
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["text"], y["text"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_the_exact_sequence(tmp_path, workers):
+    config = data_config(write_dataset(tmp_path), num_workers=workers)
+    straight = batches(pipeline.make_grain_source(config, 0, 1), 9)  # > 1 epoch of 6 batches
+    first = pipeline.make_grain_source(config, 0, 1)
+    batches(first, 4)
+    state = first.get_state()
+    resumed = pipeline.make_grain_source(config, 0, 1)
+    resumed.set_state(state)
+    assert_same(batches(resumed, 5), straight[4:])
+    assert straight[0]["image"].shape == (8, 16, 16, 3) and straight[0]["text"].dtype == np.int32
+
+
+def test_processes_read_disjoint_slices_that_cover_each_epoch():
+    for epoch_len in (N, 10):
+        order = pipeline.shuffled_indices(epoch_len, seed=3)
+        procs = [list(order[p::2][: epoch_len // 2]) for p in range(2)]
+        assert not set(procs[0]) & set(procs[1])
+        assert sorted(procs[0] + procs[1]) == list(range(epoch_len))
+    epochs = [list(order[k * 10:(k + 1) * 10]) for k in range(2)]
+    assert sorted(epochs[1]) == list(range(10)) and epochs[0] != epochs[1]  # reshuffled
+
+
+def test_two_processes_split_each_global_batch(tmp_path):
+    """Processes 0 and 1 of 2 together see exactly the records of the 1-process batch."""
+    config = data_config(write_dataset(tmp_path))
+    record_ids = lambda batch: sorted(tuple(t[2:list(t).index(EOT_ID)]) for t in batch["text"])
+    whole = [next(pipeline.make_grain_source(config, 0, 1))]
+    halves = [next(pipeline.make_grain_source(config, p, 2)) for p in range(2)]
+    assert all(h["text"].shape[0] == 4 for h in halves)
+    assert not set(record_ids(halves[0])) & set(record_ids(halves[1]))
+    assert sorted(record_ids(halves[0]) + record_ids(halves[1])) == record_ids(whole[0])
+    # Augmentation is seeded by global position: rows 0,2,4,6 of the whole batch are process 0's.
+    np.testing.assert_array_equal(halves[0]["image"], whole[0]["image"][0::2])
+    np.testing.assert_array_equal(halves[1]["text"], whole[0]["text"][1::2])
+
+
+def test_captions_and_center_crop(tmp_path):
+    pattern = write_dataset(tmp_path, n=6, num_shards=1)
+    shards = TFRecordShards(pattern)
+    mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
+    load = pipeline.LoadExample(shards, 16, 16, mean, std, train=False)
+    out = load.random_map(0, np.random.default_rng(0))
+    np.testing.assert_array_equal(out["text"], tokenize(["photo 0"], 16)[0])  # eval: first
+    assert out["image"].shape == (16, 16, 3) and out["corrupt"] == 0
+    np.testing.assert_allclose(out["image"][8, 8], np.array([0, 255, 128]) / 255, atol=0.03)
+    train = pipeline.LoadExample(shards, 16, 16, mean, std, train=True)
+    seen = {tuple(train.random_map(0, np.random.default_rng(s))["text"]) for s in range(20)}
+    assert seen == {tuple(tokenize([c], 16)[0]) for c in ("photo 0", "picture 0")}
+
+
+def test_random_resized_crop_box_respects_scale_and_ratio():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        l, t, r, b = pipeline.random_resized_crop_box(300, 200, (0.5, 1.0), (3 / 4, 4 / 3), rng)
+        assert 0 <= l < r <= 300 and 0 <= t < b <= 200
+        area = (r - l) * (b - t) / (300 * 200)
+        assert 0.49 <= area <= 1.0
+        assert 3 / 4 - 0.02 <= (r - l) / (b - t) <= 4 / 3 + 0.02
+    assert pipeline.center_crop_box(300, 200) == (50, 0, 250, 200)
+
+
+def corrupt_one_record(pattern, record=5):
+    shards = TFRecordShards(pattern)
+    path, offset = shards.location(record)
+    raw = bytearray(open(path, "rb").read())
+    raw[offset + 20] ^= 0xFF  # inside the payload: its CRC no longer matches
+    open(path, "wb").write(bytes(raw))
+    return path, offset
+
+
+def test_corrupt_record_stops_with_file_and_offset(tmp_path):
+    pattern = write_dataset(tmp_path)
+    path, offset = corrupt_one_record(pattern)
+    source = pipeline.make_grain_source(data_config(pattern), 0, 1)
+    with pytest.raises(CorruptRecordError, match=rf"{path}.*{offset}|{offset}.*{path}"):
+        batches(source, 6)  # one epoch touches every record
+
+
+def test_corrupt_record_skipped_and_counted_within_fraction(tmp_path):
+    pattern = write_dataset(tmp_path)
+    corrupt_one_record(pattern)
+    config = data_config(pattern, skip_corrupt=True, max_corrupt_fraction=0.05)
+    source = pipeline.make_grain_source(config, 0, 1)
+    out = batches(source, 6)
+    assert source.corrupt == 1 and all(b["image"].shape[0] == 8 for b in out)
+    config.data.max_corrupt_fraction = 0.01  # 0.48 records allowed
+    with pytest.raises(CorruptRecordError, match="max_corrupt_fraction"):
+        batches(pipeline.make_grain_source(config, 0, 1), 6)
+
+
+def test_undecodable_image_is_a_corrupt_record(tmp_path):
+    with ShardWriter(str(tmp_path / shard_name("bad", 0, 1))) as w:
+        w.write(encode_example(image=b"not a jpeg", captions=["x"], key="0"))
+    shards = TFRecordShards(str(tmp_path / "*.tfrecord"))
+    load = pipeline.LoadExample(shards, 16, 16, np.zeros(3), np.ones(3))
+    with pytest.raises(CorruptRecordError, match="undecodable image.*bad-00000-of-00001"):
+        load.random_map(0, np.random.default_rng(0))
