@@ -55,7 +55,13 @@ def base() -> ml_collections.ConfigDict:
         skip_corrupt=False,  # False: a bad record stops training with its file and offset
         max_corrupt_fraction=0.001,  # with skip_corrupt: of this process's share of records
     )
-    c.eval = dict(every_steps=0, retrieval="", zeroshot="")
+    c.eval = dict(
+        every_steps=0,  # 0 = never; otherwise every N steps and at the end
+        zeroshot="",  # folder of class sub-folders of images (optional classnames.txt)
+        templates="openai_imagenet",  # prompt set: openai_imagenet | synthclip_imagenet | simple
+        retrieval="",  # glob of TFRecord shards, every caption of a record is a query
+        batch_size=256,
+    )
     c.checkpoint = dict(every_steps=1000, keep=3)
     c.log = dict(every_steps=50)
     return c

@@ -4,7 +4,8 @@
 
 Resumes from the latest checkpoint in --workdir if there is one. SIGTERM saves a checkpoint at
 the next step boundary and exits 0. Writes W/config.json (the resolved config),
-W/metrics.jsonl, W/tensorboard/ and W/checkpoints/.
+W/metrics.jsonl, W/eval.jsonl, W/tensorboard/ and W/checkpoints/. --mode=eval evaluates the
+latest checkpoint in W on eval.zeroshot / eval.retrieval and appends to W/eval.jsonl.
 """
 import logging as pylogging
 
@@ -38,7 +39,9 @@ def main(argv):
     config = flags.FLAGS.config
     workdir = epath.Path(flags.FLAGS.workdir)
     if flags.FLAGS.mode == "eval":
-        raise app.UsageError("--mode=eval: evaluation is not in this version yet")
+        results = loop.evaluate_latest(config, workdir)
+        logging.info("eval: %s", {k: round(v, 4) for k, v in results.items()})
+        return
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")

@@ -58,6 +58,16 @@ def center_crop_box(width, height):
     return left, top, left + side, top + side
 
 
+def decode_crop_normalize(image_bytes: bytes, crop, size: int, mean, std) -> np.ndarray:
+    """Encoded image -> float32 (size, size, 3): `crop(width, height)` gives the box, resized
+    (bicubic) to size x size, then (x/255 - mean) / std. Evaluation uses `center_crop_box`, which
+    equals OpenCLIP's Resize(size) + CenterCrop(size) up to rounding."""
+    with Image.open(io.BytesIO(image_bytes)) as img:
+        img = img.convert("RGB")
+        img = img.resize((size, size), Image.Resampling.BICUBIC, box=crop(*img.size))
+    return ((np.asarray(img, np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+
 @dataclasses.dataclass
 class LoadExample(grain.transforms.RandomMap):
     """Record index -> {'image': float32 (S, S, 3), 'text': int32 (L,), 'corrupt': int}."""
@@ -90,19 +100,16 @@ class LoadExample(grain.transforms.RandomMap):
         path, offset = self.shards.location(i)
         where = f"{path} at offset {offset}"
         example = decode_example(self.shards[i], where=where)
+        crop = ((lambda w, h: random_resized_crop_box(w, h, self.rrc_scale, self.rrc_ratio, rng))
+                if self.train else center_crop_box)
         try:
-            with Image.open(io.BytesIO(example["image"])) as img:
-                img = img.convert("RGB")
-                box = (random_resized_crop_box(*img.size, self.rrc_scale, self.rrc_ratio, rng)
-                       if self.train else center_crop_box(*img.size))
-                img = img.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC,
-                                 box=box)
+            image = decode_crop_normalize(example["image"], crop, self.image_size, self.mean,
+                                          self.std)
         except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
             raise CorruptRecordError(f"undecodable image in {where}: {e}") from e
-        image = (np.asarray(img, np.float32) / 255.0 - self.mean) / self.std
         captions = example["captions"]
         caption = captions[rng.integers(len(captions))] if self.train else captions[0]
-        return image.astype(np.float32), caption
+        return image, caption
 
 
 def ensure_flags_parsed():

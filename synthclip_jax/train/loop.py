@@ -13,6 +13,7 @@ from etils import epath
 
 from synthclip_jax import sharding
 from synthclip_jax.data.source import make_train_source
+from synthclip_jax.evaluate.evaluator import Evaluator
 from synthclip_jax.train.checkpoint import Checkpointer
 from synthclip_jax.train.metrics import MetricWriter
 from synthclip_jax.train.state import count_params, make_train_setup
@@ -35,16 +36,55 @@ class NonFiniteError(RuntimeError):
     pass
 
 
-def check_eval_config(config):
-    if config.eval.every_steps and (config.eval.zeroshot or config.eval.retrieval):
-        raise NotImplementedError(
-            "eval.zeroshot / eval.retrieval are set, but evaluation is not in this version yet; "
-            "set eval.every_steps=0 or leave them empty")
+def warn_on_idle_eval_config(config):
+    sets = bool(config.eval.zeroshot or config.eval.retrieval)
+    if config.eval.every_steps and not sets:
+        logging.warning("eval.every_steps=%d but neither eval.zeroshot nor eval.retrieval is "
+                        "set: no evaluation", config.eval.every_steps)
+    if sets and not config.eval.every_steps:
+        logging.warning("eval sets are configured but eval.every_steps=0: no evaluation during "
+                        "training (use --mode=eval afterwards)")
+
+
+def restore_or_init(config, mesh, setup, checkpointer, data=None):
+    latest = checkpointer.latest_step()
+    if latest is None:
+        state = setup.init()
+        logging.info("initialised %s parameters on mesh %s",
+                     f"{count_params(state['params']):,}", dict(mesh.shape))
+    else:
+        state, data_state = checkpointer.restore(latest, setup.abstract_state)
+        if data is not None:
+            data.set_state(data_state)
+        logging.info("resumed from step %d", latest)
+    return state
+
+
+def evaluate_latest(config, workdir, devices=None) -> dict:
+    """--mode=eval: evaluate the latest checkpoint in `workdir`, append to eval.jsonl."""
+    workdir = epath.Path(workdir)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    setup = make_train_setup(config, mesh)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
+    try:
+        if checkpointer.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'} to evaluate")
+        state = restore_or_init(config, mesh, setup, checkpointer)
+    finally:
+        checkpointer.close()
+    step = int(state["step"])
+    evaluator = Evaluator(config, setup.graphdef, mesh, workdir, resume_step=step - 1)
+    if not evaluator.enabled:
+        raise ValueError("--mode=eval: set eval.zeroshot and/or eval.retrieval")
+    try:
+        return evaluator(state["params"], step)
+    finally:
+        evaluator.close()
 
 
 def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dict:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns last metrics."""
-    check_eval_config(config)
+    warn_on_idle_eval_config(config)
     workdir = epath.Path(workdir)
     stop = StopRequest() if stop is None else stop
     mesh = sharding.make_mesh(config.mesh, devices)
@@ -53,17 +93,11 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
     data = make_train_source(config)
 
-    latest = checkpointer.latest_step()
-    if latest is None:
-        state = setup.init()
-        logging.info("initialised %s parameters on mesh %s",
-                     f"{count_params(state['params']):,}", dict(mesh.shape))
-    else:
-        state, data_state = checkpointer.restore(latest, setup.abstract_state)
-        data.set_state(data_state)
-        logging.info("resumed from step %d in %s", latest, workdir / "checkpoints")
+    state = restore_or_init(config, mesh, setup, checkpointer, data)
     start = int(state["step"])
     writer = MetricWriter(workdir, resume_step=start)
+    evaluator = Evaluator(config, setup.graphdef, mesh, workdir, resume_step=start)
+    eval_every = config.eval.every_steps
     train_step = make_train_step(config, setup, mesh)
 
     total, log_every = config.total_steps, config.log.every_steps
@@ -113,10 +147,13 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
             if stop:
                 logging.warning("SIGTERM: checkpoint saved at step %d; exiting", step)
                 break
+            if eval_every and (step % eval_every == 0 or step == total):
+                evaluator(state["params"], step)
         flush()
         if checkpointer.latest_step() != step:
             checkpointer.save(step, state, data.get_state())
     finally:
         checkpointer.close()
         writer.close()
+        evaluator.close()
     return last

@@ -10,18 +10,21 @@ from etils import epath
 
 
 class MetricWriter:
-    def __init__(self, workdir, resume_step: int, filename: str = "metrics.jsonl"):
+    def __init__(self, workdir, resume_step: int, filename: str = "metrics.jsonl",
+                 tensorboard: bool = True):
         self.enabled = jax.process_index() == 0
         self.path = epath.Path(workdir) / filename
         self.tb = None
         if not self.enabled:
             return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
-        from tensorboardX import SummaryWriter  # light; no TensorFlow needed
-        self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+        if tensorboard:
+            from tensorboardX import SummaryWriter  # light; no TensorFlow needed
+            self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
     def write(self, step: int, scalars: dict):
         if not self.enabled:
@@ -29,9 +32,10 @@ class MetricWriter:
         row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        for k, v in row.items():
-            if k != "step":
-                self.tb.add_scalar(k, v, step)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, step)
 
     def close(self):
         if self.tb is not None:

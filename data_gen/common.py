@@ -1,0 +1,90 @@
+"""What every data_gen stage shares: work splitting across machines, atomic outputs, progress.
+
+A stage runs as N independent workers (`--shard-index I --num-shards N`, e.g. a SLURM array),
+with no coordinator: worker I takes items I, I+N, I+2N, ... of the stage's input, writes its own
+output file(s) under a temporary name and renames them when complete, and skips outputs that
+already exist, so a preempted or rerun worker loses and duplicates nothing.
+"""
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+
+def add_shard_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shard-index", type=int, default=0,
+                        help="This worker's index in [0, num-shards) (default 0).")
+    parser.add_argument("--num-shards", type=int, default=1,
+                        help="Number of workers splitting this stage (default 1).")
+
+
+def check_shard_args(shard_index: int, num_shards: int) -> None:
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise SystemExit(f"--shard-index {shard_index} must lie in [0, --num-shards "
+                         f"{num_shards})")
+
+
+def shard_items(items: Sequence, shard_index: int, num_shards: int) -> list:
+    """Items I, I+N, I+2N, ...: disjoint across workers, together all items."""
+    check_shard_args(shard_index, num_shards)
+    return list(items[shard_index::num_shards])
+
+
+def shard_suffix(shard_index: int, num_shards: int) -> str:
+    return f"{shard_index:05d}-of-{num_shards:05d}"
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; renamed to `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_jsonl_atomic(path, rows: Iterable[dict]) -> int:
+    count = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SystemExit(f"{path} line {line_number}: not JSON ({e})") from e
+
+
+def progress(items: Iterable, total: int | None, desc: str, every_seconds: float = 5.0):
+    """Yields items, printing 'desc: done/total (rate/s)' to stderr now and then and at the end."""
+    start = last = time.perf_counter()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        now = time.perf_counter()
+        if now - last >= every_seconds:
+            last = now
+            _report(desc, done, total, now - start)
+    _report(desc, done, total, time.perf_counter() - start)
+
+
+def _report(desc, done, total, elapsed):
+    of = f"/{total}" if total is not None else ""
+    print(f"{desc}: {done}{of} ({done / max(elapsed, 1e-9):.1f}/s)", file=sys.stderr, flush=True)

@@ -1,0 +1,42 @@
+"""Batched, sharded feature extraction for evaluation.
+
+Every process holds the whole evaluation set (they are small: ImageNet val, COCO 5k); each global
+batch is placed with `make_array_from_callback`, so every device encodes its own rows, on one
+host or many. The last batch is padded to a multiple of the data shards and trimmed after.
+"""
+import jax
+import numpy as np
+from flax import nnx
+
+from synthclip_jax import sharding
+
+
+class Encoder:
+    def __init__(self, graphdef, mesh, batch_size: int):
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        self.batch_size = max(shards, batch_size // shards * shards)
+        self.mesh = mesh
+        self.sharding = sharding.batch_sharding(mesh)
+        rep = sharding.replicated(mesh)
+        model = lambda params: nnx.merge(graphdef, params)
+        self._image = jax.jit(lambda p, x: model(p).encode_image(x), out_shardings=rep)
+        self._text = jax.jit(lambda p, t: model(p).encode_text(t), out_shardings=rep)
+
+    def _run(self, fn, params, data: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(data), self.batch_size):
+            chunk = data[start:start + self.batch_size]
+            pad = self.batch_size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            x = jax.make_array_from_callback(chunk.shape, self.sharding, lambda idx: chunk[idx])
+            out.append(np.asarray(fn(params, x))[:len(chunk) - pad])
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def images(self, params, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) normalised float32 -> (N, E) L2-normalised features."""
+        return self._run(self._image, params, images)
+
+    def texts(self, params, tokens: np.ndarray) -> np.ndarray:
+        """(N, context_length) int32 -> (N, E) L2-normalised features."""
+        return self._run(self._text, params, tokens)
