@@ -54,11 +54,15 @@ def base() -> ml_collections.ConfigDict:
         prefetch_per_worker=2,  # batches each worker prepares ahead
         skip_corrupt=False,  # False: a bad record stops training with its file and offset
         max_corrupt_fraction=0.001,  # with skip_corrupt: of this process's share of records
+        # With data.train empty and num_train > 0: render captioned shapes into WORKDIR/data
+        # (train shards, retrieval shards, zero-shot folder of unseen colour/shape pairs).
+        procedural=dict(num_train=0, num_retrieval=256, zeroshot_per_class=32, image_size=64,
+                        seed=0),
     )
     c.eval = dict(
         every_steps=0,  # 0 = never; otherwise every N steps and at the end
         zeroshot="",  # folder of class sub-folders of images (optional classnames.txt)
-        templates="openai_imagenet",  # prompt set: openai_imagenet | synthclip_imagenet | simple
+        templates="openai_imagenet",  # openai_imagenet | synthclip_imagenet | simple | shapes
         retrieval="",  # glob of TFRecord shards, every caption of a record is a query
         batch_size=256,
     )

@@ -34,10 +34,12 @@ def main(argv):
     logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
     import jax  # after absl parsed flags: jax reads its own flags/env at import
 
+    from synthclip_jax.data import demo_data
     from synthclip_jax.train import loop
 
     config = flags.FLAGS.config
     workdir = epath.Path(flags.FLAGS.workdir)
+    demo_data.prepare(config, workdir)  # no-op unless data.procedural asks for it
     if flags.FLAGS.mode == "eval":
         results = loop.evaluate_latest(config, workdir)
         logging.info("eval: %s", {k: round(v, 4) for k, v in results.items()})
@@ -49,6 +51,10 @@ def main(argv):
                  jax.devices()[0].device_kind, jax.process_count())
     last = loop.train(config, workdir)
     logging.info("done: %s", {k: round(v, 5) for k, v in last.items()})
+    if jax.process_index() == 0:
+        print(f"\nTrained model in {workdir}. Export it to OpenCLIP (PyTorch) with:\n"
+              f"  python -m tools.convert_to_openclip --workdir {workdir} --out {workdir}/openclip\n"
+              f"Evaluate the latest checkpoint again with --mode=eval.", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Zero-shot prompt templates and class names.
 
 OPENAI_IMAGENET: the 80 templates of OpenAI's CLIP ImageNet evaluation (as in OpenCLIP).
+SHAPES: the demo's procedural captions (synthclip_jax/data/synthetic.py).
 SYNTHCLIP_IMAGENET: the 7 templates SynthCLIP evaluates ImageNet with (SLIP's `templates.json`).
 IMAGENET_CLASSNAMES_FILE: OpenAI's 1000 ImageNet class names, one per line in label order
 (from OpenCLIP's zero_shot_metadata; MIT).
 """
 from pathlib import Path
+
+from synthclip_jax.data import synthetic
 
 OPENAI_IMAGENET = (
     'a bad photo of a {}.',
@@ -102,8 +105,12 @@ SYNTHCLIP_IMAGENET = (
 
 SIMPLE = ("a photo of a {}.",)
 
+# The demo's captioned shapes: a class ("red circle") in every size and position captions use.
+SHAPES = tuple(f"a {size} {{}} at the {position}"
+               for size in synthetic.SIZES for position in synthetic.POSITIONS)
+
 TEMPLATE_SETS = {"openai_imagenet": OPENAI_IMAGENET, "synthclip_imagenet": SYNTHCLIP_IMAGENET,
-                 "simple": SIMPLE}
+                 "simple": SIMPLE, "shapes": SHAPES}
 
 IMAGENET_CLASSNAMES_FILE = Path(__file__).with_name("imagenet_classnames.txt")
 

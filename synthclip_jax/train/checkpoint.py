@@ -31,3 +31,46 @@ class Checkpointer:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def load_params(workdir, step=None):
+    """(config, params, step) of a training workdir: `config.json` and the params of checkpoint
+    `step` (default: the latest) as a pure dict of float32 numpy arrays, restored on one host
+    device whatever mesh trained it. Only the params are read (orbax partial restore), not the
+    optimizer moments, so exporting a large model needs ~1x its size in host memory."""
+    import json
+
+    import jax
+    import ml_collections
+    import numpy as np
+    from flax import nnx
+
+    from synthclip_jax.models.two_tower import build_model
+
+    workdir = epath.Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=(STATE, DATA))
+    try:
+        steps = manager.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+        step = max(steps) if step is None else int(step)
+        if step not in steps:
+            raise ValueError(f"no checkpoint for step {step} in {workdir / 'checkpoints'}; "
+                             f"have {sorted(steps)}")
+        device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(config, 0))))
+        target = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+        restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+            item={"params": target},
+            restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device),
+                                      {"params": target}),
+            partial_restore=True)}))
+    finally:
+        manager.close()
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), restored[STATE]["params"])
+    return config, params, step

@@ -16,6 +16,7 @@ from synthclip_jax.data.source import make_train_source
 from synthclip_jax.evaluate.evaluator import Evaluator
 from synthclip_jax.train.checkpoint import Checkpointer
 from synthclip_jax.train.metrics import MetricWriter
+from synthclip_jax.train.plots import plot_curves
 from synthclip_jax.train.state import count_params, make_train_setup
 from synthclip_jax.train.step import make_train_step
 
@@ -156,4 +157,6 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
         checkpointer.close()
         writer.close()
         evaluator.close()
+    if jax.process_index() == 0:
+        logging.info("curves: %s", plot_curves(workdir))
     return last

@@ -1,0 +1,290 @@
+"""Stage 4, images: one image per caption, written as webdataset-style pairs files.
+
+  python -m data_gen.images --captions 'balanced/kept*.jsonl' --out DIR [--batch-size 16]
+      [--model stable-diffusion-v1-5/stable-diffusion-v1-5] [--steps 50 --guidance 2.0 ...]
+      [--shard-index I --num-shards N]
+  python -m data_gen.images --prompts templates classnames.txt --out DIR ...
+  python -m data_gen.images --procedural 1000 --out DIR          # CPU shapes, for demos/tests
+
+Inputs (one of):
+  --captions FILE|GLOB   JSONL with a "caption" per line (the balance stage's kept*.jsonl; the
+                         whole input row is kept in each sample's .json under "input"), or a
+                         text file with one caption per line; a glob is read in sorted order.
+  --prompts classnames F one class name per line; the prompt is the class name (Scaling-laws
+                         "Classnames").
+  --prompts templates F  every class name in every template of --templates (default: the seven
+                         CLIP templates below; "CLIP Templates").
+  --procedural N         N scenes invented and drawn by data_gen.render with exact captions.
+Captions are cleaned as SynthCLIP does: strip, drop '"', tabs/newlines -> spaces.
+
+Work unit: chunks of --chunk-size captions in input order; chunk c belongs to worker
+c % --num-shards and is written as DIR/pairs-CCCCC.tar (temp name + rename; skipped if it
+exists, so reruns and preempted workers redo only missing chunks). Each tar holds, per caption
+index i, in index order: KEY.jpg (the image), KEY.txt (the caption) and KEY.json
+({key, index, caption, seed, source, settings, input}), KEY = s{seed}_{i:09d}; so
+`data_gen.import_pairs --input 'DIR/*.tar'` reads the files too. The image of caption i is
+seeded with caption_seed(seed, i), whatever the worker count or batch size, so reruns
+reproduce it. DIR/images_settings.json records the settings; a rerun with different settings
+into the same DIR is refused instead of mixing two runs.
+
+Diffusers defaults are SynthCLIP's (REFERENCE 1.5): SD v1.5, DDIM 50 steps, eta 0, guidance
+2.0 (the Scaling-laws paper also used 1.5 and 7.5), 512 px generated, resized to 256 px with
+PIL BICUBIC (Image.resize's default filter for RGB, which SynthCLIP used) and saved as JPEG
+quality 95; fp16 on GPU. No safety checker (SynthCLIP's LDM sampler had none).
+"""
+import argparse
+import glob
+import hashlib
+import io
+import json
+import math
+import os
+import tarfile
+from pathlib import Path
+
+from data_gen.common import (add_shard_args, atomic_path, check_shard_args, progress,
+                             read_jsonl, shard_items)
+
+# runwayml/stable-diffusion-v1-5 was taken down from the hub; this is its official mirror.
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD15_IDS = {DEFAULT_MODEL, "runwayml/stable-diffusion-v1-5"}
+# The 7-template ensemble from OpenAI CLIP's prompt-engineering notebook (a subset of the 80).
+TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.",
+             "a photo of the large {}.", "a {} in a video game.", "art of the {}.",
+             "a photo of the small {}.")
+
+
+def caption_seed(seed: int, index: int) -> int:
+    """Seed of caption `index`: stable across runs, machines, worker counts and batch sizes."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def clean_caption(text: str) -> str:
+    return " ".join(text.replace('"', "").split())
+
+
+def _lines(path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def load_rows(args) -> list[dict]:
+    """The input rows, in order; row i is caption index i. Each has at least "caption"."""
+    if args.captions:
+        paths = sorted(glob.glob(args.captions))
+        if not paths:
+            raise SystemExit(f"no captions file matches {args.captions}")
+        rows = []
+        for path in paths:
+            if not path.endswith((".jsonl", ".json")):
+                rows += [{"caption": line} for line in _lines(path)]
+                continue
+            for n, row in enumerate(read_jsonl(path), 1):
+                if not isinstance(row.get("caption"), str):
+                    raise SystemExit(f"{path} row {n}: no string field 'caption'")
+                rows.append(row)
+        return rows
+    kind, path = args.prompts
+    names = _lines(path)
+    if kind == "classnames":
+        return [{"caption": n, "classname": n} for n in names]
+    templates = _lines(args.templates) if args.templates else TEMPLATES
+    return [{"caption": t.format(n), "classname": n, "template": t}
+            for n in names for t in templates]
+
+
+def to_jpeg(image, save_size: int, quality: int) -> bytes:
+    from PIL import Image
+    image = image.convert("RGB")
+    if save_size and image.size != (save_size, save_size):
+        image = image.resize((save_size, save_size), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class Procedural:
+    def __init__(self, args):
+        self.size, self.seed = args.save_size or args.width, args.seed
+        self.source = "procedural"
+        self.settings = {"backend": "procedural", "size": self.size, "seed": args.seed,
+                         "jpeg_quality": args.jpeg_quality}
+
+    def __call__(self, batch):
+        from data_gen.render import scene
+        return [scene(caption_seed(self.seed, i), self.size) for i, _ in batch]
+
+
+class Diffusers:
+    def __init__(self, args):
+        self.args, self.pipe = args, None
+        model = args.model.rstrip("/")
+        short = "sd15" if model in SD15_IDS else os.path.basename(model)
+        self.source = f"{short}:ddim{args.steps}:g{float(args.guidance)}"
+        self.settings = {"backend": "diffusers", "model": args.model, "scheduler": "DDIM",
+                         "steps": args.steps, "guidance": args.guidance, "eta": args.eta,
+                         "height": args.height, "width": args.width, "save_size": args.save_size,
+                         "resize_filter": "PIL.BICUBIC", "jpeg_quality": args.jpeg_quality,
+                         "dtype": args.dtype, "seed": args.seed, "negative_prompt": "",
+                         "seed_rule": "sha256('{seed}:{index}')[:8] LE & (2**63-1), "
+                                      "torch.Generator('cpu') per image"}
+
+    def _load(self):
+        import torch
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        device = self.args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = self.args.dtype
+        if dtype == "auto":
+            dtype = "float16" if device.startswith("cuda") else "float32"
+        pipe = StableDiffusionPipeline.from_pretrained(
+            self.args.model, dtype=getattr(torch, dtype), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(device)
+
+    def __call__(self, batch):
+        import torch
+        if self.pipe is None:
+            self._load()
+        a = self.args
+        # CPU generators: the initial latents are then the same on any GPU and for any batch
+        # size (diffusers draws each image's latents from its own generator in the list).
+        gens = [torch.Generator("cpu").manual_seed(caption_seed(a.seed, i)) for i, _ in batch]
+        out = self.pipe([c for _, c in batch], height=a.height, width=a.width,
+                        num_inference_steps=a.steps, guidance_scale=a.guidance, eta=a.eta,
+                        generator=gens, output_type="pil")
+        return [(c, img) for (_, c), img in zip(batch, out.images)]
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)  # mtime/uid/owner left at 0/"": byte-identical reruns
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_pairs(path: Path, samples: list[dict]) -> None:
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for s in samples:
+            jpeg = s.pop("jpeg")
+            _add(tar, f"{s['key']}.jpg", jpeg)
+            _add(tar, f"{s['key']}.txt", s["caption"].encode("utf-8"))
+            _add(tar, f"{s['key']}.json",
+                 json.dumps(s, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    path = out / "images_settings.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            raise SystemExit(f"{out} holds pairs made with other settings ({path}: {old}); "
+                             f"use another --out or delete it")
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+def run(args) -> int:
+    check_shard_args(args.shard_index, args.num_shards)
+    backend = Procedural(args) if args.backend == "procedural" else Diffusers(args)
+    if args.procedural:
+        rows, captions = [{} for _ in range(args.procedural)], None
+    else:
+        rows = load_rows(args)
+        captions = [clean_caption(r["caption"]) for r in rows]
+        if not all(captions):
+            raise SystemExit(f"empty caption at index {captions.index('')}")
+    prompts = ({"prompts": args.prompts[0], "templates": list(TEMPLATES) if args.prompts[0] ==
+                "templates" and not args.templates else args.templates} if args.prompts else {})
+    # The captions' hash: a rerun on other captions into the same --out is refused, not mixed.
+    digest = hashlib.sha256("\n".join(captions or []).encode()).hexdigest()
+    settings = {**backend.settings, **prompts, "source": backend.source,
+                "chunk_size": args.chunk_size, "num_captions": len(rows),
+                **({"captions_sha256": digest} if captions else {})}
+    out = Path(args.out)
+    chunks = range(math.ceil(len(rows) / args.chunk_size))
+    mine = shard_items(chunks, args.shard_index, args.num_shards)
+    todo = [c for c in mine if not (out / f"pairs-{c:05d}.tar").exists()]
+    print(f"images: {len(rows)} captions in {len(chunks)} chunks; worker {args.shard_index}/"
+          f"{args.num_shards} has {len(mine)}, {len(mine) - len(todo)} already done",
+          flush=True)
+    check_settings(out, settings)
+
+    def chunk_indices(c):
+        return range(c * args.chunk_size, min((c + 1) * args.chunk_size, len(rows)))
+
+    def generate():  # yields (chunk, sample), batched within a chunk
+        for c in todo:
+            idx = list(chunk_indices(c))
+            for start in range(0, len(idx), args.batch_size):
+                batch = [(i, captions[i] if captions else None)
+                         for i in idx[start:start + args.batch_size]]
+                for (i, _), (caption, image) in zip(batch, backend(batch)):
+                    yield c, {"key": f"s{args.seed}_{i:09d}", "index": i, "caption": caption,
+                              "seed": caption_seed(args.seed, i), "source": backend.source,
+                              "settings": settings, "input": rows[i],
+                              "jpeg": to_jpeg(image, args.save_size, args.jpeg_quality)}
+
+    total = sum(len(chunk_indices(c)) for c in todo)
+    done = []
+    for c, sample in progress(generate(), total, "images"):
+        done.append(sample)
+        if len(done) == len(chunk_indices(c)):
+            write_pairs(out / f"pairs-{c:05d}.tar", done)
+            done = []
+    return 0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m data_gen.images",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--captions", metavar="FILE_OR_GLOB",
+                     help="JSONL with 'caption' per row, or one caption per line")
+    src.add_argument("--prompts", nargs=2, metavar=("{classnames,templates}", "FILE"),
+                     help="class names file, used as is or inside CLIP templates")
+    src.add_argument("--procedural", type=int, metavar="N",
+                     help="invent N procedural scenes (implies --backend procedural)")
+    p.add_argument("--templates", help="templates file for --prompts templates, one per line "
+                   "with {} for the class name (default: 7 CLIP templates)")
+    p.add_argument("--out", required=True, help="output folder for pairs-CCCCC.tar")
+    p.add_argument("--backend", choices=("diffusers", "procedural"), default=None,
+                   help="default: procedural with --procedural, else diffusers")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="diffusers model id or local path")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--guidance", type=float, default=2.0, help="CFG scale (default 2.0)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--save-size", type=int, default=256,
+                   help="saved square size in px (0: as generated; procedural draws at it)")
+    p.add_argument("--jpeg-quality", type=int, default=95)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--chunk-size", type=int, default=1000, help="captions per pairs file")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dtype", choices=("auto", "float16", "bfloat16", "float32"),
+                   default="auto", help="auto: float16 on CUDA, float32 on CPU")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    add_shard_args(p)
+    args = p.parse_args(argv)
+    if args.prompts and args.prompts[0] not in ("classnames", "templates"):
+        p.error("--prompts takes 'classnames FILE' or 'templates FILE'")
+    if args.backend is None:
+        args.backend = "procedural" if args.procedural else "diffusers"
+    if (args.backend == "procedural") != bool(args.procedural):
+        p.error("the procedural backend invents its captions: use --procedural N (alone)")
+    if min(args.batch_size, args.chunk_size) < 1 or (args.procedural or 1) < 1:
+        p.error("--batch-size, --chunk-size and --procedural must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

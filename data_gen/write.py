@@ -1,0 +1,223 @@
+"""Stage 5, write: pairs files -> TFRecord shards + index + manifest.json + contact sheet.
+
+  python -m data_gen.write --pairs 'DIR/pairs-*.tar' --out OUT --num-shards N [--prefix synth]
+      [--manifest-extra stage_stats.json ...] [--worker-index I --num-workers W]
+
+Streams the tars written by data_gen.images (KEY.jpg + KEY.json, or KEY.txt when there is
+no .json; so any webdataset tar of JPEGs works) in sorted path order, then member order, and
+sends record j to shard j % N, so the same pairs give byte-identical shards. The JPEG bytes
+are stored as generated (no re-encoding). Writes OUT/PREFIX-0000i-of-0000N.tfrecord + .index
+with synthclip_jax.data.tfrecord, each under a temporary name, renamed when complete.
+
+Workers: --num-shards is the number of output shards (as in import_pairs); W machines split
+them with --worker-index I --num-workers W (worker I writes shards s with s % W == I; every
+worker walks all tar headers, and reads only its own records' bytes). Finished shards are
+skipped. Whichever worker finds all shards present writes OUT/contact_sheet.png and then
+OUT/manifest.json, the completion marker: {num_records, shards: [{file, records, sha256,
+index_sha256}], inputs (pairs files, sizes, records), settings (images_settings.json of each
+pairs folder: model, seeds, guidance, ...), sources, stages (the --manifest-extra JSON files,
+by file stem)}. An OUT with a manifest for the same inputs is left as is.
+"""
+import argparse
+import glob
+import hashlib
+import json
+import math
+import os
+import random
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+from data_gen.common import atomic_path, progress
+from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
+
+
+def iter_samples(paths: list[str]):
+    """Yields (path, key, {ext: TarInfo}, open tar) per sample, in file then member order.
+
+    Streams one tar at a time, reading headers only (tarfile seeks past the data), so memory
+    does not grow with the dataset; a sample's members are contiguous, as webdataset has them.
+    """
+    for path in paths:
+        with tarfile.open(path) as tar:
+            key, members = None, {}
+            for m in tar:
+                base = os.path.basename(m.name)
+                if not m.isfile() or base.startswith(".") or "." not in base:
+                    continue
+                k, ext = base.split(".", 1)
+                if k != key and members:
+                    yield _checked(path, key, members), tar
+                    members = {}
+                key, members[ext.lower()] = k, m
+            if members:
+                yield _checked(path, key, members), tar
+
+
+def _checked(path, key, members):
+    if "jpg" not in members or not {"json", "txt"} & members.keys():
+        raise SystemExit(f"{path}: sample {key!r} needs KEY.jpg and KEY.json or KEY.txt")
+    return path, key, members
+
+
+def load(sample, tar) -> dict:
+    """encode_example's arguments for one sample."""
+    _, key, members = sample
+    read = lambda m: tar.extractfile(m).read()
+    meta = (json.loads(read(members["json"])) if "json" in members
+            else {"caption": read(members["txt"]).decode("utf-8").strip()})
+    inp = meta.get("input") or {}
+    # Concept ids, if the balance stage's rows carried them through the images stage.
+    concepts = next((inp[k] for k in ("concept_ids", "concepts") if isinstance(
+        inp.get(k), list) and all(isinstance(c, int) for c in inp[k])), [])
+    return {"image": read(members["jpg"]), "captions": [meta["caption"]],
+            "key": meta.get("key", key), "concepts": concepts, "source": meta.get("source", "")}
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _wrap(draw, text: str, font, width: int, max_lines: int) -> list[str]:
+    lines = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] += " ..."
+    return lines
+
+
+def contact_sheet(samples: list[dict], path: Path, tile: int = 192) -> None:
+    """A grid of images with their wrapped captions under each."""
+    import io
+    from PIL import Image, ImageDraw, ImageFont
+    try:
+        font = ImageFont.load_default(size=12)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    cols = max(1, math.ceil(math.sqrt(len(samples))))
+    rows, text_h, pad = math.ceil(len(samples) / cols), 4 * 15 + 4, 6
+    sheet = Image.new("RGB", (cols * (tile + pad) + pad, rows * (tile + text_h + pad) + pad),
+                      "white")
+    draw = ImageDraw.Draw(sheet)
+    for n, s in enumerate(samples):
+        x = pad + (n % cols) * (tile + pad)
+        y = pad + (n // cols) * (tile + text_h + pad)
+        image = Image.open(io.BytesIO(s["image"])).convert("RGB")
+        sheet.paste(image.resize((tile, tile), Image.Resampling.BICUBIC), (x, y))
+        for k, line in enumerate(_wrap(draw, s["captions"][0], font, tile, 4)):
+            draw.text((x, y + tile + 2 + 15 * k), line, fill="black", font=font)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+
+
+def finish(args, out: Path, paths, total: int, inputs) -> None:
+    """Contact sheet, then manifest.json (last: its presence means the output is complete)."""
+    k = min(args.contact_sheet, total)
+    picks = sorted(random.Random(args.seed).sample(range(total), k))
+    if k:
+        wanted = set(picks)
+        samples = [load(sample, tar) for j, (sample, tar) in enumerate(iter_samples(paths))
+                   if j in wanted]
+        contact_sheet(samples, out / "contact_sheet.png")
+    shards = []
+    for s in range(args.num_shards):
+        name = shard_name(args.prefix, s, args.num_shards)
+        shards.append({"file": name, "records": len(range(s, total, args.num_shards)),
+                       "sha256": sha256(out / name),
+                       "index_sha256": sha256(out / f"{name}.index")})
+    settings, sources = [], Counter()
+    for folder in sorted({os.path.dirname(p) for p in paths}):
+        n = sum(i["records"] for i in inputs if os.path.dirname(i["path"]) == folder)
+        f = Path(folder) / "images_settings.json"
+        st = json.loads(f.read_text()) if f.exists() else None
+        settings.append({"folder": folder, "records": n, "settings": st})
+        sources[(st or {}).get("source", "")] += n
+    stages = {Path(f).stem: json.loads(Path(f).read_text()) for f in args.manifest_extra}
+    manifest = {"prefix": args.prefix, "num_shards": args.num_shards,
+                "num_records": total, "shards": shards, "inputs": inputs,
+                "settings": settings, "sources": dict(sorted(sources.items())),
+                "stages": stages, "contact_sheet": {"file": "contact_sheet.png" if k else None,
+                                                    "records": picks, "seed": args.seed}}
+    with atomic_path(out / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+
+
+def run(args) -> int:
+    if not 0 <= args.worker_index < args.num_workers or args.num_shards < 1:
+        raise SystemExit("need --num-shards >= 1 and 0 <= --worker-index < --num-workers")
+    paths = sorted({p for pattern in args.pairs for p in glob.glob(pattern)})
+    if not paths:
+        raise SystemExit(f"no pairs files match {args.pairs}")
+    out = Path(args.out)
+    inputs = [{"path": p, "bytes": os.path.getsize(p)} for p in paths]
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        done = json.loads(manifest_path.read_text()).get("inputs", [])
+        if [{"path": i["path"], "bytes": i["bytes"]} for i in done] == inputs:
+            print(f"write: {manifest_path} already complete for these inputs; nothing to do")
+            return 0
+        raise SystemExit(f"{out} holds shards of other inputs ({manifest_path}); delete it or "
+                         "use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    names = [shard_name(args.prefix, s, args.num_shards) for s in range(args.num_shards)]
+    todo = [s for s in range(args.num_shards) if s % args.num_workers == args.worker_index
+            and not (out / names[s]).exists()]
+    print(f"write: {len(paths)} pairs files -> {args.num_shards} shards; worker "
+          f"{args.worker_index}/{args.num_workers} writes {len(todo)}", flush=True)
+    writers = {s: ShardWriter(str(out / names[s])) for s in todo}
+    counts, total = Counter(), 0
+    try:  # every worker walks all samples (headers only) to number them; reads only its own
+        for sample, tar in progress(iter_samples(paths), None, "write"):
+            if total % args.num_shards in writers:
+                writers[total % args.num_shards].write(encode_example(**load(sample, tar)))
+            counts[sample[0]] += 1
+            total += 1
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    for w in writers.values():
+        w.close()
+    if all((out / n).exists() for n in names):
+        finish(args, out, paths, total, [{**i, "records": counts[i["path"]]} for i in inputs])
+        print(f"write: done; see {manifest_path}")
+    else:
+        print("write: other workers' shards are still missing; the last one writes the manifest")
+    return 0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m data_gen.write",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--pairs", nargs="+", required=True, help="glob(s) of pairs .tar files")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--num-shards", type=int, required=True, help="number of output shards")
+    p.add_argument("--prefix", default="synth", help="shard name prefix (default synth)")
+    p.add_argument("--manifest-extra", nargs="*", default=[], metavar="JSON",
+                   help="earlier stages' stats files, copied into manifest['stages']")
+    p.add_argument("--contact-sheet", type=int, default=16, metavar="K",
+                   help="pairs shown in contact_sheet.png (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the contact-sheet sample")
+    p.add_argument("--worker-index", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

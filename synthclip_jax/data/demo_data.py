@@ -1,0 +1,110 @@
+"""The demo's dataset, rendered on the spot: captioned shapes as TFRecord shards + eval sets.
+
+Training pairs never show the held-out colour/shape combinations (one shape per colour); the
+zero-shot set classifies images of exactly those unseen combinations among all colour x shape
+classes, so its accuracy measures composition, not memory. Retrieval uses fresh pairs of seen
+combinations. Everything is a pure function of the seed; a `manifest.json` written last marks
+the folder complete, so an interrupted render is redone and a finished one is reused.
+"""
+import io
+import json
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from etils import epath
+from PIL import Image
+
+from synthclip_jax.data import synthetic
+from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
+
+HELD_OUT = frozenset((color, synthetic.SHAPES[i % len(synthetic.SHAPES)])
+                     for i, color in enumerate(synthetic.COLORS))
+
+
+def sample_attributes(rng, held_out: bool):
+    while True:
+        size = rng.choice(list(synthetic.SIZES))
+        color = rng.choice(list(synthetic.COLORS))
+        shape = rng.choice(synthetic.SHAPES)
+        position = rng.choice(list(synthetic.POSITIONS))
+        if ((color, shape) in HELD_OUT) == held_out:
+            return str(size), str(color), str(shape), str(position)
+
+
+def render_pair(index: int, seed: int, image_size: int, held_out: bool):
+    rng = np.random.default_rng([seed, index])
+    attrs = sample_attributes(rng, held_out)
+    background = synthetic.BACKGROUNDS[rng.integers(len(synthetic.BACKGROUNDS))]
+    return synthetic.render(*attrs, background, image_size, rng), attrs
+
+
+def jpeg_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def write_shards(folder, prefix, first_index, count, num_shards, seed, image_size):
+    writers = [ShardWriter(str(folder / shard_name(prefix, s, num_shards)))
+               for s in range(num_shards)]
+    for i in range(first_index, first_index + count):
+        image, attrs = render_pair(i, seed, image_size, held_out=False)
+        writers[i % num_shards].write(encode_example(
+            image=jpeg_bytes(image), captions=[synthetic.caption_of(*attrs)], key=str(i),
+            source="procedural_shapes"))
+    for w in writers:
+        w.close()
+    return str(folder / f"{prefix}-*.tfrecord")
+
+
+def demo_paths(folder) -> dict:
+    folder = epath.Path(folder)
+    return {"train": str(folder / "train" / "shapes-*.tfrecord"),
+            "retrieval": str(folder / "retrieval" / "shapes-*.tfrecord"),
+            "zeroshot": str(folder / "zeroshot")}
+
+
+def ensure_demo_data(folder, *, seed, image_size, num_train, num_retrieval,
+                     zeroshot_per_class) -> dict:
+    """Renders (or reuses) the demo data in `folder`; returns the paths to configure."""
+    folder = epath.Path(folder)
+    paths = demo_paths(folder)
+    settings = dict(seed=seed, image_size=image_size, num_train=num_train,
+                    num_retrieval=num_retrieval, zeroshot_per_class=zeroshot_per_class)
+    manifest = folder / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text())["settings"] == settings:
+        return paths
+    logging.info("rendering the demo dataset into %s (%d training pairs)", folder, num_train)
+    for sub in ("train", "retrieval", "zeroshot"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    write_shards(folder / "train", "shapes", 0, num_train, 4, seed, image_size)
+    write_shards(folder / "retrieval", "shapes", num_train, num_retrieval, 1, seed, image_size)
+    for color in synthetic.COLORS:
+        for shape in synthetic.SHAPES:
+            (folder / "zeroshot" / f"{color}_{shape}").mkdir(exist_ok=True)
+    for i in range(zeroshot_per_class * len(HELD_OUT)):
+        image, (_, color, shape, _) = render_pair(10**9 + i, seed, image_size, held_out=True)
+        Image.fromarray(image).save(folder / "zeroshot" / f"{color}_{shape}" / f"{i:05d}.png")
+    manifest.write_text(json.dumps({
+        "settings": settings, "held_out": sorted(map(list, HELD_OUT)),
+        "classes": len(synthetic.COLORS) * len(synthetic.SHAPES)}, indent=2))
+    return paths
+
+
+def prepare(config, workdir) -> None:
+    """If `data.train` is empty and `data.procedural.num_train` > 0, render the demo data into
+    WORKDIR/data and point data.train (and empty eval.retrieval / eval.zeroshot) at it."""
+    p = config.data.procedural
+    if config.data.train or not p.num_train:
+        return
+    folder = epath.Path(workdir) / "data"
+    if jax.process_index() == 0:
+        ensure_demo_data(folder, seed=p.seed, image_size=p.image_size, num_train=p.num_train,
+                         num_retrieval=p.num_retrieval, zeroshot_per_class=p.zeroshot_per_class)
+    multihost_utils.sync_global_devices("demo data rendered")
+    paths = demo_paths(folder)
+    config.data.train = paths["train"]
+    config.eval.retrieval = config.eval.retrieval or paths["retrieval"]
+    config.eval.zeroshot = config.eval.zeroshot or paths["zeroshot"]

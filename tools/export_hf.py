@@ -1,0 +1,115 @@
+"""Export to a transformers `CLIPModel` directory (config.json + model.safetensors).
+
+Used by `python -m tools.convert_to_openclip ... --format hf`. CLIPModel is less flexible than
+OpenCLIP: its text tower is always causal and pools at the first `eos_token_id` (we set 49407, the
+OpenAI BPE EOT, which is where our `argmax` pooling lands); its ViT always has `pre_layrnorm` and
+pools the class token (`post_layernorm` on the CLS row only = our ln_post then take row 0); it has
+no logit_bias. Anything else is refused rather than exported approximately.
+"""
+import os
+
+import numpy as np
+
+from tools.convert_to_openclip import (EOT_ID, ExportError, _refuse, check_openclip,
+                                       openclip_state_dict)
+
+HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
+
+
+def check_hf(config):
+    check_openclip(config)  # vocab, mean pooling, ... are refused for the same reasons
+    m = config.model
+    if not m.text.causal:
+        _refuse("model.text.causal", m.text.causal, "CLIPModel's text tower is always causal")
+    if m.text.pool_type != "argmax":
+        _refuse("model.text.pool_type", m.text.pool_type,
+                "CLIPModel pools the text at the first EOT token only")
+    if m.image.pool_type != "tok":
+        _refuse("model.image.pool_type", m.image.pool_type, "CLIPModel pools the class token only")
+    if not m.image.ln_pre:
+        _refuse("model.image.ln_pre", m.image.ln_pre, "CLIPModel always applies pre_layrnorm")
+    if m.get("logit_bias_init") is not None:
+        _refuse("model.logit_bias_init", m.logit_bias_init,
+                "CLIPModel has no logit_bias (use SiglipModel or --format openclip)")
+
+
+def hf_config(config):
+    from transformers import CLIPConfig
+    m = config.model
+    common = dict(hidden_act=HF_ACT[m.activation], layer_norm_eps=float(m.layernorm_eps),
+                  projection_dim=m.embed_dim)
+    text = dict(vocab_size=m.text.vocab_size, hidden_size=m.text.width,
+                intermediate_size=int(m.text.width * m.text.mlp_ratio),
+                num_hidden_layers=m.text.depth, num_attention_heads=m.text.heads,
+                max_position_embeddings=m.text.context_length,
+                bos_token_id=EOT_ID - 1, eos_token_id=EOT_ID, pad_token_id=0, **common)
+    vision = dict(hidden_size=m.image.width, intermediate_size=int(m.image.width * m.image.mlp_ratio),
+                  num_hidden_layers=m.image.depth, num_attention_heads=m.image.heads,
+                  image_size=int(config.data.image_size), patch_size=m.image.patch_size,
+                  num_channels=3, **common)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=m.embed_dim,
+                      logit_scale_init_value=float(m.logit_scale_init))
+
+
+def _split_block(prefix, oc, i, d):
+    """OpenCLIP block i -> HF encoder layer i (in_proj packs q;k;v along rows)."""
+    src, dst = f"{oc}.resblocks.{i}.", f"{prefix}.encoder.layers.{i}."
+    w, b = d.pop(src + "attn.in_proj_weight"), d.pop(src + "attn.in_proj_bias")
+    out = {}
+    for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
+        out[dst + f"self_attn.{name}.weight"] = np.split(w, 3)[j]
+        out[dst + f"self_attn.{name}.bias"] = np.split(b, 3)[j]
+    for a, h in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"),
+                 ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+        for p in ("weight", "bias"):
+            out[f"{dst}{h}.{p}"] = d.pop(f"{src}{a}.{p}")
+    return out
+
+
+def hf_state_dict(config, params):
+    d = openclip_state_dict(params)
+    m = config.model
+    sd = {}
+    for i in range(m.image.depth):
+        sd.update(_split_block("vision_model", "visual.transformer", i, d))
+    for i in range(m.text.depth):
+        sd.update(_split_block("text_model", "transformer", i, d))
+    renames = {
+        "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+        "visual.class_embedding": "vision_model.embeddings.class_embedding",
+        "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+        "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",  # (sic) HF's spelling
+        "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+        "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+        "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+        "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+        "positional_embedding": "text_model.embeddings.position_embedding.weight",
+        "ln_final.weight": "text_model.final_layer_norm.weight",
+        "ln_final.bias": "text_model.final_layer_norm.bias",
+        "logit_scale": "logit_scale",
+    }
+    for a, h in renames.items():
+        sd[h] = d.pop(a)
+    # x @ W (D, E) in ours / OpenCLIP; HF uses nn.Linear(D, E, bias=False), weight (E, D).
+    sd["visual_projection.weight"] = d.pop("visual.proj").T
+    sd["text_projection.weight"] = d.pop("text_projection").T
+    assert not d, f"unmapped: {sorted(d)}"
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}
+
+
+def export_hf(config, params, out_dir):
+    check_hf(config)
+    import torch
+    from transformers import CLIPModel
+    sd = {k: torch.tensor(v) for k, v in hf_state_dict(config, params).items()}  # copies
+    model = CLIPModel(hf_config(config)).float()
+    # strict: every HF parameter must come from us (position_ids buffers are non-persistent).
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ExportError(f"HF CLIPModel key mismatch: missing {missing}, unexpected {unexpected}")
+    os.makedirs(out_dir, exist_ok=True)
+    # safetensors is the default since transformers 4.35 and the only format in 5.x.
+    model.save_pretrained(out_dir)
+    if not os.path.exists(os.path.join(out_dir, "model.safetensors")):
+        raise ExportError(f"transformers did not write {out_dir}/model.safetensors")
