@@ -30,7 +30,6 @@ phase `sample` needs all N of them (sums them) and writes `kept-IIIII-of-NNNNN.j
 With N = 1 the outputs are `kept.jsonl` and `balance_stats.json`. Finished outputs are skipped.
 Rows of kept*.jsonl: the source row (concept, seed, model, ...) + caption + `concepts` (matched).
 """
-import argparse
 import glob
 import hashlib
 import json
@@ -39,7 +38,7 @@ import sys
 from pathlib import Path
 
 from data_gen.captions import clean_caption
-from data_gen.common import (add_shard_args, atomic_path, check_shard_args, progress,
+from data_gen.common import (stage_parser, add_shard_args, atomic_path, check_shard_args, progress,
                              read_jsonl, shard_suffix)
 from data_gen.concepts import load_bank
 
@@ -163,9 +162,7 @@ def sample_phase(files, matcher, bank, args, out, suffix):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m data_gen.balance",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = stage_parser("balance", __doc__)
     p.add_argument("--captions", required=True, help="Glob of caption JSONL files (quoted).")
     p.add_argument("--concepts", required=True, help="The concept bank used for matching.")
     p.add_argument("--out", required=True, help="Output folder.")

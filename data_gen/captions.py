@@ -23,13 +23,12 @@ Backends, same prompts and same output rows:
 Cleaning as SynthCLIP (substr_matching.py): a raw output containing "\\n" is dropped (counted),
 the rest become `text.replace('"', "").strip(" ").strip("\\n")`; empty results are dropped too.
 """
-import argparse
 import hashlib
 import json
 import sys
 from pathlib import Path
 
-from data_gen.common import (add_shard_args, atomic_path, progress, shard_items, shard_suffix,
+from data_gen.common import (stage_parser, add_shard_args, atomic_path, progress, shard_items, shard_suffix,
                              write_jsonl_atomic)
 from data_gen.concepts import load_bank
 
@@ -153,9 +152,7 @@ class TransformersBackend:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m data_gen.captions",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = stage_parser("captions", __doc__)
     p.add_argument("--concepts", required=True, help="Concept bank (see data_gen.concepts).")
     p.add_argument("--out", required=True, help="Output folder for captions-*.jsonl.")
     p.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")

@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 
+def stage_parser(stage: str, doc: str) -> argparse.ArgumentParser:
+    """`python -m data_gen.STAGE --help`: the module docstring's first paragraph as description,
+    the rest (details, examples) as epilog, line breaks kept."""
+    head, _, rest = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(prog=f"python -m data_gen.{stage}", description=head,
+                                   epilog=rest or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_shard_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-index", type=int, default=0,
                         help="This worker's index in [0, num-shards) (default 0).")

@@ -16,12 +16,11 @@ The bank is one small file, so there is nothing to split: with --num-shards N on
 writes it (the others exit at once), which lets one launch script run every stage the same way.
 An existing --out is left as is unless --overwrite.
 """
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from data_gen.common import add_shard_args, atomic_path, check_shard_args
+from data_gen.common import stage_parser, add_shard_args, atomic_path, check_shard_args
 
 BUILTIN = Path(__file__).with_name("concept_bank.txt")
 
@@ -66,9 +65,7 @@ def load_bank(path=None, dedup: bool = True) -> list:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m data_gen.concepts",
-                                     description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser("concepts", __doc__)
     parser.add_argument("--out", required=True, help="Concept bank to write (one per line).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="MetaCLIP metadata.json (JSON list) or a text file.")

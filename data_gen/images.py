@@ -32,7 +32,6 @@ Diffusers defaults are SynthCLIP's (REFERENCE 1.5): SD v1.5, DDIM 50 steps, eta 
 PIL BICUBIC (Image.resize's default filter for RGB, which SynthCLIP used) and saved as JPEG
 quality 95; fp16 on GPU. No safety checker (SynthCLIP's LDM sampler had none).
 """
-import argparse
 import glob
 import hashlib
 import io
@@ -42,7 +41,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from data_gen.common import (add_shard_args, atomic_path, check_shard_args, progress,
+from data_gen.common import (stage_parser, add_shard_args, atomic_path, check_shard_args, progress,
                              read_jsonl, shard_items)
 
 # runwayml/stable-diffusion-v1-5 was taken down from the hub; this is its official mirror.
@@ -238,10 +237,7 @@ def run(args) -> int:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m data_gen.images",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = stage_parser("images", __doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--captions", metavar="FILE_OR_GLOB",
                      help="JSONL with 'caption' per row, or one caption per line")

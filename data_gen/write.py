@@ -18,7 +18,6 @@ index_sha256}], inputs (pairs files, sizes, records), settings (images_settings.
 pairs folder: model, seeds, guidance, ...), sources, stages (the --manifest-extra JSON files,
 by file stem)}. An OUT with a manifest for the same inputs is left as is.
 """
-import argparse
 import glob
 import hashlib
 import json
@@ -29,7 +28,7 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from data_gen.common import atomic_path, progress
+from data_gen.common import stage_parser, atomic_path, progress
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
 
@@ -197,10 +196,7 @@ def run(args) -> int:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m data_gen.write",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = stage_parser("write", __doc__)
     p.add_argument("--pairs", nargs="+", required=True, help="glob(s) of pairs .tar files")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num-shards", type=int, required=True, help="number of output shards")

@@ -235,7 +235,7 @@ def test_trained_model_cli_parity(trained_workdir, tmp_path, caplog):
     images, tokens = inputs(config)
     errs = rel_errors(jax_forward(config, params, images, tokens),
                       torch_forward(model, images, tokens))
-    print(f"\ntrained: " + " ".join(f"{k}={v:.2e}" for k, v in errs.items()))
+    print("\ntrained: " + " ".join(f"{k}={v:.2e}" for k, v in errs.items()))
     assert max(errs.values()) <= TOL, errs
 
 
