@@ -32,6 +32,8 @@ class _QuietLibraries:
 def main(argv):
     del argv
     logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
+    from synthclip_jax import distributed
+    distributed.maybe_initialize()  # first JAX call: joins the other hosts' processes
     import jax  # after absl parsed flags: jax reads its own flags/env at import
 
     from synthclip_jax.data import demo_data

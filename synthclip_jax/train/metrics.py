@@ -1,7 +1,8 @@
 """metrics.jsonl + TensorBoard, written by process 0 only.
 
 On resume from step s, lines for steps after s (logged before the run stopped but after its
-last checkpoint) are dropped, so the file reads as one uninterrupted run.
+last checkpoint) are dropped, so the file reads as one uninterrupted run. Object stores (gs://)
+have no append: there the file is rewritten whole at each write.
 """
 import json
 
@@ -18,10 +19,12 @@ class MetricWriter:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lines = []
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            self.lines = [line for line in self.path.read_text().splitlines()
+                          if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in self.lines))
+        self.appendable = "://" not in str(self.path)
         if tensorboard:
             from tensorboardX import SummaryWriter  # light; no TensorFlow needed
             self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
@@ -30,8 +33,13 @@ class MetricWriter:
         if not self.enabled:
             return
         row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row)
+        if self.appendable:
+            with self.path.open("a") as f:
+                f.write(line + "\n")
+        else:
+            self.lines.append(line)
+            self.path.write_text("".join(x + "\n" for x in self.lines))
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step":

@@ -1,0 +1,64 @@
+"""Smoke tests of the benchmark scripts (output format only, no timing assertions)."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_module(module, *args, env=None, timeout=900):
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def single_device_env():
+    """The environment without conftest's fake-device flag: the bench runs as a user runs it."""
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join(flags)
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+@pytest.mark.slow
+def test_train_step_tiny_output_format():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    out = run_module("tools.bench.train_step", "--size", "tiny", "--repeats", "1",
+                     "--steps_per_repeat", "1", "--peak_n", "1024", env=single_device_env())
+    lines = out.strip().splitlines()
+    assert re.fullmatch(r"ratio ours/peer = \d+\.\d\d", lines[-1]), lines[-1]
+    # Same model on both sides: equal parameter counts, no warning.
+    params = re.search(r"ours: .*?([\d,]+) params; peer: .*?([\d,]+) params", out)
+    assert params and params.group(1) == params.group(2), out
+    assert "WARNING" not in out
+    for name in ("ours", "peer"):
+        row = re.search(rf"^{name}\s+([\d.]+)\s+\S+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%$", out, re.M)
+        assert row, out
+        assert float(row.group(1)) > 0
+
+
+@pytest.mark.slow
+def test_sigmoid_memory_output_format():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = run_module("tools.bench.sigmoid_memory", "--batches", "64", "--loss_batches",
+                     "256,512", "--steps", "1", env=env)
+    assert "8 x cpu devices" in out, out
+    step_rows = re.findall(r"^\s+64\s+8\s+(sigmoid|sigmoid_ring)\s+([\d.]+)\s+", out, re.M)
+    assert [r[0] for r in step_rows] == ["sigmoid", "sigmoid_ring"], out
+    temp = {}
+    for batch, loss, mib in re.findall(r"^\s+(256|512)\s+\d+\s+(sigmoid|sigmoid_ring)\s+([\d.]+)",
+                                       out, re.M):
+        temp[int(batch), loss] = float(mib)
+    assert len(temp) == 4, out
+    # Doubling the global batch at a fixed device count doubles b and B: the all-gather form's
+    # b x B logits grow ~4x, the ring's memory (b x b blocks + B x E saved chunks) less.
+    growth = {loss: temp[512, loss] / temp[256, loss] for loss in ("sigmoid", "sigmoid_ring")}
+    assert growth["sigmoid"] > growth["sigmoid_ring"], growth

@@ -1,0 +1,171 @@
+"""tools/tpu and tools/gpu launch scripts: --help, --dry-run command lines, shellcheck."""
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TPU = ROOT / "tools" / "tpu"
+SCRIPTS = sorted([*TPU.glob("*.sh"), ROOT / "tools" / "gpu" / "slurm_train.sbatch"])
+
+
+
+@pytest.fixture(autouse=True)
+def fake_cloud_tools(tmp_path_factory):
+    """A `gcloud` (and `srun`) first on PATH that fails loudly: a dry run must not call them."""
+    bin_dir = tmp_path_factory.mktemp("bin")
+    calls = bin_dir / "calls"
+    for tool in ("gcloud", "srun", "sbatch"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\nexit 99\n')
+        (bin_dir / tool).chmod(0o755)
+    ENV["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    yield
+    assert not calls.exists(), "dry run called: " + calls.read_text()
+
+
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+
+
+def sh(*args, env=None, check=True):
+    proc = subprocess.run(["bash", *map(str, args)], capture_output=True, text=True,
+                          env=env or ENV, cwd=ROOT, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def gcloud_lines(output: str):
+    return [shlex.split(line) for line in output.splitlines() if line.startswith("gcloud ")]
+
+
+def find(lines, *words):
+    hits = [w for w in lines if w[:len(words)] == list(words)]
+    assert hits, f"no `{' '.join(words)}` among:\n" + "\n".join(map(shlex.join, lines))
+    return hits
+
+
+def test_scripts_are_shellcheck_clean():
+    assert shutil.which("shellcheck"), "install shellcheck (apt-get install -y shellcheck)"
+    proc = subprocess.run(["shellcheck", "-x", *map(str, SCRIPTS)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("script", ["launch.sh", "teardown.sh"])
+def test_help(script):
+    for flag in ("--help", "-h"):
+        out = sh(TPU / script, flag).stdout
+        assert out.startswith("Usage: tools/tpu/" + script)
+        assert "--dry-run" in out
+    assert "gcloud" not in sh(TPU / script, "--help").stderr
+
+
+def test_launch_dry_run_tpu_vm_spot():
+    proc = sh(TPU / "launch.sh", "--name", "clip-1", "--zone", "us-central2-b",
+              "--accelerator-type", "v4-32", "--spot", "--workdir", "gs://my-bucket/runs/r1",
+              "--project", "proj", "--dry-run", "--", "--config.batch_size=64",
+              "--config.lr=1e-3")
+    lines = gcloud_lines(proc.stdout)
+    create, = find(lines, "gcloud", "compute", "tpus", "tpu-vm", "create", "clip-1")
+    assert {"--zone=us-central2-b", "--accelerator-type=v4-32", "--spot",
+            "--version=tpu-ubuntu2204-base", "--project=proj"} <= set(create)
+    assert "--preemptible" not in create
+    # The project is copied to all workers and installed on all of them.
+    scp, = find(lines, "gcloud", "compute", "tpus", "tpu-vm", "scp")
+    assert "--worker=all" in scp and "clip-1:synthclip_jax.tar.gz" in scp
+    install, train = find(lines, "gcloud", "compute", "tpus", "tpu-vm", "ssh", "clip-1")
+    for ssh in (install, train):
+        assert {"--worker=all", "--zone=us-central2-b", "--project=proj"} <= set(ssh)
+    remote = lambda words: next(w for w in words if w.startswith("--command="))[10:]
+    assert "pip install" in remote(install) and "requirements.txt" in remote(install)
+    assert "jax[tpu]" in remote(install)
+    cmd = shlex.split(remote(train))
+    assert cmd[cmd.index("python3"):cmd.index("python3") + 3] == [
+        "python3", "-m", "synthclip_jax.main"]
+    assert "--workdir=gs://my-bucket/runs/r1" in cmd
+    assert "--config.batch_size=64" in cmd and "--config.lr=1e-3" in cmd
+    assert "--config=configs/vitb16_synthci30m.py" in cmd
+    # Polling the state (for the relaunch on preemption) uses describe.
+    assert any("describe" in w and "--format=value(state)" in w
+               for w in gcloud_lines(proc.stderr))
+    assert not find_any(lines, "delete")  # kept unless --delete-when-done
+
+
+def find_any(lines, word):
+    return [w for w in lines if word in w]
+
+
+def test_launch_dry_run_preemptible_and_delete_when_done():
+    out = sh(TPU / "launch.sh", "--name", "n", "--zone", "z", "--workdir", "gs://b/w",
+             "--preemptible", "--delete-when-done", "--config", "configs/demo_cpu.py",
+             "--dry-run").stdout
+    lines = gcloud_lines(out)
+    create, = find(lines, "gcloud", "compute", "tpus", "tpu-vm", "create", "n")
+    assert "--preemptible" in create and "--spot" not in create
+    delete, = find(lines, "gcloud", "compute", "tpus", "tpu-vm", "delete", "n")
+    assert {"--zone=z", "--quiet"} <= set(delete)
+    assert lines[-1] == delete
+
+
+def test_launch_dry_run_queued_resource_with_git():
+    proc = sh(TPU / "launch.sh", "--name", "qr1", "--zone", "europe-west4-a", "--queued",
+              "--spot", "--accelerator-type", "v5litepod-16", "--version", "v2-alpha-tpuv5-lite",
+              "--workdir", "gs://b/run", "--repo", "https://example.com/synthclip.git",
+              "--ref", "v1.0", "--delete-when-done", "--dry-run")
+    lines = gcloud_lines(proc.stdout)
+    create, = find(lines, "gcloud", "compute", "tpus", "queued-resources", "create", "qr1")
+    assert {"--node-id=qr1", "--zone=europe-west4-a", "--accelerator-type=v5litepod-16",
+            "--runtime-version=v2-alpha-tpuv5-lite", "--spot"} <= set(create)
+    install, train = find(lines, "gcloud", "compute", "tpus", "tpu-vm", "ssh", "qr1")
+    assert "git clone --quiet https://example.com/synthclip.git" in " ".join(install)
+    assert "checkout --quiet v1.0" in " ".join(install)
+    assert not find_any(lines, "scp")
+    assert "--worker=all" in train and "--workdir=gs://b/run" in " ".join(train)
+    delete, = find(lines, "gcloud", "compute", "tpus", "queued-resources", "delete", "qr1")
+    assert {"--force", "--quiet", "--zone=europe-west4-a"} <= set(delete)
+    assert any("value(state.state)" in " ".join(w) for w in gcloud_lines(proc.stderr))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--zone", "z", "--workdir", "gs://b/w"], "--name is required"),
+    (["--name", "n", "--zone", "z", "--workdir", "/local/dir"], "must be a gs:// path"),
+    (["--name", "n", "--zone", "z", "--workdir", "gs://b/w", "--spot", "--preemptible"],
+     "one of --spot and --preemptible"),
+    (["--name", "n", "--zone", "z", "--workdir", "gs://b/w", "--queued", "--preemptible"],
+     "queued resources take --spot"),
+    (["--name", "n", "--zone", "z", "--workdir", "gs://b/w", "--bogus"], "unknown option"),
+])
+def test_launch_rejects_bad_arguments(args, message):
+    proc = sh(TPU / "launch.sh", *args, "--dry-run", check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "gcloud" not in proc.stdout
+
+
+def test_teardown_dry_run():
+    lines = gcloud_lines(sh(TPU / "teardown.sh", "--name", "n", "--zone", "z",
+                            "--dry-run").stdout)
+    assert lines == [["gcloud", "compute", "tpus", "tpu-vm", "delete", "n", "--zone=z",
+                      "--quiet"]]
+    lines = gcloud_lines(sh(TPU / "teardown.sh", "--name", "n", "--zone", "z", "--queued",
+                            "--project", "p", "--dry-run").stdout)
+    assert lines == [["gcloud", "compute", "tpus", "queued-resources", "delete", "n",
+                      "--zone=z", "--force", "--quiet", "--project=p"]]
+
+
+@pytest.mark.parametrize("tasks_per_node, local_ids", [("1", "0,1,2,3"), ("4", None)])
+def test_slurm_script_dry_run(tasks_per_node, local_ids, tmp_path):
+    env = {**ENV, "DRY_RUN": "1", "WORKDIR": "/shared/run", "SLURM_SUBMIT_DIR": str(ROOT),
+           "SLURM_NTASKS_PER_NODE": tasks_per_node, "SLURM_GPUS_ON_NODE": "4"}
+    proc = sh(ROOT / "tools" / "gpu" / "slurm_train.sbatch", "--config.batch_size=32", env=env)
+    cmd = shlex.split(proc.stdout)
+    assert cmd[:2] == ["srun", "--kill-on-bad-exit=1"]
+    assert cmd[cmd.index("-m") + 1] == "synthclip_jax.main"
+    assert "--workdir=/shared/run" in cmd and "--config.batch_size=32" in cmd
+    assert f"JAX_LOCAL_DEVICE_IDS={local_ids or '<SLURM_LOCALID>'}" in proc.stderr
+    # Without a workdir it refuses to start.
+    env.pop("WORKDIR")
+    proc = sh(ROOT / "tools" / "gpu" / "slurm_train.sbatch", env=env, check=False)
+    assert proc.returncode != 0 and "WORKDIR" in proc.stderr

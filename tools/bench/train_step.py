@@ -1,0 +1,252 @@
+"""Our jitted CLIP train step against a PyTorch peer doing the same work, in the same run.
+
+  python -m tools.bench.train_step [--size tiny|S16|B16] [--batch B] [--repeats R]
+      [--steps_per_repeat K] [--dtype float32|bfloat16] [--peak_n 4096]
+
+Ours: the trainer's own step (`make_train_setup` + `make_train_step`: forward, backward, global
+norm clipping, AdamW with masked weight decay, logit-scale clamp) on all local JAX devices.
+Peer: Hugging Face `CLIPModel` built from a `CLIPConfig` with the same dims (random init, same
+activation, same parameter count, printed), `model(..., return_loss=True)` (the symmetric CE
+that is our 'softmax' loss), `clip_grad_norm_(1.0)` and `torch.optim.AdamW` with the same
+hyper-parameters and decay mask. float32 on CPU; with `--dtype bfloat16` ours computes in
+bfloat16 (model.dtype) and the peer runs under `torch.autocast(bfloat16)` (meant for GPU; bf16
+matmuls on CPUs without AVX-512 are very slow in PyTorch).
+
+Both get one warm-up step (compile / allocator) excluded from timing; then `--repeats`
+rounds, each timing `--steps_per_repeat` steps of ours and of the peer, in alternating order
+(ours first on even rounds, the peer first on odd ones), so that load drift on a shared machine
+hits both alike. Reported: median examples/s over rounds, step ms, analytic model GFLOPs/step
+(`tools/bench/flops.py`), achieved GFLOP/s, and MFU against the matmul peak measured in this
+run with a large `jnp.dot`. The last line is `ratio ours/peer = X.XX` (examples/s).
+"""
+import argparse
+import math
+import os
+import statistics
+import time
+
+import numpy as np
+
+from tools.bench.flops import clip_step_flops, measure_peak_flops
+
+# name -> image tower (width, depth, heads, patch), image size, text tower (width, depth, heads),
+# embed dim, default batch.
+SIZES = {
+    "tiny": dict(image=(128, 2, 2, 16), image_size=64, text=(128, 2, 2), embed_dim=128, batch=8),
+    "S16": dict(image=(384, 12, 6, 16), image_size=224, text=(384, 12, 6), embed_dim=384,
+                batch=16),
+    "B16": dict(image=(768, 12, 12, 16), image_size=224, text=(512, 12, 8), embed_dim=512,
+                batch=64),
+}
+CONTEXT, VOCAB, SOT, EOT = 77, 49408, 49406, 49407
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", default="tiny", choices=sorted(SIZES))
+    p.add_argument("--batch", type=int, default=0, help="global batch (0: the size's default)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps_per_repeat", type=int, default=3)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--activation", default="quick_gelu", choices=("quick_gelu", "gelu"),
+                   help="both models (HF CLIP's default is quick_gelu)")
+    p.add_argument("--peak_n", type=int, default=4096, help="size of the peak-FLOP/s jnp.dot")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: os.cpu_count())")
+    p.add_argument("--peer_adamw", default="fused", choices=("fused", "foreach", "default"),
+                   help="torch AdamW implementation (fused: one kernel; ~15x faster than the "
+                        "per-tensor default on CPU)")
+    return p.parse_args(argv)
+
+
+def make_inputs(batch: int, image_size: int, seed: int = 0):
+    """Images (B, H, W, 3) float32 and tokens (B, 77) int32: SOT, random ids, EOT, zero padding."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32)
+    tokens = np.zeros((batch, CONTEXT), np.int32)
+    for i in range(batch):
+        n = int(rng.integers(5, CONTEXT - 1))
+        tokens[i, 0] = SOT
+        tokens[i, 1:n] = rng.integers(1, SOT, n - 1)
+        tokens[i, n] = EOT
+    return images, tokens
+
+
+def our_config(spec, batch, dtype, activation):
+    from synthclip_jax.config_base import base
+
+    c = base()
+    vw, vd, vh, vp = spec["image"]
+    tw, td, th = spec["text"]
+    c.model.image.update(dict(width=vw, depth=vd, heads=vh, patch_size=vp))
+    c.model.text.update(dict(width=tw, depth=td, heads=th))
+    c.model.embed_dim = spec["embed_dim"]
+    c.model.activation = activation
+    c.model.dtype = dtype
+    c.data.image_size = spec["image_size"]
+    c.batch_size = batch
+    return c
+
+
+class Ours:
+    def __init__(self, config, images, tokens):
+        import jax
+
+        from synthclip_jax import sharding
+        from synthclip_jax.train.state import count_params, make_train_setup
+        from synthclip_jax.train.step import make_train_step
+
+        self.jax = jax
+        mesh = sharding.make_mesh(config.mesh)
+        setup = make_train_setup(config, mesh)
+        self.state = setup.init()
+        self.num_params = count_params(self.state["params"])
+        self.step_fn = make_train_step(config, setup, mesh)
+        self.batch = sharding.global_batch({"image": images, "text": tokens}, mesh)
+        self.devices = f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}"
+
+    def run(self, steps: int):
+        metrics = None
+        for _ in range(steps):
+            self.state, metrics = self.step_fn(self.state, self.batch)
+        self.jax.block_until_ready(metrics)
+        return float(metrics["loss"])
+
+
+class Peer:
+    def __init__(self, config, images, tokens, dtype, threads, adamw="fused"):
+        import torch
+        from transformers import CLIPConfig, CLIPModel
+
+        torch.set_num_threads(threads or os.cpu_count())
+        torch.manual_seed(0)
+        self.torch = torch
+        m = config.model
+        act = m.activation
+        hf = CLIPConfig(
+            text_config=dict(hidden_size=m.text.width, intermediate_size=int(m.text.width * 4),
+                             num_hidden_layers=m.text.depth, num_attention_heads=m.text.heads,
+                             max_position_embeddings=CONTEXT, vocab_size=VOCAB, hidden_act=act,
+                             layer_norm_eps=m.layernorm_eps, eos_token_id=EOT, bos_token_id=SOT),
+            vision_config=dict(hidden_size=m.image.width,
+                               intermediate_size=int(m.image.width * 4),
+                               num_hidden_layers=m.image.depth, num_attention_heads=m.image.heads,
+                               image_size=config.data.image_size, patch_size=m.image.patch_size,
+                               hidden_act=act, layer_norm_eps=m.layernorm_eps),
+            projection_dim=m.embed_dim)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = CLIPModel(hf).to(self.device).train()
+        self.attn_impl = getattr(self.model.config, "_attn_implementation", "?")
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            skip = p.ndim < 2 or "position_embedding" in name or "class_embedding" in name
+            (no_decay if skip else decay).append(p)
+        self.opt = torch.optim.AdamW(
+            [dict(params=decay, weight_decay=config.weight_decay),
+             dict(params=no_decay, weight_decay=0.0)],
+            lr=config.lr, betas=(config.optim.b1, config.optim.b2), eps=config.optim.eps,
+            **({} if adamw == "default" else {adamw: True}))
+        self.adamw = adamw
+        self.clip = config.optim.grad_clip_norm
+        self.scale_max = config.model.logit_scale_max
+        self.pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(self.device)
+        self.ids = torch.from_numpy(tokens).long().to(self.device)
+        self.autocast = dtype == "bfloat16"
+
+    def step(self):
+        torch = self.torch
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
+            loss = self.model(input_ids=self.ids, pixel_values=self.pixels, return_loss=True).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.opt.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0.0, self.scale_max)
+        return loss
+
+    def run(self, steps: int):
+        loss = None
+        for _ in range(steps):
+            loss = self.step()
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+        return float(loss.detach())
+
+
+def timed(runner, steps):
+    start = time.perf_counter()
+    loss = runner.run(steps)
+    return time.perf_counter() - start, loss
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    spec = SIZES[args.size]
+    batch = args.batch or spec["batch"]
+    config = our_config(spec, batch, args.dtype, args.activation)
+    images, tokens = make_inputs(batch, spec["image_size"])
+    vw, vd, vh, vp = spec["image"]
+    tw, td, th = spec["text"]
+    flops = clip_step_flops(batch=batch, image_size=spec["image_size"], patch=vp, vit_width=vw,
+                            vit_depth=vd, text_width=tw, text_depth=td, context=CONTEXT,
+                            embed_dim=spec["embed_dim"])
+
+    ours = Ours(config, images, tokens)
+    peer = Peer(config, images, tokens, args.dtype, args.threads, args.peer_adamw)
+    print(f"size {args.size}: ViT {vw}x{vd} (heads {vh}, patch {vp}) at {spec['image_size']} px, "
+          f"text {tw}x{td} (heads {th}), embed {spec['embed_dim']}, global batch {batch}, "
+          f"{args.dtype}, {args.activation}")
+    print(f"ours: {ours.devices}, {ours.num_params:,} params; peer: torch {peer.torch.__version__}"
+          f" on {peer.device} ({peer.torch.get_num_threads()} threads, attn "
+          f"{peer.attn_impl}, AdamW {peer.adamw}), {peer.num_params:,} params")
+    if ours.num_params != peer.num_params:
+        print(f"WARNING: parameter counts differ by {ours.num_params - peer.num_params:+,}")
+
+    t0 = time.perf_counter()
+    loss_ours = ours.run(1)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    loss_peer = peer.run(1)
+    peer_first_s = time.perf_counter() - t0
+    print(f"warm-up step (excluded): ours {compile_s:.1f} s incl. compile (loss {loss_ours:.4f}), "
+          f"peer {peer_first_s:.1f} s (loss {loss_peer:.4f})", flush=True)
+
+    k = args.steps_per_repeat
+    rates = {"ours": [], "peer": []}
+    for r in range(args.repeats):
+        order = (("ours", ours), ("peer", peer)) if r % 2 == 0 else (("peer", peer), ("ours", ours))
+        line = []
+        for name, runner in order:
+            seconds, _ = timed(runner, k)
+            rates[name].append(k * batch / seconds)
+            line.append(f"{name} {k * batch / seconds:8.2f} ex/s")
+        print(f"  round {r + 1}/{args.repeats}: " + ", ".join(line), flush=True)
+
+    peak = measure_peak_flops(args.peak_n, dtype=args.dtype)
+    print(f"matmul peak: {args.peak_n}x{args.peak_n} jnp.dot {args.dtype}, median of 5: "
+          f"{peak / 1e9:.1f} GFLOP/s")
+    print(f"model FLOPs/step (matmuls, fwd+bwd = 3 x fwd): {flops['step'] / 1e9:.1f} GFLOP "
+          f"(image {flops['image'] / 1e9:.2f}, text {flops['text'] / 1e9:.2f} GFLOP forward)")
+    print(f"{'':6} {'examples/s':>11} {'min..max':>17} {'step ms':>9} {'GFLOP/s':>9} {'MFU':>7}")
+    median = {}
+    for name in ("ours", "peer"):
+        vals = rates[name]
+        median[name] = statistics.median(vals)
+        step_s = batch / median[name]
+        achieved = flops["step"] / step_s
+        print(f"{name:6} {median[name]:11.2f} {min(vals):8.2f}..{max(vals):<8.2f} "
+              f"{1e3 * step_s:9.1f} {achieved / 1e9:9.1f} {100 * achieved / peak:6.1f}%")
+    try:
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"load average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} CPUs")
+    except OSError:
+        pass
+    ratio = median["ours"] / median["peer"]
+    if not math.isfinite(ratio):
+        ratio = 0.0
+    print(f"ratio ours/peer = {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
