@@ -18,14 +18,22 @@ rounds, each timing `--steps_per_repeat` steps of ours and of the peer, in alter
 hits both alike. Reported: median examples/s over rounds, step ms, analytic model GFLOPs/step
 (`tools/bench/flops.py`), achieved GFLOP/s, and MFU against the matmul peak measured in this
 run with a large `jnp.dot`. The last line is `ratio ours/peer = X.XX` (examples/s).
-"""
-import argparse
-import math
-import os
-import statistics
-import time
 
-import numpy as np
+PyTorch's OpenMP threads spin-wait by default; on a shared, oversubscribed CPU that collapses
+the peer (measured here at load ~8 on 2 cores, tiny size: 2.8 ex/s with 2 spinning threads vs
+150-160 ex/s with OMP_WAIT_POLICY=PASSIVE), so the script sets OMP_WAIT_POLICY=PASSIVE (unless
+set) before torch is imported. XLA's CPU thread pool is not OpenMP and is unaffected.
+"""
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (libgomp) is loaded
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 from tools.bench.flops import clip_step_flops, measure_peak_flops
 
@@ -199,7 +207,8 @@ def main(argv=None):
           f"{args.dtype}, {args.activation}")
     print(f"ours: {ours.devices}, {ours.num_params:,} params; peer: torch {peer.torch.__version__}"
           f" on {peer.device} ({peer.torch.get_num_threads()} threads, attn "
-          f"{peer.attn_impl}, AdamW {peer.adamw}), {peer.num_params:,} params")
+          f"{peer.attn_impl}, AdamW {peer.adamw}, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')}), {peer.num_params:,} params")
     if ours.num_params != peer.num_params:
         print(f"WARNING: parameter counts differ by {ours.num_params - peer.num_params:+,}")
 
