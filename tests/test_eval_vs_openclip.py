@@ -13,8 +13,7 @@ from synthclip_jax.evaluate import retrieval, zeroshot
 from synthclip_jax.evaluate.templates import templates
 from synthclip_jax.train import loop
 from synthclip_jax.train.checkpoint import load_params
-from tests.test_evaluate import write_eval_sets
-from tests.test_train_parallel import tiny_train_config
+from tests.test_evaluate import training_with_eval_config
 
 torch = pytest.importorskip("torch", reason="OpenCLIP cross-check needs torch")
 open_clip = pytest.importorskip("open_clip", reason="OpenCLIP cross-check needs open_clip_torch")
@@ -31,12 +30,8 @@ def openclip_features(model, tokenizer, images_nhwc, texts):
 
 @pytest.mark.slow
 def test_zeroshot_and_retrieval_agree_with_openclip(tmp_path):
-    zs_root, pattern = write_eval_sets(tmp_path)
-    config = tiny_train_config("softmax", (1, 1, 1))
-    config.model.text.update(vocab_size=49408, context_length=16)
-    config.data.image_size = 32
-    config.total_steps, config.checkpoint.every_steps = 30, 0
-    config.eval.update(every_steps=30, zeroshot=zs_root, retrieval=pattern, templates="simple")
+    config = training_with_eval_config(tmp_path, (1, 1, 1), total_steps=30, eval_every=30)
+    zs_root, pattern = config.eval.zeroshot, config.eval.retrieval
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text(config.to_json_best_effort())

@@ -105,13 +105,20 @@ def test_zeroshot_equals_direct_numpy_computation(tmp_path):
     assert got["zeroshot/top5"] == 1.0 and got["zeroshot/chance_top1"] == pytest.approx(1 / 3)
 
 
-def test_training_evaluates_on_schedule_and_eval_mode(tmp_path):
+def training_with_eval_config(tmp_path, mesh, total_steps, eval_every):
+    """A tiny run with the OpenCLIP tokenizer's vocabulary, evaluating on write_eval_sets."""
     zs_root, pattern = write_eval_sets(tmp_path)
-    config = tiny_train_config("softmax", (2, 2, 2))
+    config = tiny_train_config("softmax", mesh)
     config.model.text.update(vocab_size=49408, context_length=16)
     config.data.image_size = 32
-    config.total_steps, config.checkpoint.every_steps = 4, 0
-    config.eval.update(every_steps=2, zeroshot=zs_root, retrieval=pattern, templates="simple")
+    config.total_steps, config.checkpoint.every_steps = total_steps, 0
+    config.eval.update(every_steps=eval_every, zeroshot=zs_root, retrieval=pattern,
+                       templates="simple")
+    return config
+
+
+def test_training_evaluates_on_schedule_and_eval_mode(tmp_path):
+    config = training_with_eval_config(tmp_path, (2, 2, 2), total_steps=4, eval_every=2)
     workdir = tmp_path / "run"
     loop.train(config, workdir, devices=jax.devices())
     rows = [json.loads(x) for x in (workdir / "eval.jsonl").read_text().splitlines()]
