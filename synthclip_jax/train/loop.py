@@ -124,8 +124,8 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
             clock.update(time=now, step=step)
             writer.write(step, {**last, "examples_per_sec": rate})
             eta = (total - step) * config.batch_size / max(rate, 1e-9)
-            logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f ex/s  eta %s", step, total,
-                         last["loss"], last["lr"], rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
+            logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f ex/s  eta %dh%02dm", step, total,
+                         last["loss"], last["lr"], rate, eta // 3600, eta % 3600 // 60)
 
     def flush():
         nonlocal pending
