@@ -7,6 +7,7 @@ already exist, so a preempted or rerun worker loses and duplicates nothing.
 """
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -59,6 +60,14 @@ def atomic_path(path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_jsonl_atomic(path, rows: Iterable[dict]) -> int:

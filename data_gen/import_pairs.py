@@ -22,7 +22,6 @@ import contextlib
 import csv
 import functools
 import glob
-import hashlib
 import io
 import json
 import multiprocessing
@@ -35,6 +34,7 @@ from typing import Iterator, NamedTuple
 
 from PIL import Image, ImageOps
 
+from data_gen.common import atomic_path, file_sha256
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # priority order inside a webdataset sample
@@ -220,14 +220,6 @@ def process(item: Item, *, source, max_side, quality):
     return item.where, item.key, example, ""
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def run(args) -> None:
     kind = detect_kind(args.input)
     spec = ",".join(os.path.abspath(p) for p in args.input.split(","))
@@ -286,15 +278,13 @@ def run(args) -> None:
                         f"--max-bad-fraction={args.max_bad_fraction}; first: "
                         f"{skipped[0]['where']}: {skipped[0]['reason']}")
         counts = [w.num_records for w in writers]
-    shards = [{"file": n, "records": c, "sha256": _sha256(os.path.join(args.out, n))}
+    shards = [{"file": n, "records": c, "sha256": file_sha256(os.path.join(args.out, n))}
               for n, c in zip(names, counts)]
     manifest = {"input": spec, "kind": kind, "settings": settings,
                 "counts": {"read": read, "written": written, "skipped": len(skipped)},
                 "shards": shards, "skipped": skipped}
-    tmp = os.path.join(args.out, f".manifest.json.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with atomic_path(manifest_path) as tmp, open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
-    os.replace(tmp, manifest_path)
     if skipped:
         why = collections.Counter(s["reason"].split(":")[0] for s in skipped)
         print(f"import_pairs: skipped {len(skipped)} of {read} items ("

@@ -19,7 +19,6 @@ pairs folder: model, seeds, guidance, ...), sources, stages (the --manifest-extr
 by file stem)}. An OUT with a manifest for the same inputs is left as is.
 """
 import glob
-import hashlib
 import json
 import math
 import os
@@ -28,7 +27,7 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from data_gen.common import stage_parser, atomic_path, progress
+from data_gen.common import atomic_path, file_sha256, progress, stage_parser
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
 
@@ -72,14 +71,6 @@ def load(sample, tar) -> dict:
         inp.get(k), list) and all(isinstance(c, int) for c in inp[k])), [])
     return {"image": read(members["jpg"]), "captions": [meta["caption"]],
             "key": meta.get("key", key), "concepts": concepts, "source": meta.get("source", "")}
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _wrap(draw, text: str, font, width: int, max_lines: int) -> list[str]:
@@ -132,8 +123,8 @@ def finish(args, out: Path, paths, total: int, inputs) -> None:
     for s in range(args.num_shards):
         name = shard_name(args.prefix, s, args.num_shards)
         shards.append({"file": name, "records": len(range(s, total, args.num_shards)),
-                       "sha256": sha256(out / name),
-                       "index_sha256": sha256(out / f"{name}.index")})
+                       "sha256": file_sha256(out / name),
+                       "index_sha256": file_sha256(out / f"{name}.index")})
     settings, sources = [], Counter()
     for folder in sorted({os.path.dirname(p) for p in paths}):
         n = sum(i["records"] for i in inputs if os.path.dirname(i["path"]) == folder)

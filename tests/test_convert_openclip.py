@@ -23,6 +23,7 @@ from synthclip_jax.config_base import base  # noqa: E402
 from synthclip_jax.data.tokenizer import tokenize  # noqa: E402
 from synthclip_jax.models.two_tower import build_model  # noqa: E402
 from synthclip_jax.train.checkpoint import load_params  # noqa: E402
+from tests.test_models import set_model_keys  # noqa: E402
 from tools import convert_to_openclip as conv  # noqa: E402
 
 TOL = 1e-5
@@ -36,13 +37,7 @@ def tiny_config(**model):
     c.model.embed_dim = 16
     c.model.image.update(width=32, depth=2, heads=4, patch_size=8)
     c.model.text.update(width=32, depth=2, heads=4, context_length=16, vocab_size=49408)
-    for k, v in model.items():  # 'image.pool_type': 'avg' style keys under config.model
-        *path, leaf = k.split(".")
-        node = c.model
-        for p in path:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return set_model_keys(c, model)
 
 
 def random_params(config, seed=0):

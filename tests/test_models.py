@@ -17,13 +17,18 @@ def tiny_config(**model):
     c.model.embed_dim = 8
     c.model.image.update(width=16, depth=2, heads=2, patch_size=4)
     c.model.text.update(width=16, depth=2, heads=2, context_length=7, vocab_size=50)
-    for k, v in model.items():
-        node, *rest = k.split(".")
-        if rest:
-            c.model[node][rest[0]] = v
-        else:
-            c.model[k] = v
-    return c
+    return set_model_keys(c, model)
+
+
+def set_model_keys(config, overrides: dict):
+    """{'image.pool_type': 'avg', 'activation': 'gelu'} -> config.model.image.pool_type = ..."""
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        node = config.model
+        for name in path:
+            node = node[name]
+        node[leaf] = value
+    return config
 
 
 # ---- NumPy reference (float64) ----------------------------------------------------------

@@ -47,6 +47,12 @@ def run(config, devices, steps=STEPS):
 _single = {}
 
 
+def assert_params_close(params, reference):
+    """float32 reduction order differs across meshes; Adam's normalisation keeps it tiny."""
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6),
+                 params, reference)
+
+
 def single_device(loss, accum=1):
     if (loss, accum) not in _single:
         _single[loss, accum] = run(tiny_train_config(loss, accum=accum), jax.devices()[:1])
@@ -61,8 +67,7 @@ def test_mesh_matches_single_device(loss, mesh):
     losses, params = run(tiny_train_config(loss, mesh), jax.devices())
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     assert losses[-1] != losses[0]  # the steps did change the model
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6),
-                 params, ref_params)
+    assert_params_close(params, ref_params)
 
 
 def test_params_are_placed_by_rules():
@@ -93,8 +98,7 @@ def test_grad_accumulation_averages_micro_batches():
     assert abs(losses[0] - whole) > 1e-4  # the negatives really are per micro-batch
     ref_losses, ref_params = run(tiny_train_config("softmax", accum=2), jax.devices()[:1], 1)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6),
-                 params, ref_params)
+    assert_params_close(params, ref_params)
 
 
 def test_nonfinite_step_is_skipped_and_counted():
