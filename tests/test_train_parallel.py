@@ -78,7 +78,7 @@ def test_params_are_placed_by_rules():
     kernel = state["params"]["visual"]["transformer"]["resblocks"]["c_fc_kernel"]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     # Adam moments follow their parameter.
-    mu = state["opt_state"].inner_state[1][0].mu["visual"]["transformer"]["resblocks"]["c_fc_kernel"]
+    mu = state["opt_state"].adamw[0].mu["visual"]["transformer"]["resblocks"]["c_fc_kernel"]
     assert mu.sharding.spec == kernel.sharding.spec
     assert kernel.addressable_shards[0].data.shape == (2, 8, 32)
 

@@ -12,13 +12,13 @@ from flax import nnx
 
 from synthclip_jax import sharding
 from synthclip_jax.models.two_tower import build_model
-from synthclip_jax.train.optimizer import make_optimizer
+from synthclip_jax.train.optimizer import Optimizer, OptState, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
     graphdef: nnx.GraphDef
-    optimizer: optax.GradientTransformation
+    optimizer: Optimizer
     abstract_state: dict  # ShapeDtypeStructs carrying their shardings (orbax restore target)
     state_shardings: dict
     init: callable  # () -> sharded initial state
@@ -32,9 +32,10 @@ def make_train_setup(config, mesh) -> TrainSetup:
     optimizer = make_optimizer(config, abstract_params)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     rep = sharding.replicated(mesh)
-    # Moments mirror the params' shardings; counters and flags are replicated.
-    opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, param_sh,
-                                   transform_non_params=lambda _: rep)
+    # Moments mirror the params' shardings; counters are replicated.
+    adamw_sh = optax.tree_map_params(optimizer.adamw, lambda _, s: s, abstract_opt.adamw,
+                                     param_sh, transform_non_params=lambda _: rep)
+    opt_sh = OptState(adamw_sh, rep, rep)
     state_sh = {"step": rep, "params": param_sh, "opt_state": opt_sh}
 
     def init_state():

@@ -47,18 +47,17 @@ def make_train_step(config, setup, mesh):
     def train_step(state, batch):
         params = state["params"]
         loss, grads = accumulated_grads(params, batch)
-        updates, opt_state = setup.optimizer.update(grads, state["opt_state"], params)
-        params = optax.apply_updates(params, updates)
+        params, opt_state, grad_norm = setup.optimizer.apply(params, grads, state["opt_state"])
         # The temperature is clamped after every update, as CLIP/OpenCLIP (at most 100).
         params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, scale_max)
         metrics = {
             "loss": loss,
             "lr": schedule(state["step"]),
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "param_norm": optax.tree.norm(params),
             "logit_scale": jnp.exp(params["logit_scale"]),
-            "nonfinite_in_a_row": opt_state.notfinite_count,
-            "nonfinite_total": opt_state.total_notfinite,
+            "nonfinite_in_a_row": opt_state.nonfinite_in_a_row,
+            "nonfinite_total": opt_state.nonfinite_total,
         }
         if "logit_bias" in params:
             metrics["logit_bias"] = params["logit_bias"]
