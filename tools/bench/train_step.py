@@ -15,7 +15,10 @@ matmuls on CPUs without AVX-512 are very slow in PyTorch).
 Both get one warm-up step (compile / allocator) excluded from timing; then `--repeats`
 rounds, each timing `--steps_per_repeat` steps of ours and of the peer, in alternating order
 (ours first on even rounds, the peer first on odd ones), so that load drift on a shared machine
-hits both alike. Reported: median examples/s over rounds, step ms, analytic model GFLOPs/step
+hits both alike. In each round each system first runs `--round_warmup` untimed steps: a step
+that follows seconds of idling (here: the other system's turn) re-faults its freed working
+memory and ran 1-2 s slower at S16 on this VM (RESULTS.md), a cost a training loop running
+steps back to back does not pay. The peer runs in its own process (`PeerProcess`). Reported: median examples/s over rounds, step ms, analytic model GFLOPs/step
 (`tools/bench/flops.py`), achieved GFLOP/s, and MFU against the matmul peak measured in this
 run with a large `jnp.dot`. The last line is `ratio ours/peer = X.XX` (examples/s).
 
@@ -30,6 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (libgomp) is
 
 import argparse  # noqa: E402
 import math  # noqa: E402
+import multiprocessing  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -55,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=0, help="global batch (0: the size's default)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps_per_repeat", type=int, default=3)
+    p.add_argument("--round_warmup", type=int, default=1,
+                   help="untimed steps of each system at the start of each round")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--activation", default="quick_gelu", choices=("quick_gelu", "gelu"),
                    help="both models (HF CLIP's default is quick_gelu)")
@@ -182,6 +188,37 @@ class Peer:
         return float(loss.detach())
 
 
+def _peer_worker(conn, args):
+    peer = Peer(*args)
+    conn.send(dict(version=peer.torch.__version__, device=peer.device,
+                   threads=peer.torch.get_num_threads(), attn_impl=peer.attn_impl,
+                   adamw=peer.adamw, num_params=peer.num_params))
+    while (steps := conn.recv()) is not None:
+        conn.send(peer.run(steps))
+
+
+class PeerProcess:
+    """The peer in a process of its own, driven over a pipe, so rounds still interleave in time.
+    Each system then has its own malloc heap, thread pools and environment, as it would for a
+    user running only one of them; neither can leave memory or threads behind for the other.
+    (Measured: this is for isolation, not speed; neither side got faster by the move.)"""
+
+    def __init__(self, *args):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_peer_worker, args=(child, args), daemon=True)
+        self.process.start()
+        self.info = self.conn.recv()
+
+    def run(self, steps: int) -> float:
+        self.conn.send(steps)
+        return self.conn.recv()
+
+    def close(self):
+        self.conn.send(None)
+        self.process.join(timeout=60)
+
+
 def timed(runner, steps):
     start = time.perf_counter()
     loss = runner.run(steps)
@@ -201,16 +238,18 @@ def main(argv=None):
                             embed_dim=spec["embed_dim"])
 
     ours = Ours(config, images, tokens)
-    peer = Peer(config, images, tokens, args.dtype, args.threads, args.peer_adamw)
+    peer = PeerProcess(config, images, tokens, args.dtype, args.threads, args.peer_adamw)
+    info = peer.info
     print(f"size {args.size}: ViT {vw}x{vd} (heads {vh}, patch {vp}) at {spec['image_size']} px, "
           f"text {tw}x{td} (heads {th}), embed {spec['embed_dim']}, global batch {batch}, "
           f"{args.dtype}, {args.activation}")
-    print(f"ours: {ours.devices}, {ours.num_params:,} params; peer: torch {peer.torch.__version__}"
-          f" on {peer.device} ({peer.torch.get_num_threads()} threads, attn "
-          f"{peer.attn_impl}, AdamW {peer.adamw}, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY')}), {peer.num_params:,} params")
-    if ours.num_params != peer.num_params:
-        print(f"WARNING: parameter counts differ by {ours.num_params - peer.num_params:+,}")
+    print(f"ours: {ours.devices}, {ours.num_params:,} params; peer (own process): torch "
+          f"{info['version']} on {info['device']} ({info['threads']} threads, attn "
+          f"{info['attn_impl']}, AdamW {info['adamw']}, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')}), {info['num_params']:,} params; both: "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
+    if ours.num_params != info["num_params"]:
+        print(f"WARNING: parameter counts differ by {ours.num_params - info['num_params']:+,}")
 
     t0 = time.perf_counter()
     loss_ours = ours.run(1)
@@ -227,10 +266,13 @@ def main(argv=None):
         order = (("ours", ours), ("peer", peer)) if r % 2 == 0 else (("peer", peer), ("ours", ours))
         line = []
         for name, runner in order:
+            if args.round_warmup:
+                runner.run(args.round_warmup)
             seconds, _ = timed(runner, k)
             rates[name].append(k * batch / seconds)
             line.append(f"{name} {k * batch / seconds:8.2f} ex/s")
         print(f"  round {r + 1}/{args.repeats}: " + ", ".join(line), flush=True)
+    peer.close()
 
     peak = measure_peak_flops(args.peak_n, dtype=args.dtype)
     print(f"matmul peak: {args.peak_n}x{args.peak_n} jnp.dot {args.dtype}, median of 5: "
