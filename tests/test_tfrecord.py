@@ -228,3 +228,20 @@ def test_many_shards_bounded_open_files(tmp_path, monkeypatch):
         ["k4", "k0", "k3", "k1", "k2", "k4"]
     assert len(ds._local.files) == 2
     assert np.array_equal(tfr.read_index(ds.paths[0])[0], [0, os.path.getsize(ds.paths[0])])
+
+
+def test_glob_shards_matches_stdlib_glob(tmp_path, monkeypatch):
+    """Our epath-based glob (which also serves gs://) against glob.glob on local files."""
+    import glob
+    for d in ("a", "b", "c/d"):
+        (tmp_path / d).mkdir(parents=True)
+        for s in range(2):
+            _write(tmp_path / d / tfr.shard_name("g", s, 2), n=1, start=s)
+    (tmp_path / "a" / ".g-00000-of-00002.tfrecord.tmp-1").write_bytes(b"half")
+    monkeypatch.chdir(tmp_path)
+    for pattern in ("*/*.tfrecord", "*/g-0000[1]-*.tfrecord", "a/*", "c/*/*.tfrecord",
+                    "a/g-00000-of-00002.tfrecord", "a/none-*", str(tmp_path / "*" / "*.tfrecord"),
+                    str(tmp_path / "a" / "g-00001-of-00002.tfrecord")):
+        assert tfr.glob_shards(pattern) == sorted(glob.glob(pattern)), pattern
+    ds = tfr.TFRecordShards(str(tmp_path / "*" / "g-*.tfrecord"))
+    assert len(ds) == 4 and tfr.decode_example(ds[3])["key"] == "k1"

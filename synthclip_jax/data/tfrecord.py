@@ -8,10 +8,14 @@ line "<offset> <record length incl. the 16 framing bytes>" per record, the forma
 Example features: image (bytes, one JPEG), caption (bytes, one or more UTF-8 strings),
 key (bytes, one), optional concept (int64 list) and source (bytes, one).
 
+Reading goes through `etils.epath`, so shard globs may be local or `gs://bucket/...` (epath's
+GCS backend: `pip install gcsfs`, or TensorFlow's gfile when TF is installed); writing is local.
+
 Rebuild a missing index: python -m synthclip_jax.data.tfrecord SHARD [SHARD ...]
 """
 import collections
 import glob
+import itertools
 import os
 import struct
 import sys
@@ -20,6 +24,7 @@ from typing import Iterator, Sequence
 
 import crc32c
 import numpy as np
+from etils import epath
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
@@ -227,11 +232,25 @@ class ShardWriter:
             self.abort()
 
 
+def glob_shards(pattern) -> list:
+    """Sorted matches of a glob (wildcards allowed in any component) on any epath filesystem."""
+    pattern = os.fspath(pattern)
+    scheme, sep, rest = pattern.rpartition("://")
+    parts = rest.split("/")
+    n = next((k for k, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    if n == len(parts):  # no wildcard: the path itself, if it exists
+        return [pattern] if epath.Path(pattern).exists() else []
+    root = "/".join(parts[:n]) or ("/" if n else ".")  # n == 1 and parts[0] == "": "/*..."
+    matches = epath.Path(scheme + sep + root).glob("/".join(parts[n:]))
+    # as glob.glob: '*' does not match hidden names (our half-written files are hidden)
+    return sorted(os.fspath(m) for m in matches
+                  if not m.name.startswith(".") or parts[-1].startswith("."))
+
+
 def read_index(shard_path: str) -> np.ndarray:
     index_path = shard_path + ".index"
     try:
-        with open(index_path) as f:
-            text = f.read()
+        text = epath.Path(index_path).read_text()
     except FileNotFoundError:
         raise FileNotFoundError(
             f"index {index_path} not found for shard {shard_path}; rebuild it with "
@@ -244,7 +263,7 @@ def read_index(shard_path: str) -> np.ndarray:
     if rows is None or rows.size != 2 * lines:
         raise ValueError(f"malformed index {index_path}: expected '<offset> <length>' lines")
     rows = rows.reshape(-1, 2)
-    size = os.path.getsize(shard_path)
+    size = epath.Path(shard_path).stat().length
     starts = np.concatenate([[0], np.cumsum(rows[:, 1])[:-1]]).astype(np.int64)
     if len(rows) and (np.any(rows[:, 1] < _FRAMING) or np.any(rows[:, 0] != starts)):
         raise ValueError(f"index {index_path} is not contiguous/monotonic; rebuild it with "
@@ -281,26 +300,30 @@ def build_index(shard_path: str) -> int:
 
 
 class _OpenFile:
-    """A read-only fd, closed when dropped (evicted, or with its thread or dataset)."""
+    """A read-only file of this thread, closed when dropped (evicted, or with its thread)."""
 
     def __init__(self, path: str):
-        self.fd = os.open(path, os.O_RDONLY)
+        self.file = epath.Path(path).open("rb")
+
+    def read(self, offset: int, n: int) -> bytes:
+        self.file.seek(offset)
+        return self.file.read(n)
 
     def __del__(self):
-        os.close(self.fd)
+        self.file.close()
 
 
 class TFRecordShards:
     """Random access over the records of many shards (a Grain RandomAccessDataSource).
 
     Pickles as paths + per-shard counts only: each process reloads index offsets and opens
-    files lazily (per thread, LRU-bounded), and reads with os.pread, so no file position is
-    shared between threads or forked processes.
+    files lazily, per thread (LRU-bounded), so no file position is shared between threads or
+    processes. Paths may be local or remote (see the module docstring).
     """
 
     def __init__(self, pattern_or_paths: "str | Sequence[str]"):
         if isinstance(pattern_or_paths, (str, os.PathLike)):
-            self.paths = sorted(glob.glob(os.fspath(pattern_or_paths)))
+            self.paths = glob_shards(pattern_or_paths)
             if not self.paths:
                 raise FileNotFoundError(f"no TFRecord shards match {pattern_or_paths!r}")
         else:
@@ -341,7 +364,7 @@ class TFRecordShards:
         s, offset, _ = self._find(i)
         return self.paths[s], offset
 
-    def _fd(self, s: int) -> int:
+    def _file(self, s: int) -> _OpenFile:
         files = getattr(self._local, "files", None)
         if files is None:
             files = self._local.files = collections.OrderedDict()
@@ -351,12 +374,12 @@ class TFRecordShards:
             if len(files) >= _MAX_OPEN_FILES:
                 files.popitem(last=False)
             files[s] = _OpenFile(self.paths[s])
-        return files[s].fd
+        return files[s]
 
     def __getitem__(self, i: int) -> bytes:
         s, offset, n = self._find(i)
         path = self.paths[s]
-        record = os.pread(self._fd(s), n, offset)
+        record = self._file(s).read(offset, n)
         length = _check_header(record[:_HEADER], path, offset)
         if length + _FRAMING != n:
             raise CorruptRecordError(f"{path} at byte offset {offset}: record length {length} "

@@ -5,7 +5,7 @@ Classes are the sub-folders of the root in sorted order; their names are the fol
 classifier is the mean of its L2-normalised prompt embeddings (`eval.templates`), renormalised,
 as CLIP; an image's prediction is the class of highest cosine similarity.
 """
-from pathlib import Path
+from etils import epath
 
 import numpy as np
 
@@ -18,7 +18,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 class ZeroShotSet:
     def __init__(self, root, image_size: int, mean, std):
-        root = Path(root)
+        root = epath.Path(root)  # local or gs://
         folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         if not folders:
             raise FileNotFoundError(f"eval.zeroshot={str(root)!r}: no class sub-folders found")
