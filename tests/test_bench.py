@@ -36,7 +36,7 @@ def test_train_step_tiny_output_format():
     lines = out.strip().splitlines()
     assert re.fullmatch(r"ratio ours/peer = \d+\.\d\d", lines[-1]), lines[-1]
     # Same model on both sides: equal parameter counts, no warning.
-    params = re.search(r"ours: .*?([\d,]+) params; peer: .*?([\d,]+) params", out)
+    params = re.search(r"ours: .*?([\d,]+) params; peer \(own process\): .*?([\d,]+) params", out)
     assert params and params.group(1) == params.group(2), out
     assert "WARNING" not in out
     for name in ("ours", "peer"):
