@@ -52,6 +52,8 @@ def base() -> ml_collections.ConfigDict:
         std=CLIP_STD,
         num_workers=4,  # Grain worker processes (0 = decode in the training process)
         prefetch_per_worker=2,  # batches each worker prepares ahead
+        read_threads=16,  # decoding threads per process (Grain ReadOptions.num_threads)
+        read_ahead=64,  # examples decoded ahead per process (bounds host memory)
         skip_corrupt=False,  # False: a bad record stops training with its file and offset
         max_corrupt_fraction=0.001,  # with skip_corrupt: of this process's share of records
         # With data.train empty and num_train > 0: render captioned shapes into WORKDIR/data

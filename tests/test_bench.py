@@ -62,3 +62,13 @@ def test_sigmoid_memory_output_format():
     # b x B logits grow ~4x, the ring's memory (b x b blocks + B x E saved chunks) less.
     growth = {loss: temp[512, loss] / temp[256, loss] for loss in ("sigmoid", "sigmoid_ring")}
     assert growth["sigmoid"] > growth["sigmoid_ring"], growth
+
+
+@pytest.mark.slow
+def test_input_output_format():
+    out = run_module("tools.bench.input", "--config", "configs/demo_cpu.py", "--records", "64",
+                     "--batch", "8", "--workers", "0,1", "--train_batch", "8",
+                     "--train_steps", "1", env=single_device_env())
+    rows = re.findall(r"^\s+([01])\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert [r[0] for r in rows] == ["0", "1"] and all(float(r[1]) > 0 for r in rows), out
+    assert re.search(r"^trainer consumes [\d.]+ examples/s", out, re.M), out

@@ -148,3 +148,24 @@ def test_undecodable_image_is_a_corrupt_record(tmp_path):
     load = pipeline.LoadExample(shards, 16, 16, np.zeros(3), np.ones(3))
     with pytest.raises(CorruptRecordError, match="undecodable image.*bad-00000-of-00001"):
         load.random_map(0, np.random.default_rng(0))
+
+
+def test_read_ahead_is_bounded(tmp_path, monkeypatch):
+    """The decode threads run at most data.read_ahead examples ahead of what was consumed
+    (Grain's default buffer would let them decode hundreds of whole batches)."""
+    import threading
+    import time
+    reads, lock = [0], threading.Lock()
+    getitem = TFRecordShards.__getitem__
+
+    def counting_getitem(self, i):
+        with lock:
+            reads[0] += 1
+        return getitem(self, i)
+
+    monkeypatch.setattr(TFRecordShards, "__getitem__", counting_getitem)
+    config = data_config(write_dataset(tmp_path), read_threads=4, read_ahead=6)
+    source = pipeline.make_grain_source(config, 0, 1)
+    next(source)
+    time.sleep(1.0)  # let the threads run as far ahead as they may
+    assert 8 <= reads[0] <= 8 + 6 + 1, reads[0]

@@ -2,7 +2,8 @@
 
   record indices -> seeded global shuffle, reshuffled every epoch -> this process's slice
   -> read (CRC-checked) -> decode JPEG -> RandomResizedCrop -> normalise -> pick a caption
-  -> tokenize -> batch -> worker processes (`data.num_workers`) with prefetch.
+  -> tokenize (in `data.read_threads` threads, `data.read_ahead` examples ahead) -> batch
+  -> worker processes (`data.num_workers`) with prefetch.
 
 Every random choice comes from Grain's per-element generator (seeded by `seed` and the element's
 position), so the batches are a pure function of the config and the step: the iterator state
@@ -136,11 +137,15 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
     # Random choices are seeded by the global position, so that the examples do not depend
     # on the number of processes. Element k of process p = global element k*P + p (lazily:
     # only this process's elements are ever read).
+    # Examples, not batches, go through the read threads: Grain's read-ahead buffer counts
+    # elements (default 500, sized for 1-10 KiB records), which for whole decoded batches
+    # would hold up to 500 batches (~150 GB at 512 x 224 px) in host memory.
+    read = grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.read_ahead)
     ds = (shuffled_indices(len(shards), config.seed)
           .random_map(load, seed=config.seed)
           [process_index::process_count]
-          .batch(config.batch_size // process_count, drop_remainder=True)
-          .to_iter_dataset())
+          .to_iter_dataset(read)
+          .batch(config.batch_size // process_count, drop_remainder=True))
     if d.num_workers > 0:
         ensure_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(

@@ -1,7 +1,7 @@
 """Input pipeline throughput per worker count, beside the trainer's consumption rate.
 
   python -m tools.bench.input [--config configs/vitb16_synthci30m.py] [--workers 0,1,2]
-      [--records 512] [--batch 32] [--train_batch 8]
+      [--records 2048] [--batch 32] [--train_batch 8]
 
 Writes `--records` 256 px JPEG records (as SynthCLIP stores images) to a temporary folder, then
 times the Grain pipeline of the config (decode, RandomResizedCrop to data.image_size, normalise,
@@ -21,7 +21,7 @@ from PIL import Image
 
 flags.DEFINE_string("config", "configs/vitb16_synthci30m.py", "Config whose data/model to use.")
 flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker counts to time.")
-flags.DEFINE_integer("records", 512, "Synthetic records to write.")
+flags.DEFINE_integer("records", 2048, "Synthetic records to write.")
 flags.DEFINE_integer("batch", 32, "Pipeline batch size.")
 flags.DEFINE_integer("train_batch", 8, "Global batch for the train-step timing.")
 flags.DEFINE_integer("train_steps", 3, "Timed train steps (after one warm-up step).")
@@ -57,7 +57,12 @@ def pipeline_rate(config, workers: int, batches: int) -> float:
 
     config.data.num_workers = workers
     source = make_grain_source(config, 0, 1)
-    next(source)  # start-up (worker processes, first reads) excluded
+    # Excluded: start-up (worker processes, first reads) and what the buffers fill meanwhile
+    # (read-ahead examples, batches prefetched by each worker), which would come out free.
+    d = config.data
+    warmup = 1 + -(-d.read_ahead // config.batch_size) + workers * d.prefetch_per_worker
+    for _ in range(warmup):
+        next(source)
     start = time.perf_counter()
     for _ in range(batches):
         next(source)
@@ -94,7 +99,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         config.data.train = write_records(Path(tmp), FLAGS.records)
         config.batch_size = FLAGS.batch
-        batches = max(FLAGS.records // FLAGS.batch - 2, 1)
+        batches = max(FLAGS.records // FLAGS.batch, 1)  # the data repeat; warm-up excluded
         print(f"input pipeline: {FLAGS.records} records of 256 px JPEG -> "
               f"{config.data.image_size} px, batch {FLAGS.batch}")
         print(f"{'workers':>8} {'images/s':>10} {'per worker':>11}")
