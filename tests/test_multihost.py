@@ -2,10 +2,11 @@
 global devices), joined with `jax.distributed.initialize` on localhost (gloo CPU collectives),
 train on disjoint slices of every global batch and must match one process with 4 devices.
 
-Phase 1 trains 3 of 6 steps and stops like a preempted job (stop request -> checkpoint at step 3,
-periodic checkpoints every 2); phase 2 reruns the same command on both processes, which restore
-step 3 and finish. Process 0's metrics.jsonl must then read as one uninterrupted run, with the
-losses of the single-process run.
+Phase 1 is preempted: process 0 alone gets a real SIGTERM while drawing the batch of step 3,
+and both processes must agree on one step S >= 3 (JAX's preemption service), checkpoint it and
+exit 0 (periodic checkpoints every 2); phase 2 reruns the same command on both processes, which
+restore step S and finish. Process 0's metrics.jsonl must then read as one uninterrupted run,
+with the losses of the single-process run.
 """
 import json
 import os
@@ -27,11 +28,11 @@ from tests.test_train_parallel import tiny_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_PROCESSES, LOCAL_DEVICES = 2, 2
-MESH, TOTAL, STOP_AT, CKPT_EVERY = (2, 2, 1), 6, 3, 2
+MESH, TOTAL, STOP_AT, CKPT_EVERY = (2, 2, 1), 8, 3, 2
 PHASE_TIMEOUT = 300
 
 DRIVER = r'''
-import json, sys
+import json, os, signal, sys
 from synthclip_jax import distributed
 initialized = distributed.maybe_initialize()  # before anything touches a JAX backend
 
@@ -51,8 +52,8 @@ stop = loop.StopRequest()
 
 
 class StopAfter:
-    """The data source, but asks the loop to stop (as SIGTERM would) once `n` batches are drawn:
-    every process stops after the same step, as a coordinated preemption would."""
+    """The data source, but process 0 sends itself SIGTERM once `n` batches are drawn (a
+    preemption notice reaching one host first)."""
 
     def __init__(self, inner, n):
         self.inner, self.n = inner, n
@@ -62,8 +63,8 @@ class StopAfter:
 
     def __next__(self):
         batch = next(self.inner)
-        if self.inner.next_batch >= self.n:
-            stop.event.set()
+        if self.inner.next_batch == self.n and jax.process_index() == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
         return batch
 
     def get_state(self):
@@ -91,6 +92,9 @@ report["resumed_from"] = checkpointer.latest_step()
 checkpointer.close()
 last = loop.train(config, workdir, stop=stop)
 report["last_loss"] = last.get("loss")
+checkpointer = Checkpointer(workdir + "/checkpoints", keep=config.checkpoint.keep)
+report["last_checkpoint"] = checkpointer.latest_step()
+checkpointer.close()
 with open(f"{args['out']}.{jax.process_index()}.json", "w") as f:
     json.dump(report, f)
 '''
@@ -216,7 +220,7 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
     out = str(tmp_path / "report")
     batch_file = tmp_path / "batch0.npz"
 
-    # Phase 1: both processes train steps 1-3 and stop; checkpoints at 2 and 3.
+    # Phase 1: SIGTERM to process 0 at step 3; both stop after the same step S.
     reports = run_processes(tmp_path, "phase1", dict(
         workdir=str(workdir), stop_at=STOP_AT, dump_batch=str(batch_file), out=out + "1"))
     assert [r["process_index"] for r in reports] == list(range(NUM_PROCESSES))
@@ -225,10 +229,13 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
         assert r["local_devices"] == LOCAL_DEVICES
         assert r["global_devices"] == NUM_PROCESSES * LOCAL_DEVICES
         assert r["resumed_from"] is None
+    stopped = reports[0]["last_checkpoint"]
+    assert [r["last_checkpoint"] for r in reports] == [stopped] * NUM_PROCESSES
+    assert STOP_AT <= stopped < TOTAL, stopped
     steps, _ = read_metrics(workdir)
-    assert steps == [1, 2, 3]
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
-                  if p.name.isdigit()) == [2, 3]
+    assert steps == list(range(1, stopped + 1))
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()
+                  ) == sorted(set(range(CKPT_EVERY, stopped + 1, CKPT_EVERY)) | {stopped})
 
     # The global batch the 2 processes assembled (each built only its own rows) is the
     # single-process batch, up to row order.
@@ -245,10 +252,10 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
     for key in ("image", "text"):
         np.testing.assert_array_equal(rows(got[key]), rows(ref_batch[key]))
 
-    # Phase 2: the same command again (a relaunch after preemption) restores step 3 on both.
+    # Phase 2: the same command again (a relaunch after preemption) restores step S on both.
     reports = run_processes(tmp_path, "phase2", dict(
         workdir=str(workdir), stop_at=0, dump_batch="", out=out + "2"))
-    assert [r["resumed_from"] for r in reports] == [STOP_AT] * NUM_PROCESSES
+    assert [r["resumed_from"] for r in reports] == [stopped] * NUM_PROCESSES
     steps, losses = read_metrics(workdir)
     assert steps == list(range(1, TOTAL + 1))  # written once per step: by process 0 only
     assert len(list((workdir / "tensorboard").iterdir())) == 2  # one event file per phase

@@ -8,6 +8,7 @@ import threading
 import time
 
 import jax
+from jax.experimental import multihost_utils
 from absl import logging
 from etils import epath
 
@@ -22,14 +23,26 @@ from synthclip_jax.train.step import make_train_step
 
 
 class StopRequest:
-    """Set by SIGTERM (TPU/spot preemption, SLURM, `kill`): checkpoint at the next step, exit 0."""
+    """SIGTERM (TPU/spot preemption, SLURM, `kill`): checkpoint, then exit 0.
+
+    One process: our handler sets `event`, and the loop stops after the current step. Several
+    processes: the signal reaches them at different steps, and a process that saved and left
+    alone would leave the others blocked in the next step's collectives. There JAX's preemption
+    service (started by `jax.distributed.initialize`, with its own SIGTERM handler, which ours
+    must not replace) tells every process the same step to stop at. `event` may also be set by
+    code that stops all processes at the same step itself.
+    """
 
     def __init__(self):
         self.event = threading.Event()
-        if threading.current_thread() is threading.main_thread():
+        self.multiprocess = jax.process_count() > 1
+        if not self.multiprocess and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.event.set())
 
-    def __bool__(self):
+    def reached(self, step: int) -> bool:
+        """Whether to checkpoint and stop after `step`; call once after every step."""
+        if self.multiprocess and multihost_utils.reached_preemption_sync_point(step):
+            return True
         return self.event.is_set()
 
 
@@ -141,11 +154,12 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
             step += 1
             flush()
             pending = (step, metrics)
-            if (ckpt_every and step % ckpt_every == 0) or stop:
+            stopping = stop.reached(step)
+            if (ckpt_every and step % ckpt_every == 0) or stopping:
                 flush()
                 checkpointer.save(step, state, data.get_state())
                 logging.info("checkpoint at step %d (written in the background)", step)
-            if stop:
+            if stopping:
                 logging.warning("SIGTERM: checkpoint saved at step %d; exiting", step)
                 break
             if eval_every and (step % eval_every == 0 or step == total):
