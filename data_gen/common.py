@@ -7,6 +7,7 @@ already exist, so a preempted or rerun worker loses and duplicates nothing.
 """
 import argparse
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -50,9 +51,13 @@ def shard_suffix(shard_index: int, num_shards: int) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path) -> Iterator[Path]:
-    """Yields a temporary path beside `path`; renamed to `path` only if the block succeeds."""
+    """Yields a temporary path beside `path`; renamed to `path` only if the block succeeds.
+    Temporaries of `path` left by an earlier, killed worker are removed first (each output has
+    one worker). Stdlib only, like this module: the vLLM stage runs in its own environment."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp

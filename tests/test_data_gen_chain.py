@@ -217,7 +217,7 @@ def test_images_killed_then_rerun_equals_uninterrupted(procedural_pairs, tmp_pat
     # A SIGKILLed worker cannot remove its temporary file; it is hidden (".pairs-C.tar.tmp-PID"),
     # so no pairs-*.tar glob (write's, import_pairs') can pick up a partial tar.
     assert not [p for p in out.glob("pairs-*.tar") if not p.name[len("pairs-"):-4].isdigit()]
-    assert len(temp_leftovers(out)) <= (1 if killed else 0)
+    assert temp_leftovers(out) == []  # the rerun of its chunk removed it
     print(f"images killed mid-run: {killed} after {len(done)}/50 chunks; "
           f"temp leftovers: {temp_leftovers(out)}")
 
@@ -295,6 +295,7 @@ def test_write_killed_then_rerun_equals_uninterrupted(procedural_pairs, tmp_path
         assert data == ref_files[name], name
     run("write", *common, "--out", out)
     assert visible_files(out) == ref_files  # shards, indexes, manifest, contact sheet
+    assert temp_leftovers(out) == []  # the killed run's temporaries went with the rerun
     ds = TFRecordShards(str(out / "*.tfrecord"))
     keys = [decode_example(ds[i])["key"] for i in range(len(ds))]
     assert len(keys) == len(set(keys)) == N_PROCEDURAL

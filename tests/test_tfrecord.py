@@ -199,6 +199,12 @@ def test_writer_is_atomic(tmp_path):
         w.write(_example(0))
         assert not os.path.exists(path) and w.num_records == 1
     assert sorted(os.listdir(tmp_path)) == ["w.tfrecord", "w.tfrecord.index"]
+    # a killed writer's temporaries of the same output are removed by the next writer of it
+    stale = [tmp_path / ".s.tfrecord.tmp-99999", tmp_path / ".s.tfrecord.index.tmp-99999"]
+    for f in stale:
+        f.write_bytes(b"half")
+    _write(tmp_path / "s.tfrecord", n=1)
+    assert not any(f.exists() for f in stale)
     empty = _write(tmp_path / "e.tfrecord", n=0)
     assert tfr.read_index(empty).shape == (0, 2) and len(tfr.TFRecordShards(empty)) == 0
 

@@ -14,6 +14,7 @@ GCS backend: `pip install gcsfs`, or TensorFlow's gfile when TF is installed); w
 Rebuild a missing index: python -m synthclip_jax.data.tfrecord SHARD [SHARD ...]
 """
 import collections
+import contextlib
 import glob
 import itertools
 import os
@@ -172,14 +173,19 @@ def shard_name(prefix: str, index: int, num_shards: int) -> str:
     return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
-def _tmp_name(path: str) -> str:
-    # Hidden and suffixed, so a `*.tfrecord` glob never picks up a half-written file.
-    d, base = os.path.split(path)
+def temp_name(path) -> str:
+    """This process's temporary name for writing `path`: hidden and suffixed, so a `*.tfrecord`
+    glob never picks up a half-written file. Temporaries of `path` that an earlier, killed
+    writer left are removed: every output has one writer (the worker that owns its shard)."""
+    d, base = os.path.split(os.fspath(path))
+    for stale in glob.glob(os.path.join(glob.escape(d), f".{glob.escape(base)}.tmp-*")):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(stale)
     return os.path.join(d, f".{base}.tmp-{os.getpid()}")
 
 
 def _write_index_atomic(index_path: str, rows) -> None:
-    tmp = _tmp_name(index_path)
+    tmp = temp_name(index_path)
     with open(tmp, "w") as f:
         f.writelines(f"{o} {n}\n" for o, n in rows)
         f.flush()
@@ -194,7 +200,7 @@ class ShardWriter:
     """
 
     def __init__(self, path: str):
-        self.path, self._tmp = path, _tmp_name(path)
+        self.path, self._tmp = path, temp_name(path)
         self._file = open(self._tmp, "wb")
         self._rows, self._offset = [], 0
 
