@@ -16,7 +16,6 @@ Rebuild a missing index: python -m synthclip_jax.data.tfrecord SHARD [SHARD ...]
 import collections
 import contextlib
 import glob
-import itertools
 import os
 import struct
 import sys
