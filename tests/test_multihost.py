@@ -48,7 +48,6 @@ from tests.test_multihost import make_config
 args = json.loads(sys.argv[1])
 config = make_config()
 workdir = args["workdir"]
-stop = loop.StopRequest()
 
 
 class StopAfter:
@@ -90,7 +89,7 @@ if args["dump_batch"]:  # the first global batch as every device sees it, gather
 checkpointer = Checkpointer(workdir + "/checkpoints", keep=config.checkpoint.keep)
 report["resumed_from"] = checkpointer.latest_step()
 checkpointer.close()
-last = loop.train(config, workdir, stop=stop)
+last = loop.train(config, workdir)
 report["last_loss"] = last.get("loss")
 checkpointer = Checkpointer(workdir + "/checkpoints", keep=config.checkpoint.keep)
 report["last_checkpoint"] = checkpointer.latest_step()

@@ -18,7 +18,8 @@ rounds, each timing `--steps_per_repeat` steps of ours and of the peer, in alter
 hits both alike. In each round each system first runs `--round_warmup` untimed steps: a step
 that follows seconds of idling (here: the other system's turn) re-faults its freed working
 memory and ran 1-2 s slower at S16 on this VM (RESULTS.md), a cost a training loop running
-steps back to back does not pay. The peer runs in its own process (`PeerProcess`). Reported: median examples/s over rounds, step ms, analytic model GFLOPs/step
+steps back to back does not pay. The peer runs in its own process (`PeerProcess`).
+Reported: median examples/s over rounds, step ms, analytic model GFLOPs/step
 (`tools/bench/flops.py`), achieved GFLOP/s, and MFU against the matmul peak measured in this
 run with a large `jnp.dot`. The last line is `ratio ours/peer = X.XX` (examples/s).
 
