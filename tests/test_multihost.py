@@ -32,7 +32,7 @@ MESH, TOTAL, STOP_AT, CKPT_EVERY = (2, 2, 1), 8, 3, 2
 PHASE_TIMEOUT = 300
 
 DRIVER = r'''
-import json, os, signal, sys
+import json, os, signal, sys, time
 from synthclip_jax import distributed
 initialized = distributed.maybe_initialize()  # before anything touches a JAX backend
 
@@ -52,7 +52,9 @@ workdir = args["workdir"]
 
 class StopAfter:
     """The data source, but process 0 sends itself SIGTERM once `n` batches are drawn (a
-    preemption notice reaching one host first)."""
+    preemption notice reaching one host first). Later batches take 0.5 s, as real steps do, so
+    the notice reaches the other process (in the background) well before step TOTAL even on a
+    loaded CI machine; tiny steps would otherwise race past it."""
 
     def __init__(self, inner, n):
         self.inner, self.n = inner, n
@@ -64,6 +66,8 @@ class StopAfter:
         batch = next(self.inner)
         if self.inner.next_batch == self.n and jax.process_index() == 0:
             os.kill(os.getpid(), signal.SIGTERM)
+        if self.inner.next_batch > self.n:
+            time.sleep(0.5)
         return batch
 
     def get_state(self):
@@ -103,6 +107,7 @@ def make_config():
     c = tiny_train_config("softmax", MESH)
     c.total_steps = TOTAL
     c.checkpoint.every_steps = CKPT_EVERY
+    c.checkpoint.keep = TOTAL  # all of them, so the test sees which steps were saved
     c.log.every_steps = 1
     return c
 
