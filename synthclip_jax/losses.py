@@ -10,13 +10,15 @@ batch axes) and E the embedding size, per device:
 * ``sigmoid``      SigLIP, all-gather form: local images vs all texts,
                    O(B*E + b*B).
 * ``sigmoid_ring`` SigLIP, chunked form: text chunks travel around a ppermute
-                   ring, so only one b x b logits block exists at a time; the
-                   rematerialised loop body keeps backward at O(b*b) logits too
-                   (the per-step text chunks, B*E in total, are still saved).
+                   ring, so only one b x b logits block exists at a time. Its
+                   custom VJP runs the ring again in the backward pass, with each
+                   chunk's gradient travelling beside it back to its owner, so
+                   only the local features are saved: O(b*E + b*b) per device.
 
 Mesh axes outside `batch_axes` (e.g. 'tensor') just replicate the computation.
 Every loss returns the same float32 scalar on all devices, whatever the input dtype.
 """
+import functools
 import math
 
 import jax
@@ -52,13 +54,6 @@ def _softmax_local(img, txt, logit_scale, *, batch_axes, global_b):
     return jax.lax.psum(local, batch_axes) / (2 * global_b)
 
 
-def _sigmoid_block(img, txt, scale, bias, positive_diag):
-    logits = scale * img @ txt.T + bias
-    n = logits.shape[0]
-    z = jnp.where(jnp.eye(n, dtype=bool) & positive_diag, 1.0, -1.0)
-    return -jnp.sum(jax.nn.log_sigmoid(z * logits))
-
-
 def _sigmoid_local(img, txt, logit_scale, logit_bias, *, batch_axes, global_b):
     img, txt = img.astype(jnp.float32), txt.astype(jnp.float32)
     scale = jnp.exp(logit_scale.astype(jnp.float32))
@@ -71,28 +66,84 @@ def _sigmoid_local(img, txt, logit_scale, logit_bias, *, batch_axes, global_b):
     return jax.lax.psum(local, batch_axes) / global_b
 
 
+def _ring_perm(n):
+    return [(i, (i + 1) % n) for i in range(n)]
+
+
+def _ring_block(img, chunk, scale, bias, positive_diag):
+    """One b x b block: (loss, d loss / d logits)."""
+    logits = scale * img @ chunk.T + bias
+    n = logits.shape[0]
+    z = jnp.where(jnp.eye(n, dtype=bool) & positive_diag, 1.0, -1.0)
+    loss = -jnp.sum(jax.nn.log_sigmoid(z * logits))
+    return loss, -z * jax.nn.sigmoid(-z * logits)
+
+
+def _varying_zeros(shape, batch_axes):
+    return jax.lax.pcast(jnp.zeros(shape, jnp.float32), batch_axes, to='varying')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _ring_sum(img, txt, scale, bias, batch_axes, n):
+    """This device's images against every device's texts, summed; all inputs varying f32.
+
+    At hop k a device holds the chunk of device (i - k) mod n; only hop 0 (its own texts)
+    has the positive pairs on the diagonal.
+    """
+    def body(k, carry):
+        chunk, acc = carry
+        acc = acc + _ring_block(img, chunk, scale, bias, k == 0)[0]
+        return jax.lax.ppermute(chunk, batch_axes, _ring_perm(n)), acc
+
+    # n-1 hops, then the last chunk outside the loop: no wasted final ppermute.
+    chunk, acc = jax.lax.fori_loop(0, n - 1, body, (txt, _varying_zeros((), batch_axes)))
+    return acc + _ring_block(img, chunk, scale, bias, n == 1)[0]
+
+
+def _ring_sum_fwd(img, txt, scale, bias, batch_axes, n):
+    return _ring_sum(img, txt, scale, bias, batch_axes, n), (img, txt, scale, bias)
+
+
+def _ring_sum_bwd(batch_axes, n, saved, g):
+    img, txt, scale, bias = saved
+    perm = _ring_perm(n)
+
+    # Sums of d loss / d logits terms; the scalar factors (g, scale) are applied once at the
+    # end, since scaling a b x b block per matmul would materialise a copy of it each time.
+    # Only one b x b block is live: d scale = sum(dlogits * (img @ chunk.T)) summed over
+    # chunks equals sum(img * sum(dlogits @ chunk)), which needs no logits kept.
+    def block_grads(chunk, carry, positive_diag):
+        dchunk, dimg, dbias = carry
+        dlogits = _ring_block(img, chunk, scale, bias, positive_diag)[1]
+        return dchunk + dlogits.T @ img, dimg + dlogits @ chunk, dbias + jnp.sum(dlogits)
+
+    def body(k, carry):
+        chunk, grads = carry
+        # The chunk's gradient travels with it, accumulating every device's share.
+        dchunk, *rest = block_grads(chunk, grads, k == 0)
+        return (jax.lax.ppermute(chunk, batch_axes, perm),
+                (jax.lax.ppermute(dchunk, batch_axes, perm), *rest))
+
+    zeros = (_varying_zeros(txt.shape, batch_axes), _varying_zeros(img.shape, batch_axes),
+             _varying_zeros((), batch_axes))
+    chunk, grads = jax.lax.fori_loop(0, n - 1, body, (txt, zeros))
+    dchunk, dimg, dbias = block_grads(chunk, grads, n == 1)
+    # After n-1 hops device i holds device (i+1)'s chunk: one more hop takes its gradient home.
+    dtxt = jax.lax.ppermute(dchunk, batch_axes, perm)
+    return g * scale * dimg, g * scale * dtxt, g * jnp.sum(dimg * img), g * dbias
+
+
+_ring_sum.defvjp(_ring_sum_fwd, _ring_sum_bwd)
+
+
 def _sigmoid_ring_local(img, txt, logit_scale, logit_bias, *, batch_axes,
                         global_b, n):
     img, txt = img.astype(jnp.float32), txt.astype(jnp.float32)
-    scale = jnp.exp(logit_scale.astype(jnp.float32))
-    bias = logit_bias.astype(jnp.float32)
-    perm = [(i, (i + 1) % n) for i in range(n)]
-
-    # Remat so the backward pass recomputes each b x b block from the saved
-    # text chunk instead of keeping all n blocks alive.
-    @jax.checkpoint
-    def body(k, carry):
-        chunk, acc = carry
-        # Only step 0 sees this device's own texts, i.e. the positive pairs.
-        acc = acc + _sigmoid_block(img, chunk, scale, bias, k == 0)
-        return jax.lax.ppermute(chunk, batch_axes, perm), acc
-
-    # The accumulator starts replicated but becomes device-dependent in the loop;
-    # fori_loop needs carry types (including varying-ness) to match.
-    acc0 = jax.lax.pcast(jnp.zeros((), jnp.float32), batch_axes, to='varying')
-    # n-1 hops, then the last chunk outside the loop: no wasted final ppermute.
-    chunk, acc = jax.lax.fori_loop(0, n - 1, body, (txt, acc0))
-    acc = acc + _sigmoid_block(img, chunk, scale, bias, n == 1)
+    # Made varying here so the custom VJP's scalar cotangents are per device; the pcast's
+    # transpose then sums them over the ring.
+    scale = jax.lax.pcast(jnp.exp(logit_scale.astype(jnp.float32)), batch_axes, to='varying')
+    bias = jax.lax.pcast(logit_bias.astype(jnp.float32), batch_axes, to='varying')
+    acc = _ring_sum(img, txt, scale, bias, batch_axes, n)
     return jax.lax.psum(acc, batch_axes) / global_b
 
 

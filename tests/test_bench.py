@@ -59,7 +59,7 @@ def test_sigmoid_memory_output_format():
         temp[int(batch), loss] = float(mib)
     assert len(temp) == 4, out
     # Doubling the global batch at a fixed device count doubles b and B: the all-gather form's
-    # b x B logits grow ~4x, the ring's memory (b x b blocks + B x E saved chunks) less.
+    # b x B logits grow ~4x, the ring's b x b blocks too, but its b x E features only 2x.
     growth = {loss: temp[512, loss] / temp[256, loss] for loss in ("sigmoid", "sigmoid_ring")}
     assert growth["sigmoid"] > growth["sigmoid_ring"], growth
 

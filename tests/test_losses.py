@@ -114,7 +114,7 @@ def test_ring_equals_allgather_sigmoid():
     ag_v, ag_g = _jitted('sigmoid', shape)
     np.testing.assert_allclose(ring_v(*args), ag_v(*args), rtol=1e-6)
     for r, a in zip(ring_g(*args), ag_g(*args)):
-        np.testing.assert_allclose(r, a, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(r, a, rtol=1e-5, atol=1e-6)
 
 
 def test_bf16_inputs_compute_in_float32():
@@ -161,7 +161,17 @@ def test_ring_never_materialises_local_by_global_logits():
     ring = _temp_bytes('sigmoid_ring', shape, b, e)
     allgather = _temp_bytes('sigmoid', shape, b, e)
     block = local_b * b * 4  # one local_b x B float32 logits block
-    # Seen on CPU: all-gather ~1.07 * block, ring ~0.24 * block (~2.4 * block
-    # if the loop body is not rematerialised), so the margins are wide.
+    # Seen on CPU: all-gather ~1.07 * block, ring ~0.2 * block, so the margins are wide.
     assert allgather >= block
     assert ring < block / 2
+
+
+def test_ring_memory_grows_with_local_batch_only():
+    # Local batch 256 on 4 and on 8 devices: the global batch doubles, the ring's per-device
+    # temp must not move (no B x E term either: the custom VJP saves only local features),
+    # while the all-gather form's b x B logits double.
+    local_b, e = 256, 128
+    ring4, ring8 = (_temp_bytes('sigmoid_ring', (n, 1, 1), n * local_b, e) for n in (4, 8))
+    ag4, ag8 = (_temp_bytes('sigmoid', (n, 1, 1), n * local_b, e) for n in (4, 8))
+    assert ring8 == ring4
+    assert ag8 > 1.8 * ag4

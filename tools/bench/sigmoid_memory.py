@@ -13,8 +13,8 @@ difference between the two rows) and the median step time.
 
 Table 2, the bare loss: `jax.jit(jax.value_and_grad(make_contrastive_loss(name, mesh)))` on
 (B, E) features sharded over the devices, so the logits dominate: the all-gather form holds
-b x B logits per device (b = B / devices), the ring form b x b blocks plus the B x E text chunks
-it saves for the backward. Temp bytes per device, their ratio to the b*B*4 bytes of one f32
+b x B logits per device (b = B / devices), the ring form b x b blocks (its custom VJP saves only
+the local b x E features). Temp bytes per device, their ratio to the b*B*4 bytes of one f32
 logits matrix, and the median time of the value-and-grad call (up to `--loss_time_max`).
 """
 import os
