@@ -26,7 +26,9 @@ def base() -> ml_collections.ConfigDict:
 
     c.optim = dict(b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0, lr_warmup_init=0.0,
                    lr_end=0.0, max_nonfinite_in_a_row=10)
-    c.train = dict(grad_accum_steps=1)
+    # accum_negatives: "full" = whole-batch contrastive loss (OpenCLIP --accum-freq, one extra
+    # forward per micro-batch); "micro" = each micro-batch its own batch of negatives.
+    c.train = dict(grad_accum_steps=1, accum_negatives="full")
     c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES)
     c.loss = dict(name="softmax")
 

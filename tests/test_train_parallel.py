@@ -83,10 +83,24 @@ def test_params_are_placed_by_rules():
     assert kernel.addressable_shards[0].data.shape == (2, 8, 32)
 
 
-def test_grad_accumulation_averages_micro_batches():
+@pytest.mark.parametrize("loss,mesh,accum", [("softmax", (2, 2, 2), 2),
+                                              ("sigmoid", (2, 2, 1), 4),
+                                              ("sigmoid_ring", (8, 1, 1), 2)], ids=str)
+def test_grad_accumulation_with_full_negatives_is_the_whole_batch_step(loss, mesh, accum):
+    """The default accum_negatives='full': same losses and updates as one whole-batch step."""
+    config = tiny_train_config(loss, mesh, accum=accum)
+    assert config.train.accum_negatives == "full"
+    losses, params = run(config, jax.devices()[:math.prod(mesh)])
+    ref_losses, ref_params = single_device(loss)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    assert_params_close(params, ref_params)
+
+
+def test_grad_accumulation_micro_negatives_averages_micro_batches():
     """accum=2 on a (2,2,2) mesh: the loss is the mean of the two micro-batch losses computed
     directly (rows 0,2,4.. and 1,3,5..), and the update matches the 1-device accumulated run."""
     config = tiny_train_config("softmax", (2, 2, 2), accum=2)
+    config.train.accum_negatives = "micro"
     losses, params = run(config, jax.devices(), steps=1)
     first = next(make_train_source(config))
     model = build_model(config, config.seed)
@@ -96,7 +110,9 @@ def test_grad_accumulation_averages_micro_batches():
     np.testing.assert_allclose(losses[0], np.mean(micro), rtol=1e-5)
     whole = float(loss_fn(*model(first["image"], first["text"])))
     assert abs(losses[0] - whole) > 1e-4  # the negatives really are per micro-batch
-    ref_losses, ref_params = run(tiny_train_config("softmax", accum=2), jax.devices()[:1], 1)
+    ref_config = tiny_train_config("softmax", accum=2)
+    ref_config.train.accum_negatives = "micro"
+    ref_losses, ref_params = run(ref_config, jax.devices()[:1], 1)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     assert_params_close(params, ref_params)
 

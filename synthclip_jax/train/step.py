@@ -1,8 +1,13 @@
 """The train step: one pure function of (state, batch), jitted with explicit shardings.
 
-Gradient accumulation runs `train.grad_accum_steps` micro-batches in a `lax.scan` and averages
-their gradients; the contrastive negatives of each micro-batch are that micro-batch's examples
-(as big_vision/optax-style accumulation; OpenCLIP's feature cache is not reproduced).
+Gradient accumulation splits the batch into `train.grad_accum_steps` micro-batches, one at a
+time through the towers, so activation memory is that of one micro-batch. With
+`train.accum_negatives='full'` (default) the loss and gradients are those of the whole batch:
+every micro-batch's features are computed first without gradients, the contrastive loss and its
+gradient w.r.t. the features are taken over the whole batch, and each micro-batch then
+backpropagates its rows of that gradient through the towers (OpenCLIP's `--accum-freq` feature
+cache, in GradCache form; one extra forward pass per micro-batch). With 'micro' each micro-batch
+is its own contrastive batch and the gradients are averaged (cheaper; fewer negatives).
 """
 import jax
 import jax.numpy as jnp
@@ -20,29 +25,70 @@ def make_train_step(config, setup, mesh):
     accum = config.train.grad_accum_steps
     scale_max = config.model.logit_scale_max
     micro_sharding = NamedSharding(mesh, P(None, sharding.BATCH_AXES))
+    batch_sharding = NamedSharding(mesh, P(sharding.BATCH_AXES))
+    if config.train.accum_negatives not in ("full", "micro"):
+        raise ValueError(f"train.accum_negatives={config.train.accum_negatives!r}; "
+                         "expected 'full' or 'micro'")
+
+    def features_of(params, batch):
+        return nnx.merge(setup.graphdef, params)(batch["image"], batch["text"])
 
     def loss_of(params, batch):
-        image_features, text_features, logit_scale, logit_bias = nnx.merge(
-            setup.graphdef, params)(batch["image"], batch["text"])
-        return loss_fn(image_features, text_features, logit_scale, logit_bias)
+        return loss_fn(*features_of(params, batch))
 
     grad_of = jax.value_and_grad(loss_of)
+
+    def split(x):  # micro-batch m = rows m, m+accum, ...: every device keeps its own rows
+        x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, micro_sharding)
+
+    def merge(x):  # the inverse of `split`: back to the batch's row order and sharding
+        x = x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+        return jax.lax.with_sharding_constraint(x, batch_sharding)
+
+    def micro_negatives_grads(params, micro):
+        def add(carry, batch):
+            return jax.tree.map(jnp.add, carry, grad_of(params, batch)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        total, _ = jax.lax.scan(add, zeros, micro)
+        return jax.tree.map(lambda x: x / accum, total)
+
+    def full_negatives_grads(params, micro):
+        def features(_, batch):
+            image, text, _, _ = features_of(params, batch)
+            return None, (image, text)
+
+        _, (image, text) = jax.lax.scan(features, None, micro)
+        has_bias = "logit_bias" in params
+        logit_bias = params["logit_bias"] if has_bias else jnp.zeros((), jnp.float32)
+        loss, (d_image, d_text, d_scale, d_bias) = jax.value_and_grad(loss_fn, (0, 1, 2, 3))(
+            merge(image), merge(text), params["logit_scale"], logit_bias)
+        d_image, d_text = split(d_image), split(d_text)
+
+        def backprop(grads, xs):
+            batch, d_img, d_txt = xs
+            # The temperature and bias enter the loss directly, not through the towers: a zero
+            # cotangent here; their gradient is the whole-batch loss's, added below.
+            _, vjp = jax.vjp(lambda p: features_of(p, batch), params)
+            zero = jnp.zeros((), jnp.float32)
+            (g,) = vjp((d_img, d_txt, zero, zero))
+            return jax.tree.map(jnp.add, grads, g), None
+
+        grads, _ = jax.lax.scan(backprop, jax.tree.map(jnp.zeros_like, params),
+                                (micro, d_image, d_text))
+        grads["logit_scale"] = grads["logit_scale"] + d_scale
+        if has_bias:
+            grads["logit_bias"] = grads["logit_bias"] + d_bias
+        return loss, grads
 
     def accumulated_grads(params, batch):
         if accum == 1:
             return grad_of(params, batch)
-
-        def split(x):  # micro-batch m = rows m, m+accum, ...: every device keeps its own rows
-            x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
-            return jax.lax.with_sharding_constraint(x, micro_sharding)
-
-        def add(carry, micro):
-            loss, grads = grad_of(params, micro)
-            return jax.tree.map(jnp.add, carry, (loss, grads)), None
-
-        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-        total, _ = jax.lax.scan(add, zeros, jax.tree.map(split, batch))
-        return jax.tree.map(lambda x: x / accum, total)
+        micro = jax.tree.map(split, batch)
+        if config.train.accum_negatives == "full":
+            return full_negatives_grads(params, micro)
+        return micro_negatives_grads(params, micro)
 
     def train_step(state, batch):
         params = state["params"]
