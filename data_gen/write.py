@@ -1,13 +1,16 @@
 """Stage 5, write: pairs files -> TFRecord shards + index + manifest.json + contact sheet.
 
   python -m data_gen.write --pairs 'DIR/pairs-*.tar' --out OUT --num-shards N [--prefix synth]
-      [--manifest-extra stage_stats.json ...] [--worker-index I --num-workers W]
+      [--concepts BANK] [--manifest-extra stage_stats.json ...] [--worker-index I --num-workers W]
 
 Streams the tars written by data_gen.images (KEY.jpg + KEY.json, or KEY.txt when there is
 no .json; so any webdataset tar of JPEGs works) in sorted path order, then member order, and
 sends record j to shard j % N, so the same pairs give byte-identical shards. The JPEG bytes
 are stored as generated (no re-encoding). Writes OUT/PREFIX-0000i-of-0000N.tfrecord + .index
 with synthclip_jax.data.tfrecord, each under a temporary name, renamed when complete.
+The int64 `concept` feature holds a row's `concept_ids`, or its balance-stage concept names as
+line numbers of the --concepts bank (recorded in the manifest as `concept_bank`); names with no
+bank given are counted and printed, not stored.
 
 Workers: --num-shards is the number of output shards (as in import_pairs); W machines split
 them with --worker-index I --num-workers W (worker I writes shards s with s % W == I; every
@@ -28,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 from data_gen.common import atomic_path, file_sha256, progress, stage_parser
+from data_gen.concepts import load_bank
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
 
@@ -59,18 +63,35 @@ def _checked(path, key, members):
     return path, key, members
 
 
-def load(sample, tar) -> dict:
-    """encode_example's arguments for one sample."""
-    _, key, members = sample
+def concept_ids_of(inp: dict, bank_ids: dict | None, where: str) -> list | None:
+    """The int64 `concept` feature of a pairs row: its ids if it has ids, its concept names
+    (balance writes those) looked up in the bank, or None for names with no bank given."""
+    for k in ("concept_ids", "concepts"):
+        value = inp.get(k)
+        if isinstance(value, list) and all(isinstance(c, int) for c in value):
+            return value
+    names = inp.get("concepts")
+    if not (isinstance(names, list) and names and all(isinstance(c, str) for c in names)):
+        return []
+    if bank_ids is None:
+        return None
+    missing = [c for c in names if c not in bank_ids]
+    if missing:
+        raise SystemExit(f"{where}: concepts {missing} are not in the --concepts bank; pass "
+                         "the bank that data_gen.balance matched against")
+    return [bank_ids[c] for c in names]
+
+
+def load(sample, tar, bank_ids: dict | None = None) -> dict:
+    """encode_example's arguments for one sample, plus `unmapped` (concept names, no bank)."""
+    path, key, members = sample
     read = lambda m: tar.extractfile(m).read()
     meta = (json.loads(read(members["json"])) if "json" in members
             else {"caption": read(members["txt"]).decode("utf-8").strip()})
-    inp = meta.get("input") or {}
-    # Concept ids, if the balance stage's rows carried them through the images stage.
-    concepts = next((inp[k] for k in ("concept_ids", "concepts") if isinstance(
-        inp.get(k), list) and all(isinstance(c, int) for c in inp[k])), [])
+    concepts = concept_ids_of(meta.get("input") or {}, bank_ids, f"{path}: sample {key!r}")
     return {"image": read(members["jpg"]), "captions": [meta["caption"]],
-            "key": meta.get("key", key), "concepts": concepts, "source": meta.get("source", "")}
+            "key": meta.get("key", key), "concepts": concepts or [],
+            "source": meta.get("source", ""), "unmapped": concepts is None}
 
 
 def _wrap(draw, text: str, font, width: int, max_lines: int) -> list[str]:
@@ -110,6 +131,14 @@ def contact_sheet(samples: list[dict], path: Path, tile: int = 192) -> None:
         sheet.save(tmp, format="PNG")
 
 
+def concept_bank(path):
+    """The bank that the `concept` ids index (line numbers, from 0), for the manifest."""
+    if not path:
+        return None
+    return {"path": str(path), "entries": len(load_bank(path, dedup=False)),
+            "sha256": file_sha256(path)}
+
+
 def finish(args, out: Path, paths, total: int, inputs) -> None:
     """Contact sheet, then manifest.json (last: its presence means the output is complete)."""
     k = min(args.contact_sheet, total)
@@ -136,7 +165,8 @@ def finish(args, out: Path, paths, total: int, inputs) -> None:
     manifest = {"prefix": args.prefix, "num_shards": args.num_shards,
                 "num_records": total, "shards": shards, "inputs": inputs,
                 "settings": settings, "sources": dict(sorted(sources.items())),
-                "stages": stages, "contact_sheet": {"file": "contact_sheet.png" if k else None,
+                "stages": stages, "concept_bank": concept_bank(args.concepts),
+                "contact_sheet": {"file": "contact_sheet.png" if k else None,
                                                     "records": picks, "seed": args.seed}}
     with atomic_path(out / "manifest.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
@@ -164,12 +194,19 @@ def run(args) -> int:
             and not (out / names[s]).exists()]
     print(f"write: {len(paths)} pairs files -> {args.num_shards} shards; worker "
           f"{args.worker_index}/{args.num_workers} writes {len(todo)}", flush=True)
+    bank_ids = None
+    if args.concepts:  # first line of a name wins, as balance's bank with repeats
+        bank_ids = {}
+        for i, name in enumerate(load_bank(args.concepts, dedup=False)):
+            bank_ids.setdefault(name, i)
     writers = {s: ShardWriter(str(out / names[s])) for s in todo}
-    counts, total = Counter(), 0
+    counts, total, unmapped = Counter(), 0, 0
     try:  # every worker walks all samples (headers only) to number them; reads only its own
         for sample, tar in progress(iter_samples(paths), None, "write"):
             if total % args.num_shards in writers:
-                writers[total % args.num_shards].write(encode_example(**load(sample, tar)))
+                example = load(sample, tar, bank_ids)
+                unmapped += example.pop("unmapped")
+                writers[total % args.num_shards].write(encode_example(**example))
             counts[sample[0]] += 1
             total += 1
     except BaseException:
@@ -178,6 +215,9 @@ def run(args) -> int:
         raise
     for w in writers.values():
         w.close()
+    if unmapped:
+        print(f"write: {unmapped} records carry concept names but no --concepts bank was given: "
+              "they are stored without concept ids", flush=True)
     if all((out / n).exists() for n in names):
         finish(args, out, paths, total, [{**i, "records": counts[i["path"]]} for i in inputs])
         print(f"write: done; see {manifest_path}")
@@ -194,6 +234,9 @@ def parse_args(argv=None):
     p.add_argument("--prefix", default="synth", help="shard name prefix (default synth)")
     p.add_argument("--manifest-extra", nargs="*", default=[], metavar="JSON",
                    help="earlier stages' stats files, copied into manifest['stages']")
+    p.add_argument("--concepts", metavar="BANK",
+                   help="the concept bank data_gen.balance used: rows' concept names are stored "
+                        "as their line numbers in it (without it, names are not stored)")
     p.add_argument("--contact-sheet", type=int, default=16, metavar="K",
                    help="pairs shown in contact_sheet.png (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the contact-sheet sample")

@@ -150,9 +150,10 @@ def test_whole_chain_cpu_into_trainer(tiny_model, tmp_path):  # noqa: F811
     # write: TFRecord shards + manifest
     shards = tmp_path / "shards"
     run("write", "--pairs", f"{pairs}/pairs-*.tar", "--out", shards, "--num-shards", 2,
-        "--manifest-extra", bal / "balance_stats.json", "--contact-sheet", 4)
+        "--manifest-extra", bal / "balance_stats.json", "--contact-sheet", 4, "--concepts", bank)
     manifest = json.loads((shards / "manifest.json").read_text())
     assert manifest["num_records"] == len(kept)
+    assert manifest["concept_bank"]["entries"] == len(concepts)
     assert manifest["stages"]["balance_stats"]["kept"] == len(kept)
     assert (shards / "contact_sheet.png").exists()
 
@@ -165,6 +166,10 @@ def test_whole_chain_cpu_into_trainer(tiny_model, tmp_path):  # noqa: F811
     # cleaning, so a model caption with a double space is stored with a single one
     assert sorted(e["captions"][0] for e in examples) == sorted(
         images_stage.clean_caption(c) for c in kept_captions)
+    # each record's concept ids are the bank lines of the concepts balance matched
+    assert sorted((e["captions"][0], [concepts[i] for i in e["concepts"]]) for e in examples) == \
+        sorted((images_stage.clean_caption(r["caption"]), r["concepts"]) for r in kept)
+    assert all(e["concepts"] for e in examples)
     for e in examples:
         with Image.open(io.BytesIO(e["image"])) as im:
             assert im.format == "JPEG" and im.size == (32, 32)

@@ -242,3 +242,14 @@ def test_diffusers_tiny_random_pipeline(tmp_path):
     assert examples[0]["source"] == "model:ddim2:g2.0"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["settings"][0]["settings"]["model"] == str(model)
+
+
+def test_concept_names_become_bank_ids():
+    from data_gen.write import concept_ids_of
+    bank = {"dog": 0, "red ball": 1}
+    assert concept_ids_of({"concept_ids": [5, 2]}, None, "x") == [5, 2]
+    assert concept_ids_of({"concepts": ["red ball", "dog"]}, bank, "x") == [1, 0]
+    assert concept_ids_of({"concepts": ["dog"]}, None, "x") is None  # counted, not stored
+    assert concept_ids_of({}, bank, "x") == []
+    with pytest.raises(SystemExit, match=r"pairs-0.tar: sample 'k'.*\['cat'\].*--concepts"):
+        concept_ids_of({"concepts": ["dog", "cat"]}, bank, "pairs-0.tar: sample 'k'")
