@@ -10,8 +10,10 @@ torch = pytest.importorskip("torch", reason="the export parity tests run the PyT
 transformers = pytest.importorskip("transformers", reason="--format hf targets transformers")
 
 from synthclip_jax.train.checkpoint import load_params  # noqa: E402
-from tests.test_convert_openclip import (TOL, inputs, jax_forward, random_params,  # noqa: E402
-                                         rel_errors, tiny_config, trained_workdir)  # noqa: F401
+from synthclip_jax.data.tokenizer import EOT_ID, tokenize  # noqa: E402
+from tests.test_convert_openclip import (TEXTS, TOL, inputs, jax_forward,  # noqa: E402
+                                         random_params, rel_errors, tiny_config,
+                                         trained_workdir)  # noqa: F401
 from tools import convert_to_openclip as conv  # noqa: E402
 from tools import export_hf  # noqa: E402
 
@@ -88,6 +90,33 @@ def test_hf_trained_model_cli(trained_workdir, tmp_path, caplog):  # noqa: F811
                       hf_forward(out, images, tokens, caplog))
     print("\nhf trained: " + " ".join(f"{k}={v:.2e}" for k, v in errs.items()))
     assert max(errs.values()) <= TOL, errs
+
+    # The exported processor: HF's tokenizer gives our ids (it pads with EOT, we with 0) and,
+    # through CLIPModel, our text features; the image settings are the config's.
+    processor = transformers.CLIPProcessor.from_pretrained(out)
+    context = config.model.text.context_length
+    texts = TEXTS + ["A dog's toy, on the grass!", "3 red balls & 2 cubes (left)"]
+    hf_ids = processor(text=texts, padding="max_length", max_length=context, truncation=True,
+                       return_tensors="np")["input_ids"]
+    ours = tokenize(texts, context)
+    for text, hf_row, our_row in zip(texts, hf_ids, ours):
+        end = int(np.argmax(our_row == EOT_ID)) + 1
+        if len(text.split()) < context - 2:  # untruncated: HF does not force a final EOT
+            np.testing.assert_array_equal(hf_row[:end], our_row[:end], err_msg=text)
+            assert (hf_row[end:] == EOT_ID).all()
+    short = [i for i, t in enumerate(texts) if len(t.split()) < context - 2]
+    model = transformers.CLIPModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        hf_txt = _tensor(model.get_text_features(input_ids=torch.from_numpy(
+            hf_ids[short].astype(np.int64))))
+        hf_txt = torch.nn.functional.normalize(hf_txt, dim=-1).numpy()
+    our_txt = jax_forward(config, params, images, ours[short])[1]
+    np.testing.assert_allclose(hf_txt, our_txt, atol=1e-4)
+    image_processor = processor.image_processor
+    assert image_processor.crop_size == {"height": config.data.image_size,
+                                         "width": config.data.image_size}
+    np.testing.assert_allclose(image_processor.image_mean, config.data.mean)
+    np.testing.assert_allclose(image_processor.image_std, config.data.std)
 
 
 @pytest.mark.parametrize("model, key", [

@@ -1,4 +1,5 @@
-"""Export to a transformers `CLIPModel` directory (config.json + model.safetensors).
+"""Export to a transformers `CLIPModel` directory (config.json + model.safetensors, and the
+tokenizer and image processor files, so `CLIPProcessor.from_pretrained(dir)` works).
 
 Used by `python -m tools.convert_to_openclip ... --format hf`. CLIPModel is less flexible than
 OpenCLIP: its text tower is always causal and pools at the first `eos_token_id` (we set 49407, the
@@ -97,6 +98,32 @@ def hf_state_dict(config, params):
     return {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}
 
 
+# transformers' CLIPTokenizer names the OpenAI BPE's specials as the original CLIP release did.
+HF_SPECIALS = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+
+
+def hf_processor(config):
+    """CLIPProcessor: our tokenizer's vocab and merges (same ids) and the eval preprocessing.
+
+    Images: shortest edge to `data.image_size` (bicubic), center crop, `data.mean/std`, as the
+    OpenCLIP export's preprocess_cfg. HF pads with <|endoftext|> where we pad with 0; CLIPModel
+    pools at the first <|endoftext|>, so the text features are the same.
+    """
+    from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
+    from synthclip_jax.data.tokenizer import get_tokenizer
+    ours = get_tokenizer()
+    vocab = {HF_SPECIALS.get(token, token): i for i, token in enumerate(ours.id_to_token)}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=list(ours.merges),
+                              model_max_length=config.model.text.context_length)
+    size = int(config.data.image_size)
+    images = CLIPImageProcessor(
+        do_resize=True, size={"shortest_edge": size}, resample=3,  # PIL bicubic
+        do_center_crop=True, crop_size={"height": size, "width": size}, do_rescale=True,
+        do_normalize=True, image_mean=[float(x) for x in config.data.mean],
+        image_std=[float(x) for x in config.data.std], do_convert_rgb=True)
+    return CLIPProcessor(image_processor=images, tokenizer=tokenizer)
+
+
 def export_hf(config, params, out_dir):
     check_hf(config)
     import torch
@@ -113,3 +140,4 @@ def export_hf(config, params, out_dir):
     model.save_pretrained(out_dir)
     if not os.path.exists(os.path.join(out_dir, "model.safetensors")):
         raise ExportError(f"transformers did not write {out_dir}/model.safetensors")
+    hf_processor(config).save_pretrained(out_dir)

@@ -66,6 +66,7 @@ class Tokenizer:
         with gzip.open(bpe_path) as f:
             merges = f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
         merges = [tuple(m.split()) for m in merges]
+        self.merges = merges
         chars = list(bytes_to_unicode().values())
         vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [*_SPECIALS]
         assert len(vocab) == VOCAB_SIZE and vocab[SOT_ID] == "<start_of_text>"
