@@ -50,6 +50,9 @@ def base() -> ml_collections.ConfigDict:
         train="",  # glob of TFRecord shards
         image_size=224,
         rrc_scale=(0.9, 1.0),  # RandomResizedCrop area range (OpenCLIP's default)
+        # Captions longer than the text context, in training (tfrecord source): truncate,
+        # random, block or subcaption (CLIPS); see synthclip_jax/data/text_reduction.py.
+        text_reduction="truncate",
         mean=CLIP_MEAN,
         std=CLIP_STD,
         num_workers=4,  # Grain worker processes (0 = decode in the training process)

@@ -101,6 +101,20 @@ def test_captions_and_center_crop(tmp_path):
     assert seen == {tuple(tokenize([c], 16)[0]) for c in ("photo 0", "picture 0")}
 
 
+def test_text_reduction_in_training_only(tmp_path):
+    shards = TFRecordShards(write_dataset(tmp_path, n=2, num_shards=1))
+    mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
+    # Context 3 keeps one of the two BPE tokens of "photo 0" / "picture 0".
+    words = ("photo", "picture", "0")
+    kwargs = dict(text_reduction="block")
+    train = pipeline.LoadExample(shards, 16, 3, mean, std, train=True, **kwargs)
+    seen = {tuple(train.random_map(0, np.random.default_rng(s))["text"]) for s in range(40)}
+    assert seen == {tuple(tokenize([w], 3)[0]) for w in words}
+    evaluate = pipeline.LoadExample(shards, 16, 3, mean, std, train=False, **kwargs)
+    out = evaluate.random_map(0, np.random.default_rng(0))
+    np.testing.assert_array_equal(out["text"], tokenize(["photo 0"], 3)[0])  # truncated
+
+
 def test_random_resized_crop_box_respects_scale_and_ratio():
     rng = np.random.default_rng(0)
     for _ in range(500):

@@ -23,6 +23,8 @@ from absl import flags
 from PIL import Image
 
 from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
+from synthclip_jax.data import text_reduction
+from synthclip_jax.data.text_reduction import tokenize_reduced
 from synthclip_jax.data.tokenizer import tokenize
 
 MAX_REPLACEMENTS = 100  # consecutive bad records tolerated while looking for a good one
@@ -82,6 +84,7 @@ class LoadExample(grain.transforms.RandomMap):
     rrc_scale: tuple = (0.9, 1.0)
     rrc_ratio: tuple = (3 / 4, 4 / 3)
     skip_corrupt: bool = False
+    text_reduction: str = "truncate"  # training only; see text_reduction.py
 
     def random_map(self, index, rng: np.random.Generator):
         for corrupt in range(MAX_REPLACEMENTS + 1):
@@ -92,8 +95,9 @@ class LoadExample(grain.transforms.RandomMap):
                 if not self.skip_corrupt:
                     raise
                 continue
-            return {"image": image, "text": tokenize([caption], self.context_length)[0],
-                    "corrupt": np.int32(corrupt)}
+            text = (tokenize_reduced(caption, self.text_reduction, self.context_length, rng)
+                    if self.train else tokenize([caption], self.context_length)[0])
+            return {"image": image, "text": text, "corrupt": np.int32(corrupt)}
         raise CorruptRecordError(f"{MAX_REPLACEMENTS + 1} bad records in a row from record "
                                  f"{index} ({self.shards.location(int(index))})")
 
@@ -133,7 +137,8 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
                          f"{process_count} processes")
     load = LoadExample(shards, d.image_size, config.model.text.context_length,
                        np.array(d.mean, np.float32), np.array(d.std, np.float32), train=True,
-                       rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt)
+                       rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
+                       text_reduction=text_reduction.check_mode(d.text_reduction))
     # Random choices are seeded by the global position, so that the examples do not depend
     # on the number of processes. Element k of process p = global element k*P + p (lazily:
     # only this process's elements are ever read).

@@ -15,6 +15,9 @@ SOURCES = ("synthetic_shapes", "tfrecord")
 def make_train_source(config):
     name = config.data.source
     if name == "synthetic_shapes":
+        if config.data.text_reduction != "truncate":
+            raise ValueError(f"data.text_reduction={config.data.text_reduction!r} needs "
+                             "data.source='tfrecord' (synthetic_shapes has no captions to cut)")
         return ShapesSource(seed=config.seed, global_batch=config.batch_size,
                             image_size=config.data.image_size,
                             context_length=config.model.text.context_length,
