@@ -53,6 +53,9 @@ def base() -> ml_collections.ConfigDict:
         # Captions longer than the text context, in training (tfrecord source): truncate,
         # random, block or subcaption (CLIPS); see synthclip_jax/data/text_reduction.py.
         text_reduction="truncate",
+        # A .npy of record indices, batch after batch (tools/similarity_order.py: SimCLIP's
+        # similarity-cluster batches); "" = seeded shuffle, epoch after epoch.
+        batch_order="",
         mean=CLIP_MEAN,
         std=CLIP_STD,
         num_workers=4,  # Grain worker processes (0 = decode in the training process)

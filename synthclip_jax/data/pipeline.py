@@ -20,11 +20,12 @@ import io
 import grain
 import numpy as np
 from absl import flags
+from etils import epath
 from PIL import Image
 
-from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
 from synthclip_jax.data import text_reduction
 from synthclip_jax.data.text_reduction import tokenize_reduced
+from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
 from synthclip_jax.data.tokenizer import tokenize
 
 MAX_REPLACEMENTS = 100  # consecutive bad records tolerated while looking for a good one
@@ -129,6 +130,22 @@ def shuffled_indices(num_records: int, seed: int) -> grain.MapDataset:
     return grain.MapDataset.range(num_records).shuffle(seed=seed).repeat()
 
 
+def ordered_indices(path: str, num_records: int, batch_size: int) -> grain.MapDataset:
+    """Record indices from a `data.batch_order` file (tools/similarity_order.py), repeated."""
+    with epath.Path(path).open("rb") as f:
+        order = np.load(f)
+    if order.ndim != 1 or not np.issubdtype(order.dtype, np.integer):
+        raise ValueError(f"data.batch_order={path}: expected a 1-D integer array, got "
+                         f"{order.dtype} {order.shape}")
+    if len(order) == 0 or len(order) % batch_size:
+        raise ValueError(f"data.batch_order={path}: {len(order)} indices is not a positive "
+                         f"multiple of batch_size={batch_size}")
+    if order.min() < 0 or order.max() >= num_records:
+        raise ValueError(f"data.batch_order={path}: indices {order.min()}..{order.max()} "
+                         f"outside the {num_records} records of data.train")
+    return grain.MapDataset.source(order.astype(np.int64)).repeat()
+
+
 def train_dataset(config, shards: TFRecordShards, process_index: int,
                   process_count: int) -> grain.IterDataset:
     d = config.data
@@ -146,7 +163,9 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
     # elements (default 500, sized for 1-10 KiB records), which for whole decoded batches
     # would hold up to 500 batches (~150 GB at 512 x 224 px) in host memory.
     read = grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.read_ahead)
-    ds = (shuffled_indices(len(shards), config.seed)
+    indices = (ordered_indices(d.batch_order, len(shards), config.batch_size) if d.batch_order
+               else shuffled_indices(len(shards), config.seed))
+    ds = (indices
           .random_map(load, seed=config.seed)
           [process_index::process_count]
           .to_iter_dataset(read)

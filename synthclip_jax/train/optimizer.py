@@ -33,8 +33,9 @@ def weight_decay_mask(params):
 
 def make_schedule(config) -> optax.Schedule:
     total, warmup = config.total_steps, config.warmup_steps
-    if not 0 <= warmup <= total:
-        raise ValueError(f"warmup_steps={warmup} must lie in [0, total_steps={total}]")
+    if not (0 <= warmup < total or warmup == total == 0):
+        raise ValueError(f"warmup_steps={warmup} must lie in [0, total_steps={total}): the "
+                         "cosine decay after the warmup needs at least one step")
     return optax.warmup_cosine_decay_schedule(
         init_value=config.optim.lr_warmup_init, peak_value=config.lr, warmup_steps=warmup,
         decay_steps=max(total, 1), end_value=config.optim.lr_end)

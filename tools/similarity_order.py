@@ -1,0 +1,100 @@
+"""SimCLIP similarity-cluster batches: write a run's record order for `data.batch_order`.
+
+  python -m tools.similarity_order --workdir EMBED_RUN --data 'shards/*.tfrecord' --out order.npy
+      [--batch_size 1024] [--num_batches STEPS] [--proportion 1.0] [--cluster_size 16]
+      [--neighborhood 1] [--seed 0]
+
+Embeds the first caption of every record with the text tower of EMBED_RUN's latest checkpoint
+(SimCLIP's offline mode: one embedding pass before training, with an initial model), then writes
+`num_batches` batches of record indices (synthclip_jax/data/similarity.py: per batch
+int(batch_size * proportion) examples in clusters of `cluster_size` similar captions, the rest
+shuffled). Train with `--config.data.batch_order=order.npy` and the same batch size; the order
+repeats if training runs longer. A sidecar ORDER.json records the settings.
+"""
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def caption_features(workdir, pattern: str, batch: int = 256):
+    """(config of the embedding run, (N, E) L2-normalised text features of every record)."""
+    import jax
+    from flax import nnx
+
+    from synthclip_jax.data.tfrecord import TFRecordShards, decode_example
+    from synthclip_jax.data.tokenizer import tokenize
+    from synthclip_jax.models.two_tower import build_model
+    from synthclip_jax.train.checkpoint import load_params
+
+    config, params, step = load_params(workdir)
+    graphdef, state = nnx.split(build_model(config, 0))
+    nnx.replace_by_pure_dict(state, params)
+    encode = jax.jit(lambda s, t: nnx.merge(graphdef, s).encode_text(t))
+    shards = TFRecordShards(pattern)
+    print(f"embedding {len(shards)} captions with step {step} of {workdir}", flush=True)
+    features, start, shown = [], time.perf_counter(), 0.0
+    for lo in range(0, len(shards), batch):
+        captions = [decode_example(shards[i])["captions"][0]
+                    for i in range(lo, min(lo + batch, len(shards)))]
+        tokens = tokenize(captions, config.model.text.context_length)
+        pad = batch - len(tokens)  # one compiled shape
+        tokens = np.concatenate([tokens, np.repeat(tokens[-1:], pad, 0)]) if pad else tokens
+        features.append(np.asarray(encode(state, tokens))[:batch - pad])
+        elapsed = time.perf_counter() - start
+        if elapsed - shown > 10 or lo + batch >= len(shards):
+            print(f"  {lo + len(captions)}/{len(shards)} captions, {elapsed:.0f}s", flush=True)
+            shown = elapsed
+    return config, np.concatenate(features).astype(np.float32)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.similarity_order", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="run whose latest checkpoint embeds captions")
+    p.add_argument("--data", default=None, help="TFRecord glob (default: that run's data.train)")
+    p.add_argument("--out", required=True, help="output .npy of record indices")
+    p.add_argument("--batch_size", type=int, default=0, help="global batch (default: the run's)")
+    p.add_argument("--num_batches", type=int, default=0,
+                   help="batches to write (default: the run's total_steps)")
+    p.add_argument("--proportion", type=float, default=1.0,
+                   help="fraction of each batch in similarity clusters (SimCLIP synthesis-prop)")
+    p.add_argument("--cluster_size", type=int, default=16, help="examples per cluster")
+    p.add_argument("--neighborhood", type=int, default=1,
+                   help="draw each cluster from the cluster_size * this most similar captions")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if not args.out.endswith(".npy"):
+        p.error(f"--out {args.out}: expected a .npy path")
+
+    from synthclip_jax.data.similarity import batch_order
+
+    config, features = caption_features(args.workdir, args.data or config_data(args.workdir))
+    batch_size = args.batch_size or config.batch_size
+    num_batches = args.num_batches or config.total_steps
+    clustered = int(batch_size * args.proportion)
+    if not 0 <= args.proportion <= 1 or clustered % args.cluster_size:
+        print(f"error: int(batch_size {batch_size} x proportion {args.proportion}) = {clustered} "
+              f"must be a multiple of --cluster_size {args.cluster_size}", file=sys.stderr)
+        return 2
+    order = batch_order(features, batch_size=batch_size, proportion=args.proportion,
+                        num_clusters=max(clustered // args.cluster_size, 1),
+                        neighborhood=args.neighborhood, num_batches=num_batches, seed=args.seed)
+    np.save(args.out, order)
+    settings = {**vars(args), "batch_size": batch_size, "num_batches": num_batches,
+                "records": len(features)}
+    with open(f"{args.out.removesuffix('.npy')}.json", "w") as f:
+        json.dump(settings, f, indent=1)
+    print(f"wrote {num_batches} batches of {batch_size} ({clustered} clustered) to {args.out}")
+    return 0
+
+
+def config_data(workdir) -> str:
+    from etils import epath
+    return json.loads((epath.Path(workdir) / "config.json").read_text())["data"]["train"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
