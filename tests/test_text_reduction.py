@@ -81,7 +81,7 @@ def test_subcaption_takes_ordered_sentence_subsets():
 
 @pytest.mark.parametrize("mode", text_reduction.MODES)
 def test_short_captions_are_kept_whole(mode):
-    short = "a red ball"
+    short = "A red ball. A blue cube."
     assert ours(mode, short, 16, draws=20) == {tuple(tokenize([short], 16)[0])}
 
 

@@ -46,19 +46,17 @@ def _row(ids, context_length: int) -> np.ndarray:
 def tokenize_reduced(caption: str, mode: str, context_length: int,
                      rng: np.random.Generator) -> np.ndarray:
     """int32 (context_length,): SOT, the kept tokens, EOT, zero padding."""
-    keep = context_length - 2
-    if mode == "subcaption":
-        sentences = split_sentences(caption)
-        if len(sentences) > 1:
-            count = rng.integers(1, len(sentences) + 1)
-            picked = np.sort(rng.choice(len(sentences), size=count, replace=False))
-            caption = " ".join(sentences[i] for i in picked)
-        return tokenize([caption], context_length)[0]
     if mode == "truncate":
         return tokenize([caption], context_length)[0]
+    keep = context_length - 2
     ids = get_tokenizer().encode(caption)
     if len(ids) <= keep:
         return _row(ids, context_length)
+    if mode == "subcaption":
+        sentences = split_sentences(caption)
+        count = rng.integers(1, len(sentences) + 1)
+        picked = np.sort(rng.choice(len(sentences), size=count, replace=False))
+        return tokenize([" ".join(sentences[i] for i in picked)], context_length)[0]
     if mode == "block":
         start = rng.integers(0, len(ids) - keep + 1)
         return _row(ids[start:start + keep], context_length)
