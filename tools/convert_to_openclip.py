@@ -6,7 +6,8 @@ openclip: OUTDIR/open_clip_config.json (model_cfg + preprocess_cfg) and
 OUTDIR/open_clip_model.safetensors (the first name open_clip's `local-dir:` loader looks for), so
 `open_clip.create_model_and_transforms('local-dir:OUTDIR')` and
 `open_clip.get_tokenizer('local-dir:OUTDIR')` load it (strict state_dict loading).
-hf: OUTDIR/config.json + model.safetensors of a `transformers.CLIPModel` (see tools/export_hf.py).
+hf: OUTDIR/config.json + model.safetensors of a `transformers.CLIPModel`, and a
+`CLIPProcessor`'s tokenizer and image-processor files (see tools/export_hf.py).
 
 Our parameters map one-to-one onto OpenCLIP's native `CLIP` (`two_tower.OPENCLIP_KEYS`), so the
 conversion is transposes and reshapes; the two silent traps are written into the config: the
