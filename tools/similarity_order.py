@@ -10,6 +10,11 @@ Embeds the first caption of every record with the text tower of EMBED_RUN's late
 int(batch_size * proportion) examples in clusters of `cluster_size` similar captions, the rest
 shuffled). Train with `--config.data.batch_order=order.npy` and the same batch size; the order
 repeats if training runs longer. A sidecar ORDER.json records the settings.
+
+Scale: the features (N x E float32) stay in host memory and every cluster scans all N, as in
+SimCLIP (COCO's 118k captions: 240 MB at E = 512). Millions of captions need an ANN index,
+which this does not build. SimCLIP's online mode (re-embedding every epoch) is not provided:
+rerun this tool on a newer checkpoint and resume with the new order instead.
 """
 import argparse
 import json
