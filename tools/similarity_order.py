@@ -24,35 +24,31 @@ import time
 import numpy as np
 
 
-def caption_features(workdir, pattern: str, batch: int = 256):
-    """(config of the embedding run, (N, E) L2-normalised text features of every record)."""
+def caption_features(config, params, pattern: str, chunk: int = 8192) -> np.ndarray:
+    """(N, E) L2-normalised text features of every record's first caption, with `params`."""
     import jax
     from flax import nnx
 
+    from synthclip_jax import sharding
     from synthclip_jax.data.tfrecord import TFRecordShards, decode_example
     from synthclip_jax.data.tokenizer import tokenize
+    from synthclip_jax.evaluate.encode import Encoder
     from synthclip_jax.models.two_tower import build_model
-    from synthclip_jax.train.checkpoint import load_params
 
-    config, params, step = load_params(workdir)
     graphdef, state = nnx.split(build_model(config, 0))
     nnx.replace_by_pure_dict(state, params)
-    encode = jax.jit(lambda s, t: nnx.merge(graphdef, s).encode_text(t))
+    mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), jax.local_devices())
+    encoder = Encoder(graphdef, mesh, batch_size=256)
     shards = TFRecordShards(pattern)
-    print(f"embedding {len(shards)} captions with step {step} of {workdir}", flush=True)
-    features, start, shown = [], time.perf_counter(), 0.0
-    for lo in range(0, len(shards), batch):
+    features, start = [], time.perf_counter()
+    for lo in range(0, len(shards), chunk):
         captions = [decode_example(shards[i])["captions"][0]
-                    for i in range(lo, min(lo + batch, len(shards)))]
-        tokens = tokenize(captions, config.model.text.context_length)
-        pad = batch - len(tokens)  # one compiled shape
-        tokens = np.concatenate([tokens, np.repeat(tokens[-1:], pad, 0)]) if pad else tokens
-        features.append(np.asarray(encode(state, tokens))[:batch - pad])
-        elapsed = time.perf_counter() - start
-        if elapsed - shown > 10 or lo + batch >= len(shards):
-            print(f"  {lo + len(captions)}/{len(shards)} captions, {elapsed:.0f}s", flush=True)
-            shown = elapsed
-    return config, np.concatenate(features).astype(np.float32)
+                    for i in range(lo, min(lo + chunk, len(shards)))]
+        features.append(encoder.texts(state, tokenize(captions,
+                                                      config.model.text.context_length)))
+        print(f"  {lo + len(captions)}/{len(shards)} captions, "
+              f"{time.perf_counter() - start:.0f}s", flush=True)
+    return np.concatenate(features).astype(np.float32)
 
 
 def main(argv=None) -> int:
@@ -75,8 +71,9 @@ def main(argv=None) -> int:
         p.error(f"--out {args.out}: expected a .npy path")
 
     from synthclip_jax.data.similarity import batch_order
+    from synthclip_jax.train.checkpoint import load_params
 
-    config, features = caption_features(args.workdir, args.data or config_data(args.workdir))
+    config, params, step = load_params(args.workdir)
     batch_size = args.batch_size or config.batch_size
     num_batches = args.num_batches or config.total_steps
     clustered = int(batch_size * args.proportion)
@@ -84,6 +81,9 @@ def main(argv=None) -> int:
         print(f"error: int(batch_size {batch_size} x proportion {args.proportion}) = {clustered} "
               f"must be a multiple of --cluster_size {args.cluster_size}", file=sys.stderr)
         return 2
+    pattern = args.data or config.data.train
+    print(f"embedding the captions of {pattern} with step {step} of {args.workdir}", flush=True)
+    features = caption_features(config, params, pattern)
     order = batch_order(features, batch_size=batch_size, proportion=args.proportion,
                         num_clusters=max(clustered // args.cluster_size, 1),
                         neighborhood=args.neighborhood, num_batches=num_batches, seed=args.seed)
@@ -94,11 +94,6 @@ def main(argv=None) -> int:
         json.dump(settings, f, indent=1)
     print(f"wrote {num_batches} batches of {batch_size} ({clustered} clustered) to {args.out}")
     return 0
-
-
-def config_data(workdir) -> str:
-    from etils import epath
-    return json.loads((epath.Path(workdir) / "config.json").read_text())["data"]["train"]
 
 
 if __name__ == "__main__":
