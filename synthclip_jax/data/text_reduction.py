@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from synthclip_jax.data.tokenizer import EOT_ID, SOT_ID, get_tokenizer, tokenize
+from synthclip_jax.data.tokenizer import get_tokenizer, ids_to_row, tokenize
 
 MODES = ("truncate", "random", "block", "subcaption")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -36,13 +36,6 @@ def split_sentences(caption: str) -> list:
     return [s for s in _SENTENCE_END.split(caption.strip()) if s]
 
 
-def _row(ids, context_length: int) -> np.ndarray:
-    row = np.zeros(context_length, np.int32)
-    tokens = [SOT_ID, *ids, EOT_ID]
-    row[:len(tokens)] = tokens
-    return row
-
-
 def tokenize_reduced(caption: str, mode: str, context_length: int,
                      rng: np.random.Generator) -> np.ndarray:
     """int32 (context_length,): SOT, the kept tokens, EOT, zero padding."""
@@ -51,7 +44,7 @@ def tokenize_reduced(caption: str, mode: str, context_length: int,
     keep = context_length - 2
     ids = get_tokenizer().encode(caption)
     if len(ids) <= keep:
-        return _row(ids, context_length)
+        return ids_to_row(ids, context_length)
     if mode == "subcaption":
         sentences = split_sentences(caption)
         count = rng.integers(1, len(sentences) + 1)
@@ -59,6 +52,6 @@ def tokenize_reduced(caption: str, mode: str, context_length: int,
         return tokenize([" ".join(sentences[i] for i in picked)], context_length)[0]
     if mode == "block":
         start = rng.integers(0, len(ids) - keep + 1)
-        return _row(ids[start:start + keep], context_length)
+        return ids_to_row(ids[start:start + keep], context_length)
     positions = np.sort(rng.choice(len(ids), size=keep, replace=False))
-    return _row([ids[i] for i in positions], context_length)
+    return ids_to_row([ids[i] for i in positions], context_length)

@@ -115,14 +115,22 @@ class Tokenizer:
                  context_length: int = CONTEXT_LENGTH) -> np.ndarray:
         if isinstance(texts, str):
             texts = [texts]
-        result = np.zeros((len(texts), context_length), np.int32)  # PAD_ID == 0
+        result = np.zeros((len(texts), context_length), np.int32)
         for row, ids in zip(result, self.encode_batch(texts)):
-            tokens = [SOT_ID] + ids + [EOT_ID]
-            if len(tokens) > context_length:  # truncate, keeping EOT as the last token
-                tokens = tokens[:context_length]
-                tokens[-1] = EOT_ID
-            row[:len(tokens)] = tokens
+            row[:] = ids_to_row(ids, context_length)
         return result
+
+
+def ids_to_row(ids, context_length: int) -> np.ndarray:
+    """int32 (context_length,): SOT, BPE `ids`, EOT, padding (PAD_ID == 0); too long a text is
+    truncated, keeping EOT as the last token."""
+    tokens = [SOT_ID, *ids, EOT_ID]
+    if len(tokens) > context_length:
+        tokens = tokens[:context_length]
+        tokens[-1] = EOT_ID
+    row = np.zeros(context_length, np.int32)
+    row[:len(tokens)] = tokens
+    return row
 
 
 @functools.lru_cache(maxsize=None)
