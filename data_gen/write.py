@@ -131,15 +131,14 @@ def contact_sheet(samples: list[dict], path: Path, tile: int = 192) -> None:
         sheet.save(tmp, format="PNG")
 
 
-def concept_bank(path):
+def concept_bank(path, bank) -> dict | None:
     """The bank that the `concept` ids index (line numbers, from 0), for the manifest."""
-    if not path:
+    if bank is None:
         return None
-    return {"path": str(path), "entries": len(load_bank(path, dedup=False)),
-            "sha256": file_sha256(path)}
+    return {"path": str(path), "entries": len(bank), "sha256": file_sha256(path)}
 
 
-def finish(args, out: Path, paths, total: int, inputs) -> None:
+def finish(args, out: Path, paths, total: int, inputs, bank) -> None:
     """Contact sheet, then manifest.json (last: its presence means the output is complete)."""
     k = min(args.contact_sheet, total)
     picks = sorted(random.Random(args.seed).sample(range(total), k))
@@ -165,7 +164,7 @@ def finish(args, out: Path, paths, total: int, inputs) -> None:
     manifest = {"prefix": args.prefix, "num_shards": args.num_shards,
                 "num_records": total, "shards": shards, "inputs": inputs,
                 "settings": settings, "sources": dict(sorted(sources.items())),
-                "stages": stages, "concept_bank": concept_bank(args.concepts),
+                "stages": stages, "concept_bank": concept_bank(args.concepts, bank),
                 "contact_sheet": {"file": "contact_sheet.png" if k else None,
                                                     "records": picks, "seed": args.seed}}
     with atomic_path(out / "manifest.json") as tmp:
@@ -194,10 +193,11 @@ def run(args) -> int:
             and not (out / names[s]).exists()]
     print(f"write: {len(paths)} pairs files -> {args.num_shards} shards; worker "
           f"{args.worker_index}/{args.num_workers} writes {len(todo)}", flush=True)
+    bank = load_bank(args.concepts, dedup=False) if args.concepts else None
     bank_ids = None
-    if args.concepts:  # first line of a name wins, as balance's bank with repeats
+    if bank is not None:  # first line of a name wins, as balance's bank with repeats
         bank_ids = {}
-        for i, name in enumerate(load_bank(args.concepts, dedup=False)):
+        for i, name in enumerate(bank):
             bank_ids.setdefault(name, i)
     writers = {s: ShardWriter(str(out / names[s])) for s in todo}
     counts, total, unmapped = Counter(), 0, 0
@@ -219,7 +219,8 @@ def run(args) -> int:
         print(f"write: {unmapped} records carry concept names but no --concepts bank was given: "
               "they are stored without concept ids", flush=True)
     if all((out / n).exists() for n in names):
-        finish(args, out, paths, total, [{**i, "records": counts[i["path"]]} for i in inputs])
+        finish(args, out, paths, total, [{**i, "records": counts[i["path"]]} for i in inputs],
+               bank)
         print(f"write: done; see {manifest_path}")
     else:
         print("write: other workers' shards are still missing; the last one writes the manifest")
