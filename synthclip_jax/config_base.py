@@ -6,7 +6,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from synthclip_jax.models.sizes import text_size, vit_size
-from synthclip_jax.sharding import DEFAULT_RULES
+from synthclip_jax.axis_rules import DEFAULT_RULES
 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

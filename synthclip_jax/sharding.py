@@ -14,17 +14,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+from synthclip_jax.axis_rules import BATCH_AXES, DEFAULT_RULES, MESH_AXES  # noqa: F401 (re-exported)
 
-DEFAULT_RULES = (
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("kv", None),
-    ("layers", None),
-)
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple:
