@@ -12,15 +12,21 @@ from synthclip_jax import sharding
 
 
 class Encoder:
-    def __init__(self, graphdef, mesh, batch_size: int):
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    def __init__(self, graphdef, mesh, batch_size: int, rules=sharding.DEFAULT_RULES):
+        shards = sharding.batch_shards(mesh)
         self.batch_size = max(shards, batch_size // shards * shards)
         self.mesh = mesh
         self.sharding = sharding.batch_sharding(mesh)
         rep = sharding.replicated(mesh)
-        model = lambda params: nnx.merge(graphdef, params)
-        self._image = jax.jit(lambda p, x: model(p).encode_image(x), out_shardings=rep)
-        self._text = jax.jit(lambda p, t: model(p).encode_text(t), out_shardings=rep)
+
+        def encoder(method):
+            def encode(params, x):
+                with sharding.compute_layout(mesh, rules):  # FSDP: gather weights per layer
+                    return getattr(nnx.merge(graphdef, params), method)(x)
+            return jax.jit(encode, out_shardings=rep)
+
+        self._image = encoder("encode_image")
+        self._text = encoder("encode_text")
 
     def _run(self, fn, params, data: np.ndarray) -> np.ndarray:
         out = []

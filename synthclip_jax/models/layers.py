@@ -1,7 +1,7 @@
 """Transformer pieces shared by the image and text towers.
 
 Every parameter is one `nnx.Param` whose shape maps onto exactly one OpenCLIP tensor (see
-`two_tower.OPENCLIP_KEYS`) and whose `logical_axes` metadata names each dimension, so that
+the rule tables of `synthclip_jax/export/openclip.py`) and whose `logical_axes` metadata names each dimension, so that
 `sharding.py` can place it on the mesh by rules from the config.
 
 The residual blocks of a tower are stored stacked (leading 'layers' axis) and run with
@@ -13,6 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from synthclip_jax import sharding
 
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),  # PyTorch nn.GELU()
@@ -38,6 +40,15 @@ def const_param(shape, axes, value: float) -> nnx.Param:
     return nnx.Param(jnp.full(shape, value, jnp.float32), logical_axes=tuple(axes))
 
 
+def read(param: nnx.Param, dtype=jnp.float32):
+    """A parameter's value for compute: cast (before the FSDP gather, so it moves `dtype` bytes),
+    then laid out for compute by its logical axes (see `sharding.constrain`). Inside the scanned
+    blocks a parameter is one layer's slice: its leading 'layers' axes are gone."""
+    value = param[...].astype(dtype)
+    axes = param.get_metadata()["logical_axes"]
+    return sharding.constrain(value, axes[len(axes) - value.ndim:])
+
+
 class LayerNorm(nnx.Module):
     """LayerNorm computed in float32 whatever the compute dtype (as OpenCLIP's LayerNormFp32)."""
 
@@ -52,11 +63,12 @@ class LayerNorm(nnx.Module):
         mean = x32.mean(-1, keepdims=True)
         var = jnp.square(x32 - mean).mean(-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+        return (y * read(self.scale) + read(self.bias)).astype(x.dtype)
 
 
-class ResidualBlock(nnx.Module):
-    """Pre-LN block: x + attn(ln_1(x)); x + mlp(ln_2(x)). Built stacked, called one layer at a time.
+class StackedBlocks(nnx.Module):
+    """All of a tower's pre-LN blocks, x + attn(ln_1(x)); x + mlp(ln_2(x)), stored stacked
+    (leading 'layers' axis) and called one layer at a time, with that layer's slice.
 
     q/k/v live in one kernel (width, 3, heads, head_dim): OpenCLIP packs them the same way
     (`in_proj_weight`), and the heads axis is what tensor parallelism shards.
@@ -86,20 +98,26 @@ class ResidualBlock(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x, causal: bool):
-        cast = lambda p: p[...].astype(self.dtype)
+        w = lambda p: read(p, self.dtype)
+        residual = lambda y: sharding.constrain(y, ("batch", "seq", "embed"))
+        x = residual(x)
         h = self.ln_1(x)
-        q, k, v = jnp.einsum("bsd,dthk->tbshk", h, cast(self.in_proj_kernel)) + cast(
+        qkv = jnp.einsum("bsd,dthk->tbshk", h, w(self.in_proj_kernel)) + w(
             self.in_proj_bias)[:, None, None]
+        q, k, v = sharding.constrain(qkv, (None, "batch", "seq", "heads", "kv"))
         h = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
-        x = x + jnp.einsum("bshk,hkd->bsd", h, cast(self.out_proj_kernel)) + cast(self.out_proj_bias)
+        h = sharding.constrain(h, ("batch", "seq", "heads", "kv"))
+        x = residual(x + jnp.einsum("bshk,hkd->bsd", h, w(self.out_proj_kernel))
+                     + w(self.out_proj_bias))
         h = self.ln_2(x)
-        h = self.act(h @ cast(self.c_fc_kernel) + cast(self.c_fc_bias))
-        return x + h @ cast(self.c_proj_kernel) + cast(self.c_proj_bias)
+        h = self.act(h @ w(self.c_fc_kernel) + w(self.c_fc_bias))
+        h = sharding.constrain(h, ("batch", "seq", "mlp"))
+        return residual(x + h @ w(self.c_proj_kernel) + w(self.c_proj_bias))
 
 
 class Transformer(nnx.Module):
     def __init__(self, width, depth, heads, mlp_ratio, *, eps, act, dtype, remat, rngs: nnx.Rngs):
-        self.resblocks = ResidualBlock(
+        self.resblocks = StackedBlocks(
             width, heads, int(width * mlp_ratio), depth, eps=eps, act=act, dtype=dtype, rngs=rngs)
         self.remat = remat
 

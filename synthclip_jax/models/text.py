@@ -10,6 +10,7 @@ No padding mask in attention, as OpenCLIP and big_vision.
 import jax.numpy as jnp
 from flax import nnx
 
+from synthclip_jax import sharding
 from synthclip_jax.models import layers
 
 POOL_TYPES = ("argmax", "last", "mean")
@@ -37,7 +38,11 @@ class TextTransformer(nnx.Module):
 
     def __call__(self, tokens):
         """tokens: (B, context_length) int32 -> (B, embed_dim) unnormalised."""
-        x = jnp.take(self.token_embedding[...], tokens, axis=0) + self.positional_embedding[...]
+        # Gathered like every weight. Looking it up where it is stored would spare the V x D
+        # temporary but makes XLA replicate the B x S x D cotangent of the lookup over the whole
+        # global batch (its "involuntary full rematerialization"), far larger at pod batch sizes.
+        x = jnp.take(layers.read(self.token_embedding), tokens, axis=0)
+        x = sharding.constrain(x + layers.read(self.positional_embedding), ("batch", "seq", "embed"))
         x = self.ln_final(self.transformer(x.astype(self.dtype), causal=self.causal))
         if self.pool_type == "argmax":
             pooled = jnp.take_along_axis(x, tokens.argmax(-1)[:, None, None], axis=1)[:, 0]
@@ -46,4 +51,5 @@ class TextTransformer(nnx.Module):
         else:
             mask = (tokens != PAD_ID)[..., None].astype(x.dtype)
             pooled = (x * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
-        return pooled @ self.text_projection[...].astype(self.dtype)
+        return sharding.constrain(pooled @ layers.read(self.text_projection, self.dtype),
+                                  ("batch", None))

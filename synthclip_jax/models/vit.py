@@ -7,6 +7,7 @@ patches -> [CLS] + patches + positional embedding -> (ln_pre) -> pre-LN transfor
 import jax.numpy as jnp
 from flax import nnx
 
+from synthclip_jax import sharding
 from synthclip_jax.models import layers
 
 POOL_TYPES = ("tok", "avg")
@@ -42,13 +43,15 @@ class VisionTransformer(nnx.Module):
         b, h, w, c = images.shape
         p = self.patch_size
         # A strided conv with kernel == stride is a matmul over non-overlapping patches.
+        weight = lambda param: layers.read(param, self.dtype)
         patches = images.astype(self.dtype).reshape(b, h // p, p, w // p, p, c)
-        x = jnp.einsum("bhpwqc,pqcd->bhwd", patches, self.conv1_kernel[...].astype(self.dtype))
+        x = jnp.einsum("bhpwqc,pqcd->bhwd", patches, weight(self.conv1_kernel))
         x = x.reshape(b, -1, x.shape[-1])
-        cls = jnp.broadcast_to(self.class_embedding[...].astype(self.dtype), (b, 1, x.shape[-1]))
-        x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...].astype(self.dtype)
+        cls = jnp.broadcast_to(weight(self.class_embedding), (b, 1, x.shape[-1]))
+        x = jnp.concatenate([cls, x], axis=1) + weight(self.positional_embedding)
+        x = sharding.constrain(x, ("batch", "seq", "embed"))
         if self.ln_pre is not None:
             x = self.ln_pre(x)
         x = self.ln_post(self.transformer(x, causal=False))
         pooled = x[:, 0] if self.pool_type == "tok" else x[:, 1:].mean(axis=1)
-        return pooled @ self.proj[...].astype(self.dtype)
+        return sharding.constrain(pooled @ weight(self.proj), ("batch", None))

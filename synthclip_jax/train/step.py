@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from synthclip_jax import losses, sharding
 from synthclip_jax.train.optimizer import make_schedule
@@ -24,8 +23,8 @@ def make_train_step(config, setup, mesh):
     schedule = make_schedule(config)
     accum = config.train.grad_accum_steps
     scale_max = config.model.logit_scale_max
-    micro_sharding = NamedSharding(mesh, P(None, sharding.BATCH_AXES))
-    batch_sharding = NamedSharding(mesh, P(sharding.BATCH_AXES))
+    micro_sharding = sharding.micro_batch_sharding(mesh)
+    batch_sharding = sharding.batch_sharding(mesh)
     if config.train.accum_negatives not in ("full", "micro"):
         raise ValueError(f"train.accum_negatives={config.train.accum_negatives!r}; "
                          "expected 'full' or 'micro'")
@@ -92,7 +91,8 @@ def make_train_step(config, setup, mesh):
 
     def train_step(state, batch):
         params = state["params"]
-        loss, grads = accumulated_grads(params, batch)
+        with sharding.compute_layout(mesh, config.mesh.rules):
+            loss, grads = accumulated_grads(params, batch)
         params, opt_state, grad_norm = setup.optimizer.apply(params, grads, state["opt_state"])
         # The temperature is clamped after every update, as CLIP/OpenCLIP (at most 100).
         params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, scale_max)
@@ -111,7 +111,7 @@ def make_train_step(config, setup, mesh):
 
     rep = sharding.replicated(mesh)
     return jax.jit(train_step,
-                   in_shardings=(setup.state_shardings, sharding.batch_sharding(mesh)),
+                   in_shardings=(setup.state_shardings, batch_sharding),
                    out_shardings=(setup.state_shardings, rep),
                    donate_argnums=0)
 
