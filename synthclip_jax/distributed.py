@@ -22,6 +22,7 @@ Otherwise (one process on one machine) it does nothing. On CPU, cross-process co
 an implementation; JAX >= 0.5 defaults `jax_cpu_collectives_implementation` to 'gloo' (bundled
 with jaxlib), so nothing needs setting; `maybe_initialize` sets it to 'gloo' only if it is unset.
 """
+import glob
 import os
 
 from absl import logging
@@ -30,6 +31,8 @@ FORCE = "SYNTHCLIP_DISTRIBUTED"
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
                "SLURM_LOCALID")
 _GOOGLE_PCI_VENDOR = "0x1ae0"
+# TPU v2/v3, (unnamed), v4, v5p, v5e, v6e, 7x: the ids JAX 0.10's hardware_utils knows.
+_TPU_PCI_DEVICE_IDS = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
 
 
 def _int_env(name: str) -> int:
@@ -44,22 +47,23 @@ def _int_env(name: str) -> int:
 
 
 def _on_cloud_tpu_vm() -> bool:
-    """TPU chips on the PCI bus (what JAX itself checks), without starting any backend."""
+    """TPU chips on the PCI bus, without starting any backend (JAX has no public call for this;
+    its private `hardware_utils` does the same scan). A chip newer than `_TPU_PCI_DEVICE_IDS` is
+    missed: set SYNTHCLIP_DISTRIBUTED=1 there."""
     if os.environ.get("TPU_SKIP_MDS_QUERY") is not None:
         return False
-    try:
-        from jax._src import hardware_utils  # private; fall back to our own scan if it moves
-        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-    except Exception:  # noqa: BLE001
-        import glob
-        for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
-            try:
-                with open(vendor) as f:
-                    if f.read().strip() == _GOOGLE_PCI_VENDOR:
-                        return True
-            except OSError:
-                pass
-        return False
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            with open(vendor) as f:
+                if f.read().strip() != _GOOGLE_PCI_VENDOR:
+                    continue
+            # Google's vendor id also covers its virtual NIC (gVNIC): check the device id.
+            with open(os.path.join(os.path.dirname(vendor), "device")) as f:
+                if f.read().strip() in _TPU_PCI_DEVICE_IDS:
+                    return True
+        except OSError:
+            pass
+    return False
 
 
 def detect() -> tuple[str | None, dict]:

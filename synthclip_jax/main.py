@@ -37,13 +37,14 @@ def main(argv):
     import jax  # after absl parsed flags: jax reads its own flags/env at import
 
     from synthclip_jax.data import demo_data
+    from synthclip_jax.evaluate.latest import evaluate_latest
     from synthclip_jax.train import loop
 
     config = flags.FLAGS.config
     workdir = epath.Path(flags.FLAGS.workdir)
     demo_data.prepare(config, workdir)  # no-op unless data.procedural asks for it
     if flags.FLAGS.mode == "eval":
-        results = loop.evaluate_latest(config, workdir)
+        results = evaluate_latest(config, workdir)
         logging.info("eval: %s", {k: round(v, 4) for k, v in results.items()})
         return
     if jax.process_index() == 0:

@@ -24,7 +24,8 @@ from synthclip_jax.data.tokenizer import tokenize  # noqa: E402
 from synthclip_jax.models.two_tower import build_model  # noqa: E402
 from synthclip_jax.train.checkpoint import load_params  # noqa: E402
 from tests.test_models import set_model_keys  # noqa: E402
-from tools import convert_to_openclip as conv  # noqa: E402
+from synthclip_jax.export import openclip as conv  # noqa: E402
+from tools import convert_to_openclip as cli  # noqa: E402
 
 TOL = 1e-5
 TEXTS = ["a photo of a red circle", "two blue squares on a white background", "x",
@@ -224,7 +225,7 @@ def test_load_params_matches_trained_state(trained_workdir):
 
 def test_trained_model_cli_parity(trained_workdir, tmp_path, caplog):
     out = tmp_path / "trained_cli"
-    assert conv.main(["--workdir", str(trained_workdir), "--out", str(out)]) == 0
+    assert cli.main(["--workdir", str(trained_workdir), "--out", str(out)]) == 0
     config, params, _ = load_params(trained_workdir)
     model, _, tokenizer = load_openclip(out, caplog)
     images, tokens = inputs(config)
@@ -242,6 +243,6 @@ def test_cli_help_and_refusal(tmp_path, capsys):
     work = tmp_path / "w"
     (work / "checkpoints").mkdir(parents=True)
     (work / "config.json").write_text(tiny_config(**{"text.pool_type": "mean"}).to_json())
-    assert conv.main(["--workdir", str(work), "--out", str(tmp_path / "out")]) == 2
+    assert cli.main(["--workdir", str(work), "--out", str(tmp_path / "out")]) == 2
     assert "model.text.pool_type='mean'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -11,13 +11,13 @@ import pytest
 
 from synthclip_jax.evaluate import retrieval, zeroshot
 from synthclip_jax.evaluate.templates import templates
+from synthclip_jax.export.openclip import export_openclip
 from synthclip_jax.train import loop
 from synthclip_jax.train.checkpoint import load_params
 from tests.test_evaluate import training_with_eval_config
 
 torch = pytest.importorskip("torch", reason="OpenCLIP cross-check needs torch")
 open_clip = pytest.importorskip("open_clip", reason="OpenCLIP cross-check needs open_clip_torch")
-conv = pytest.importorskip("tools.convert_to_openclip")
 
 
 def openclip_features(model, tokenizer, images_nhwc, texts):
@@ -39,7 +39,7 @@ def test_zeroshot_and_retrieval_agree_with_openclip(tmp_path):
     ours = json.loads((workdir / "eval.jsonl").read_text().splitlines()[-1])
 
     config, params, _ = load_params(workdir)
-    conv.export_openclip(config, params, tmp_path / "openclip")
+    export_openclip(config, params, tmp_path / "openclip")
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'openclip'}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'openclip'}")
     model.eval()

@@ -14,6 +14,7 @@ from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 from synthclip_jax.data.tokenizer import tokenize
 from synthclip_jax.evaluate import retrieval, zeroshot
 from synthclip_jax.evaluate.encode import Encoder
+from synthclip_jax.evaluate.latest import evaluate_latest
 from synthclip_jax.models.two_tower import build_model
 from synthclip_jax.train import loop
 from tests.test_train_parallel import tiny_train_config
@@ -126,7 +127,7 @@ def test_training_evaluates_on_schedule_and_eval_mode(tmp_path):
     for key in ("zeroshot/top1", "zeroshot/top5", "retrieval/i2t_R@1", "retrieval/i2t_R@5",
                 "retrieval/t2i_R@1", "retrieval/t2i_R@5"):
         assert 0.0 <= rows[-1][key] <= 1.0
-    again = loop.evaluate_latest(config, workdir, devices=jax.devices())
+    again = evaluate_latest(config, workdir, devices=jax.devices())
     rows = [json.loads(x) for x in (workdir / "eval.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4]  # re-evaluating step 4 replaces its line
     assert again["zeroshot/top1"] == pytest.approx(rows[-1]["zeroshot/top1"])
@@ -135,7 +136,7 @@ def test_training_evaluates_on_schedule_and_eval_mode(tmp_path):
 def test_eval_mode_without_checkpoint_or_sets_fails_clearly(tmp_path):
     config = tiny_train_config()
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        loop.evaluate_latest(config, tmp_path, devices=jax.devices()[:1])
+        evaluate_latest(config, tmp_path, devices=jax.devices()[:1])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no class sub-folders"):
         zeroshot.ZeroShotSet(tmp_path / "empty", 16, (0, 0, 0), (1, 1, 1))

@@ -14,8 +14,9 @@ from synthclip_jax.data.tokenizer import EOT_ID, tokenize  # noqa: E402
 from tests.test_convert_openclip import (TEXTS, TOL, inputs, jax_forward,  # noqa: E402
                                          random_params, rel_errors, tiny_config,
                                          trained_workdir)  # noqa: F401
-from tools import convert_to_openclip as conv  # noqa: E402
-from tools import export_hf  # noqa: E402
+from synthclip_jax.export import hf as export_hf  # noqa: E402
+from synthclip_jax.export.openclip import ExportError  # noqa: E402
+from tools import convert_to_openclip as cli  # noqa: E402
 
 
 def _tensor(out):
@@ -83,7 +84,7 @@ def test_hf_wrong_eps_and_gelu_break_parity(tmp_path, caplog):
 
 def test_hf_trained_model_cli(trained_workdir, tmp_path, caplog):  # noqa: F811
     out = tmp_path / "hf_trained"
-    assert conv.main(["--workdir", str(trained_workdir), "--out", str(out), "--format", "hf"]) == 0
+    assert cli.main(["--workdir", str(trained_workdir), "--out", str(out), "--format", "hf"]) == 0
     config, params, _ = load_params(trained_workdir)
     images, tokens = inputs(config)
     errs = rel_errors(jax_forward(config, params, images, tokens),
@@ -129,7 +130,7 @@ def test_hf_trained_model_cli(trained_workdir, tmp_path, caplog):  # noqa: F811
 ])
 def test_hf_refuses_inexpressible(model, key, tmp_path):
     config = tiny_config(**model)
-    with pytest.raises(conv.ExportError, match=key.replace(".", r"\.")):
+    with pytest.raises(ExportError, match=key.replace(".", r"\.")):
         export_hf.export_hf(config, random_params(config), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -139,6 +140,6 @@ def test_hf_cli_refuses_before_reading_checkpoints(tmp_path, capsys):
     (work / "checkpoints").mkdir(parents=True)
     (work / "config.json").write_text(tiny_config(**{"image.pool_type": "avg"}).to_json())
     out = tmp_path / "out"
-    assert conv.main(["--workdir", str(work), "--out", str(out), "--format", "hf"]) == 2
+    assert cli.main(["--workdir", str(work), "--out", str(out), "--format", "hf"]) == 2
     assert "model.image.pool_type='avg'" in capsys.readouterr().err
     assert not out.exists()

@@ -6,10 +6,11 @@ import pytest
 from PIL import Image
 
 from synthclip_jax.config_base import base
-from synthclip_jax.data import pipeline
+from synthclip_jax.data import pipeline, transforms
 from synthclip_jax.data.tfrecord import (CorruptRecordError, ShardWriter, TFRecordShards,
                                          encode_example, shard_name)
 from synthclip_jax.data.tokenizer import EOT_ID, tokenize
+from synthclip_jax.evaluate.retrieval import RetrievalSet
 
 N = 48
 
@@ -91,39 +92,41 @@ def test_captions_and_center_crop(tmp_path):
     pattern = write_dataset(tmp_path, n=6, num_shards=1)
     shards = TFRecordShards(pattern)
     mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
-    load = pipeline.LoadExample(shards, 16, 16, mean, std, train=False)
-    out = load.random_map(0, np.random.default_rng(0))
-    np.testing.assert_array_equal(out["text"], tokenize(["photo 0"], 16)[0])  # eval: first
+    # Evaluation reads its records itself: center crop, every caption, in order.
+    evaluate = RetrievalSet(pattern, 16, mean, std, 16)
+    assert evaluate.images.shape == (6, 16, 16, 3)
+    np.testing.assert_allclose(evaluate.images[0, 8, 8], np.array([0, 255, 128]) / 255, atol=0.03)
+    np.testing.assert_array_equal(evaluate.tokens[:2], tokenize(["photo 0", "picture 0"], 16))
+    train = pipeline.LoadExample(shards, 16, 16, mean, std)
+    out = train.random_map(0, np.random.default_rng(0))
     assert out["image"].shape == (16, 16, 3) and out["corrupt"] == 0
     np.testing.assert_allclose(out["image"][8, 8], np.array([0, 255, 128]) / 255, atol=0.03)
-    train = pipeline.LoadExample(shards, 16, 16, mean, std, train=True)
     seen = {tuple(train.random_map(0, np.random.default_rng(s))["text"]) for s in range(20)}
     assert seen == {tuple(tokenize([c], 16)[0]) for c in ("photo 0", "picture 0")}
 
 
 def test_text_reduction_in_training_only(tmp_path):
-    shards = TFRecordShards(write_dataset(tmp_path, n=2, num_shards=1))
+    pattern = write_dataset(tmp_path, n=2, num_shards=1)
+    shards = TFRecordShards(pattern)
     mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
     # Context 3 keeps one of the two BPE tokens of "photo 0" / "picture 0".
     words = ("photo", "picture", "0")
-    kwargs = dict(text_reduction="block")
-    train = pipeline.LoadExample(shards, 16, 3, mean, std, train=True, **kwargs)
+    train = pipeline.LoadExample(shards, 16, 3, mean, std, text_reduction="block")
     seen = {tuple(train.random_map(0, np.random.default_rng(s))["text"]) for s in range(40)}
     assert seen == {tuple(tokenize([w], 3)[0]) for w in words}
-    evaluate = pipeline.LoadExample(shards, 16, 3, mean, std, train=False, **kwargs)
-    out = evaluate.random_map(0, np.random.default_rng(0))
-    np.testing.assert_array_equal(out["text"], tokenize(["photo 0"], 3)[0])  # truncated
+    evaluate = RetrievalSet(pattern, 16, mean, std, 3)
+    np.testing.assert_array_equal(evaluate.tokens[0], tokenize(["photo 0"], 3)[0])  # truncated
 
 
 def test_random_resized_crop_box_respects_scale_and_ratio():
     rng = np.random.default_rng(0)
     for _ in range(500):
-        l, t, r, b = pipeline.random_resized_crop_box(300, 200, (0.5, 1.0), (3 / 4, 4 / 3), rng)
+        l, t, r, b = transforms.random_resized_crop_box(300, 200, (0.5, 1.0), (3 / 4, 4 / 3), rng)
         assert 0 <= l < r <= 300 and 0 <= t < b <= 200
         area = (r - l) * (b - t) / (300 * 200)
         assert 0.49 <= area <= 1.0
         assert 3 / 4 - 0.02 <= (r - l) / (b - t) <= 4 / 3 + 0.02
-    assert pipeline.center_crop_box(300, 200) == (50, 0, 250, 200)
+    assert transforms.center_crop_box(300, 200) == (50, 0, 250, 200)
 
 
 def corrupt_one_record(pattern, record=5):

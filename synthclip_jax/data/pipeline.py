@@ -15,77 +15,35 @@ shuffled order and counted (`corrupt` in each batch; the trainer logs the total 
 it exceeds `data.max_corrupt_fraction` of this process's share of the dataset).
 """
 import dataclasses
-import io
 
 import grain
 import numpy as np
 from absl import flags
 from etils import epath
-from PIL import Image
 
 from synthclip_jax.data import text_reduction
 from synthclip_jax.data.text_reduction import tokenize_reduced
 from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
-from synthclip_jax.data.tokenizer import tokenize
+from synthclip_jax.data.transforms import decode_crop_normalize, random_resized_crop_box
 
 MAX_REPLACEMENTS = 100  # consecutive bad records tolerated while looking for a good one
 
 
-def random_resized_crop_box(width, height, scale, ratio, rng: np.random.Generator):
-    """torchvision's RandomResizedCrop box: area fraction in `scale`, log-uniform aspect ratio
-    in `ratio`, 10 tries, then the largest central crop within `ratio`."""
-    area = width * height
-    log_ratio = np.log(ratio)
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = np.exp(rng.uniform(*log_ratio))
-        w = int(round(np.sqrt(target * aspect)))
-        h = int(round(np.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return left, top, left + w, top + h
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        w, h = int(round(height * ratio[1])), height
-    else:
-        w, h = width, height
-    left, top = (width - w) // 2, (height - h) // 2
-    return left, top, left + w, top + h
-
-
-def center_crop_box(width, height):
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    return left, top, left + side, top + side
-
-
-def decode_crop_normalize(image_bytes: bytes, crop, size: int, mean, std) -> np.ndarray:
-    """Encoded image -> float32 (size, size, 3): `crop(width, height)` gives the box, resized
-    (bicubic) to size x size, then (x/255 - mean) / std. Evaluation uses `center_crop_box`, which
-    equals OpenCLIP's Resize(size) + CenterCrop(size) up to rounding."""
-    with Image.open(io.BytesIO(image_bytes)) as img:
-        img = img.convert("RGB")
-        img = img.resize((size, size), Image.Resampling.BICUBIC, box=crop(*img.size))
-    return ((np.asarray(img, np.float32) / 255.0 - mean) / std).astype(np.float32)
-
-
 @dataclasses.dataclass
 class LoadExample(grain.transforms.RandomMap):
-    """Record index -> {'image': float32 (S, S, 3), 'text': int32 (L,), 'corrupt': int}."""
+    """Record index -> one training example {'image': float32 (S, S, 3), 'text': int32 (L,),
+    'corrupt': int}: RandomResizedCrop, a random caption, `text_reduction`. (Evaluation sets
+    load their records themselves, center-cropped with every caption: evaluate/retrieval.py.)"""
 
     shards: TFRecordShards
     image_size: int
     context_length: int
     mean: tuple
     std: tuple
-    train: bool = True
     rrc_scale: tuple = (0.9, 1.0)
     rrc_ratio: tuple = (3 / 4, 4 / 3)
     skip_corrupt: bool = False
-    text_reduction: str = "truncate"  # training only; see text_reduction.py
+    text_reduction: str = "truncate"  # see text_reduction.py
 
     def random_map(self, index, rng: np.random.Generator):
         for corrupt in range(MAX_REPLACEMENTS + 1):
@@ -96,8 +54,7 @@ class LoadExample(grain.transforms.RandomMap):
                 if not self.skip_corrupt:
                     raise
                 continue
-            text = (tokenize_reduced(caption, self.text_reduction, self.context_length, rng)
-                    if self.train else tokenize([caption], self.context_length)[0])
+            text = tokenize_reduced(caption, self.text_reduction, self.context_length, rng)
             return {"image": image, "text": text, "corrupt": np.int32(corrupt)}
         raise CorruptRecordError(f"{MAX_REPLACEMENTS + 1} bad records in a row from record "
                                  f"{index} ({self.shards.location(int(index))})")
@@ -106,16 +63,16 @@ class LoadExample(grain.transforms.RandomMap):
         path, offset = self.shards.location(i)
         where = f"{path} at offset {offset}"
         example = decode_example(self.shards[i], where=where)
-        crop = ((lambda w, h: random_resized_crop_box(w, h, self.rrc_scale, self.rrc_ratio, rng))
-                if self.train else center_crop_box)
+
+        def crop(width, height):
+            return random_resized_crop_box(width, height, self.rrc_scale, self.rrc_ratio, rng)
         try:
             image = decode_crop_normalize(example["image"], crop, self.image_size, self.mean,
                                           self.std)
         except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
             raise CorruptRecordError(f"undecodable image in {where}: {e}") from e
         captions = example["captions"]
-        caption = captions[rng.integers(len(captions))] if self.train else captions[0]
-        return image, caption
+        return image, captions[rng.integers(len(captions))]
 
 
 def ensure_flags_parsed():
@@ -153,7 +110,7 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
         raise ValueError(f"batch_size={config.batch_size} does not divide over "
                          f"{process_count} processes")
     load = LoadExample(shards, d.image_size, config.model.text.context_length,
-                       np.array(d.mean, np.float32), np.array(d.std, np.float32), train=True,
+                       np.array(d.mean, np.float32), np.array(d.std, np.float32),
                        rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
                        text_reduction=text_reduction.check_mode(d.text_reduction))
     # Random choices are seeded by the global position, so that the examples do not depend

@@ -293,11 +293,6 @@ def _scan(path: str) -> Iterator[tuple[int, int, bytes]]:
             offset += length + _FRAMING
 
 
-def iterate_shard(path) -> Iterator[bytes]:
-    for _, _, payload in _scan(os.fspath(path)):
-        yield payload
-
-
 def build_index(shard_path: str) -> int:
     rows = [(offset, n) for offset, n, _ in _scan(shard_path)]
     _write_index_atomic(shard_path + ".index", rows)

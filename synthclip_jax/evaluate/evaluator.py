@@ -6,7 +6,7 @@ from absl import logging
 
 from synthclip_jax.evaluate import retrieval, zeroshot
 from synthclip_jax.evaluate.encode import Encoder
-from synthclip_jax.train.metrics import MetricWriter
+from synthclip_jax.metrics import MetricWriter
 
 
 class Evaluator:

@@ -6,9 +6,9 @@ own image ranks in its top K.
 """
 import numpy as np
 
-from synthclip_jax.data.pipeline import center_crop_box, decode_crop_normalize
 from synthclip_jax.data.tfrecord import TFRecordShards, decode_example
 from synthclip_jax.data.tokenizer import tokenize
+from synthclip_jax.data.transforms import center_crop_box, decode_crop_normalize
 
 KS = (1, 5, 10)
 

@@ -9,8 +9,8 @@ from etils import epath
 
 import numpy as np
 
-from synthclip_jax.data.pipeline import center_crop_box, decode_crop_normalize
 from synthclip_jax.data.tokenizer import tokenize
+from synthclip_jax.data.transforms import center_crop_box, decode_crop_normalize
 from synthclip_jax.evaluate.templates import templates
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}

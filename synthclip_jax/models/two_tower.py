@@ -1,4 +1,5 @@
-"""CLIP / SigLIP two-tower model and the one-to-one map of its parameters onto OpenCLIP.
+"""CLIP / SigLIP two-tower model. Its parameters map one-to-one onto OpenCLIP's `CLIP`: the
+map is the rule tables of `synthclip_jax/export/openclip.py`.
 
 Features are L2-normalised in float32. `logit_scale` is stored as a log (as OpenCLIP); the
 SigLIP loss also uses `logit_bias`, created only when `model.logit_bias_init` is set.
@@ -10,44 +11,6 @@ from flax import nnx
 from synthclip_jax.models import layers
 from synthclip_jax.models.text import TextTransformer
 from synthclip_jax.models.vit import VisionTransformer
-
-# Our parameter paths (as in `nnx.to_pure_dict`, '/'-joined; `{t}` = 'visual' or 'text',
-# `[i]` = row i of a stacked per-layer tensor) -> OpenCLIP `CLIP` state_dict keys, with the
-# transform applied to our array. Text keys sit at the top level in OpenCLIP's native `CLIP`
-# and under `text.` in `CustomTextCLIP`. D = width, H = heads, M = mlp dim.
-OPENCLIP_KEYS = (
-    ("visual/conv1_kernel", "visual.conv1.weight", "(p,p,3,D) -> transpose(3,2,0,1)"),
-    ("visual/class_embedding", "visual.class_embedding", "identity"),
-    ("visual/positional_embedding", "visual.positional_embedding", "identity (row 0 = CLS)"),
-    ("visual/ln_pre/{scale,bias}", "visual.ln_pre.{weight,bias}", "identity"),
-    ("visual/ln_post/{scale,bias}", "visual.ln_post.{weight,bias}", "identity"),
-    ("visual/proj", "visual.proj", "identity (used as x @ W)"),
-    ("text/token_embedding", "token_embedding.weight", "identity"),
-    ("text/positional_embedding", "positional_embedding", "identity"),
-    ("text/ln_final/{scale,bias}", "ln_final.{weight,bias}", "identity"),
-    ("text/text_projection", "text_projection", "identity (used as x @ W)"),
-    ("{t}/transformer/resblocks/ln_1/{scale,bias}[i]",
-     "{t}.transformer.resblocks.i.ln_1.{weight,bias}", "identity"),
-    ("{t}/transformer/resblocks/in_proj_kernel[i]", "{t}.transformer.resblocks.i.attn.in_proj_weight",
-     "(D,3,H,Dh) -> reshape(D,3D).T"),
-    ("{t}/transformer/resblocks/in_proj_bias[i]", "{t}.transformer.resblocks.i.attn.in_proj_bias",
-     "(3,H,Dh) -> reshape(3D)"),
-    ("{t}/transformer/resblocks/out_proj_kernel[i]",
-     "{t}.transformer.resblocks.i.attn.out_proj.weight", "(H,Dh,D) -> reshape(D,D).T"),
-    ("{t}/transformer/resblocks/out_proj_bias[i]", "{t}.transformer.resblocks.i.attn.out_proj.bias",
-     "identity"),
-    ("{t}/transformer/resblocks/ln_2/{scale,bias}[i]",
-     "{t}.transformer.resblocks.i.ln_2.{weight,bias}", "identity"),
-    ("{t}/transformer/resblocks/c_fc_kernel[i]", "{t}.transformer.resblocks.i.mlp.c_fc.weight", ".T"),
-    ("{t}/transformer/resblocks/c_fc_bias[i]", "{t}.transformer.resblocks.i.mlp.c_fc.bias", "identity"),
-    ("{t}/transformer/resblocks/c_proj_kernel[i]", "{t}.transformer.resblocks.i.mlp.c_proj.weight",
-     ".T"),
-    ("{t}/transformer/resblocks/c_proj_bias[i]", "{t}.transformer.resblocks.i.mlp.c_proj.bias",
-     "identity"),
-    ("logit_scale", "logit_scale", "identity (0-d, log scale)"),
-    ("logit_bias", "logit_bias", "identity (0-d; needs init_logit_bias in OpenCLIP)"),
-)
-# (In OpenCLIP's `CLIP`, '{t}.transformer' is 'visual.transformer' or plain 'transformer'.)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

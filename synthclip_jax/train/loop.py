@@ -15,9 +15,9 @@ from etils import epath
 from synthclip_jax import sharding
 from synthclip_jax.data.source import make_train_source
 from synthclip_jax.evaluate.evaluator import Evaluator
+from synthclip_jax.metrics import MetricWriter
+from synthclip_jax.plots import plot_curves
 from synthclip_jax.train.checkpoint import Checkpointer
-from synthclip_jax.train.metrics import MetricWriter
-from synthclip_jax.train.plots import plot_curves
 from synthclip_jax.train.state import count_params, make_train_setup
 from synthclip_jax.train.step import make_train_step
 
@@ -60,7 +60,7 @@ def warn_on_idle_eval_config(config):
                         "training (use --mode=eval afterwards)")
 
 
-def restore_or_init(config, mesh, setup, checkpointer, data=None):
+def restore_or_init(config, mesh, setup, checkpointer, data):
     latest = checkpointer.latest_step()
     if latest is None:
         state = setup.init()
@@ -68,32 +68,9 @@ def restore_or_init(config, mesh, setup, checkpointer, data=None):
                      f"{count_params(state['params']):,}", dict(mesh.shape))
     else:
         state, data_state = checkpointer.restore(latest, setup.abstract_state)
-        if data is not None:
-            data.set_state(data_state)
+        data.set_state(data_state)
         logging.info("resumed from step %d", latest)
     return state
-
-
-def evaluate_latest(config, workdir, devices=None) -> dict:
-    """--mode=eval: evaluate the latest checkpoint in `workdir`, append to eval.jsonl."""
-    workdir = epath.Path(workdir)
-    mesh = sharding.make_mesh(config.mesh, devices)
-    setup = make_train_setup(config, mesh)
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
-    try:
-        if checkpointer.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'} to evaluate")
-        state = restore_or_init(config, mesh, setup, checkpointer)
-    finally:
-        checkpointer.close()
-    step = int(state["step"])
-    evaluator = Evaluator(config, setup.graphdef, mesh, workdir, resume_step=step - 1)
-    if not evaluator.enabled:
-        raise ValueError("--mode=eval: set eval.zeroshot and/or eval.retrieval")
-    try:
-        return evaluator(state["params"], step)
-    finally:
-        evaluator.close()
 
 
 def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dict:

@@ -1,4 +1,4 @@
-"""metrics.jsonl + TensorBoard, written by process 0 only.
+"""metrics.jsonl / eval.jsonl + TensorBoard, written by process 0 only (training and evaluation).
 
 On resume from step s, lines for steps after s (logged before the run stopped but after its
 last checkpoint) are dropped, so the file reads as one uninterrupted run. Object stores (gs://)

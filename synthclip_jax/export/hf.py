@@ -1,18 +1,24 @@
-"""Export to a transformers `CLIPModel` directory (config.json + model.safetensors, and the
+"""JAX params -> a transformers `CLIPModel` directory (config.json + model.safetensors, and the
 tokenizer and image processor files, so `CLIPProcessor.from_pretrained(dir)` works).
 
-Used by `python -m tools.convert_to_openclip ... --format hf`. CLIPModel is less flexible than
-OpenCLIP: its text tower is always causal and pools at the first `eos_token_id` (we set 49407, the
-OpenAI BPE EOT, which is where our `argmax` pooling lands); its ViT always has `pre_layrnorm` and
-pools the class token (`post_layernorm` on the CLS row only = our ln_post then take row 0); it has
-no logit_bias. Anything else is refused rather than exported approximately.
+Used by `python -m tools.convert_to_openclip ... --format hf`. The tensors are OpenCLIP's
+(`openclip.openclip_state_dict`) renamed and split. CLIPModel is less flexible than OpenCLIP: its
+text tower is always causal and pools at the first `eos_token_id` (we set 49407, the OpenAI BPE
+EOT, which is where our `argmax` pooling lands); its ViT always has `pre_layrnorm` and pools the
+class token (`post_layernorm` on the CLS row only = our ln_post then take row 0); it has no
+logit_bias. Anything else is refused rather than exported approximately.
+
+torch and transformers are imported inside the functions that need them, never at module level:
+the package is JAX-only, and only an export to transformers needs them. `export_hf` builds the
+transformers model and loads our tensors into it with torch, so that a key the model does not
+expect (or one it misses) stops the export instead of being written.
 """
 import os
 
 import numpy as np
 
-from tools.convert_to_openclip import (EOT_ID, ExportError, _refuse, check_openclip,
-                                       openclip_state_dict)
+from synthclip_jax.data.tokenizer import EOT_ID
+from synthclip_jax.export.openclip import ExportError, check_openclip, openclip_state_dict, refuse
 
 HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
 
@@ -21,17 +27,17 @@ def check_hf(config):
     check_openclip(config)  # vocab, mean pooling, ... are refused for the same reasons
     m = config.model
     if not m.text.causal:
-        _refuse("model.text.causal", m.text.causal, "CLIPModel's text tower is always causal")
+        refuse("model.text.causal", m.text.causal, "CLIPModel's text tower is always causal")
     if m.text.pool_type != "argmax":
-        _refuse("model.text.pool_type", m.text.pool_type,
-                "CLIPModel pools the text at the first EOT token only")
+        refuse("model.text.pool_type", m.text.pool_type,
+               "CLIPModel pools the text at the first EOT token only")
     if m.image.pool_type != "tok":
-        _refuse("model.image.pool_type", m.image.pool_type, "CLIPModel pools the class token only")
+        refuse("model.image.pool_type", m.image.pool_type, "CLIPModel pools the class token only")
     if not m.image.ln_pre:
-        _refuse("model.image.ln_pre", m.image.ln_pre, "CLIPModel always applies pre_layrnorm")
+        refuse("model.image.ln_pre", m.image.ln_pre, "CLIPModel always applies pre_layrnorm")
     if m.get("logit_bias_init") is not None:
-        _refuse("model.logit_bias_init", m.logit_bias_init,
-                "CLIPModel has no logit_bias (use SiglipModel or --format openclip)")
+        refuse("model.logit_bias_init", m.logit_bias_init,
+               "CLIPModel has no logit_bias (use SiglipModel or --format openclip)")
 
 
 def hf_config(config):
@@ -126,7 +132,7 @@ def hf_processor(config):
 
 def export_hf(config, params, out_dir):
     check_hf(config)
-    import torch
+    import torch  # transformers builds and saves the model with torch; see the module docstring
     from transformers import CLIPModel
     sd = {k: torch.tensor(v) for k, v in hf_state_dict(config, params).items()}  # copies
     model = CLIPModel(hf_config(config)).float()

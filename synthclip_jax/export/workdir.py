@@ -1,0 +1,28 @@
+"""Export a training workdir (config.json + a checkpoint) in one of the FORMATS."""
+import json
+import os
+
+import ml_collections
+
+from synthclip_jax.export.hf import check_hf, export_hf
+from synthclip_jax.export.openclip import check_openclip, export_openclip
+from synthclip_jax.train.checkpoint import load_params
+
+FORMATS = {"openclip": (check_openclip, export_openclip), "hf": (check_hf, export_hf)}
+
+
+def export(workdir, out_dir, step=None, fmt="openclip") -> int:
+    """Writes checkpoint `step` (default: latest) of `workdir` to `out_dir`; returns the step.
+
+    A config the format cannot express raises `ExportError` before any checkpoint is read.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"--format={fmt!r}; choose one of {sorted(FORMATS)}")
+    check, write = FORMATS[fmt]
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.exists(config_path):  # refuse before reading any checkpoint
+        with open(config_path) as f:
+            check(ml_collections.ConfigDict(json.load(f)))
+    config, params, step = load_params(workdir, step)
+    write(config, params, out_dir)
+    return step
