@@ -1,8 +1,8 @@
 """Transformer pieces shared by the image and text towers.
 
-Every parameter is one `nnx.Param` whose shape maps onto exactly one OpenCLIP tensor (see
-the rule tables of `synthclip_jax/export/openclip.py`) and whose `logical_axes` metadata names each dimension, so that
-`sharding.py` can place it on the mesh by rules from the config.
+Every parameter is one `nnx.Param` whose shape maps onto exactly one OpenCLIP tensor (see the
+rule tables in `synthclip_jax/export/openclip.py`) and whose `logical_axes` metadata names each
+dimension, so that `sharding.py` can place it on the mesh by rules from the config.
 
 The residual blocks of a tower are stored stacked (leading 'layers' axis) and run with
 `jax.lax.scan`: compile time stays flat in depth, and `jax.checkpoint` on the scanned body gives
