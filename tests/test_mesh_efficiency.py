@@ -1,0 +1,61 @@
+"""Every mesh costs what data parallelism costs: XLA's per-device memory of the compiled step.
+
+No timing (the shared cores make it noisy; tools/bench/mesh_efficiency.py times it). Same global
+batch on 8 fake devices: FSDP (1, 8, 1) and the mixed mesh (2, 2, 2) may hold at most 1.3x the
+temporaries of data parallelism (8, 1, 1) plus one gathered weight (FSDP gathers each weight for
+compute, the largest being the token table), and FSDP's arguments (parameters, optimizer state,
+batch) at most 1/6 of data parallelism's. Before activations were constrained, XLA resharded
+them across 'fsdp' instead of gathering weights: 4.2x the temporaries on the demo model.
+"""
+import jax
+import numpy as np
+import pytest
+
+from tools.bench.mesh_efficiency import compile_step, size_config
+
+DP, FSDP, MIXED = (8, 1, 1), (1, 8, 1), (2, 2, 2)
+
+
+def largest_layer_weight_bytes(config) -> int:
+    """The largest weight one layer gathers: stacked block weights count one layer's slice."""
+    from synthclip_jax.models.two_tower import build_model
+    from flax import nnx
+
+    params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(config, 0))))
+    sizes = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        stacked = any(getattr(k, "key", None) == "resblocks" for k in path)
+        sizes.append(leaf.size // (leaf.shape[0] if stacked else 1) * leaf.dtype.itemsize)
+    return max(sizes)
+
+
+def memory(config, mesh):
+    mem = compile_step(config, mesh)[-1].memory_analysis()
+    return mem.temp_size_in_bytes, mem.argument_size_in_bytes
+
+
+@pytest.mark.parametrize("size", ["demo", "vit"])
+def test_fsdp_and_mixed_meshes_cost_what_data_parallelism_costs(size):
+    assert len(jax.devices()) == 8
+    config = size_config(size)
+    dp_temp, dp_args = memory(config, DP)
+    allowed = 1.3 * dp_temp + largest_layer_weight_bytes(config)
+    for mesh in (FSDP, MIXED):
+        temp, args = memory(config, mesh)
+        assert temp <= allowed, (
+            f"{size} {mesh}: temp {temp / 2**20:.1f} MiB > 1.3 x DP {dp_temp / 2**20:.1f} MiB "
+            f"+ one layer's weights = {allowed / 2**20:.1f} MiB")
+        if mesh == FSDP:
+            assert args <= dp_args / 6, (args, dp_args)
+
+
+def test_fsdp_gathers_weights_per_layer_not_whole_stacks():
+    """The per-layer gather happens inside the scanned blocks: the compiled FSDP step all-gathers
+    inside its loops (one layer's slice) rather than gathering whole stacked tensors up front."""
+    config = size_config("vit")
+    hlo = compile_step(config, FSDP)[-1].as_text()
+    stacked_shape = f"f32[{config.model.image.depth},{config.model.image.width},"
+    gathers = [line for line in hlo.splitlines() if " all-gather(" in line]
+    assert gathers, "FSDP step has no all-gather"
+    assert not any(line.split("=", 1)[1].lstrip().startswith(stacked_shape)
+                   for line in gathers if "=" in line), "a whole stacked weight is gathered"
