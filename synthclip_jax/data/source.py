@@ -7,9 +7,8 @@ A source is an iterator of host-local batches {'image': float32 (b, H, W, 3) nor
 """
 import jax
 
+from synthclip_jax.data.source_names import SOURCES
 from synthclip_jax.data.synthetic import ShapesSource
-
-SOURCES = ("synthetic_shapes", "tfrecord")
 
 
 def make_train_source(config):
