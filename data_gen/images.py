@@ -2,7 +2,7 @@
 
   python -m data_gen.images --captions 'balanced/kept*.jsonl' --out DIR [--batch-size 16]
       [--model stable-diffusion-v1-5/stable-diffusion-v1-5] [--steps 50 --guidance 2.0 ...]
-      [--shard-index I --num-shards N]
+      [--worker-index I --num-workers N]
   python -m data_gen.images --prompts templates classnames.txt --out DIR ...
   python -m data_gen.images --procedural 1000 --out DIR          # CPU shapes, for demos/tests
 
@@ -18,12 +18,12 @@ Inputs (one of):
 Captions are cleaned as SynthCLIP does: strip, drop '"', tabs/newlines -> spaces.
 
 Work unit: chunks of --chunk-size captions in input order; chunk c belongs to worker
-c % --num-shards and is written as DIR/pairs-CCCCC.tar (temp name + rename; skipped if it
+c % --num-workers and is written as DIR/pairs-CCCCC.tar (temp name + rename; skipped if it
 exists, so reruns and preempted workers redo only missing chunks). Each tar holds, per caption
 index i, in index order: KEY.jpg (the image), KEY.txt (the caption) and KEY.json
 ({key, index, caption, seed, source, settings, input}), KEY = s{seed}_{i:09d}; so
 `data_gen.import_pairs --input 'DIR/*.tar'` reads the files too. The image of caption i is
-seeded with caption_seed(seed, i), whatever the worker count or batch size, so reruns
+seeded with image_seed(seed, i), whatever the worker count or batch size, so reruns
 reproduce it. DIR/images_settings.json records the settings; a rerun with different settings
 into the same DIR is refused instead of mixing two runs.
 
@@ -41,8 +41,8 @@ import os
 import tarfile
 from pathlib import Path
 
-from data_gen.common import (stage_parser, add_shard_args, atomic_path, check_shard_args, progress,
-                             read_jsonl, shard_items)
+from data_gen.common import (stage_parser, add_worker_args, atomic_path, check_worker_args, progress,
+                             read_jsonl, worker_items)
 
 # runwayml/stable-diffusion-v1-5 was taken down from the hub; this is its official mirror.
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -53,13 +53,14 @@ TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.",
              "a photo of the small {}.")
 
 
-def caption_seed(seed: int, index: int) -> int:
+def image_seed(seed: int, index: int) -> int:
     """Seed of caption `index`: stable across runs, machines, worker counts and batch sizes."""
     digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def clean_caption(text: str) -> str:
+def flatten_caption(text: str) -> str:
+    """The prompt (and stored caption): quotes dropped, every whitespace run one space."""
     return " ".join(text.replace('"', "").split())
 
 
@@ -112,7 +113,7 @@ class Procedural:
 
     def __call__(self, batch):
         from data_gen.render import scene
-        return [scene(caption_seed(self.seed, i), self.size) for i, _ in batch]
+        return [scene(image_seed(self.seed, i), self.size) for i, _ in batch]
 
 
 class Diffusers:
@@ -150,7 +151,7 @@ class Diffusers:
         a = self.args
         # CPU generators: the initial latents are then the same on any GPU and for any batch
         # size (diffusers draws each image's latents from its own generator in the list).
-        gens = [torch.Generator("cpu").manual_seed(caption_seed(a.seed, i)) for i, _ in batch]
+        gens = [torch.Generator("cpu").manual_seed(image_seed(a.seed, i)) for i, _ in batch]
         out = self.pipe([c for _, c in batch], height=a.height, width=a.width,
                         num_inference_steps=a.steps, guidance_scale=a.guidance, eta=a.eta,
                         generator=gens, output_type="pil")
@@ -186,13 +187,13 @@ def check_settings(out: Path, settings: dict) -> None:
 
 
 def run(args) -> int:
-    check_shard_args(args.shard_index, args.num_shards)
+    check_worker_args(args.worker_index, args.num_workers)
     backend = Procedural(args) if args.backend == "procedural" else Diffusers(args)
     if args.procedural:
         rows, captions = [{} for _ in range(args.procedural)], None
     else:
         rows = load_rows(args)
-        captions = [clean_caption(r["caption"]) for r in rows]
+        captions = [flatten_caption(r["caption"]) for r in rows]
         if not all(captions):
             raise SystemExit(f"empty caption at index {captions.index('')}")
     prompts = ({"prompts": args.prompts[0], "templates": list(TEMPLATES) if args.prompts[0] ==
@@ -204,10 +205,10 @@ def run(args) -> int:
                 **({"captions_sha256": digest} if captions else {})}
     out = Path(args.out)
     chunks = range(math.ceil(len(rows) / args.chunk_size))
-    mine = shard_items(chunks, args.shard_index, args.num_shards)
+    mine = worker_items(chunks, args.worker_index, args.num_workers)
     todo = [c for c in mine if not (out / f"pairs-{c:05d}.tar").exists()]
-    print(f"images: {len(rows)} captions in {len(chunks)} chunks; worker {args.shard_index}/"
-          f"{args.num_shards} has {len(mine)}, {len(mine) - len(todo)} already done",
+    print(f"images: {len(rows)} captions in {len(chunks)} chunks; worker {args.worker_index}/"
+          f"{args.num_workers} has {len(mine)}, {len(mine) - len(todo)} already done",
           flush=True)
     check_settings(out, settings)
 
@@ -222,7 +223,7 @@ def run(args) -> int:
                          for i in idx[start:start + args.batch_size]]
                 for (i, _), (caption, image) in zip(batch, backend(batch)):
                     yield c, {"key": f"s{args.seed}_{i:09d}", "index": i, "caption": caption,
-                              "seed": caption_seed(args.seed, i), "source": backend.source,
+                              "seed": image_seed(args.seed, i), "source": backend.source,
                               "settings": settings, "input": rows[i],
                               "jpeg": to_jpeg(image, args.save_size, args.jpeg_quality)}
 
@@ -265,7 +266,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=("auto", "float16", "bfloat16", "float32"),
                    default="auto", help="auto: float16 on CUDA, float32 on CPU")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    add_shard_args(p)
+    add_worker_args(p)
     args = p.parse_args(argv)
     if args.prompts and args.prompts[0] not in ("classnames", "templates"):
         p.error("--prompts takes 'classnames FILE' or 'templates FILE'")

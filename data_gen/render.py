@@ -3,7 +3,7 @@ state exactly what is drawn.
 
 Extends the trainer's demo vocabulary (`synthclip_jax.data.synthetic`: COLORS, SHAPES, SIZES,
 POSITIONS, caption_of) with counts and named backgrounds. A scene is a pure function of one
-integer seed (data_gen.images passes caption_seed(seed, index)), so reruns reproduce it:
+integer seed (data_gen.images passes image_seed(seed, index)), so reruns reproduce it:
   - one object:  "a large red circle at the top left on a grey background" (the demo caption,
     with the background added; same sizes and positions as the demo);
   - several:     "two small red circles and a large blue square on a beige background": one or

@@ -115,7 +115,7 @@ def test_whole_chain_cpu_into_trainer(tiny_model, tmp_path):  # noqa: F811
     for i in range(2):
         run("captions", "--concepts", bank, "--out", caps, "--backend", "transformers",
             "--model", tiny_model, "--captions-per-concept", 1, "--seed", 0, "--max-tokens", 12,
-            "--batch-size", 4, "--shard-index", i, "--num-shards", 2)
+            "--batch-size", 4, "--worker-index", i, "--num-workers", 2)
     model_rows = [json.loads(x) for f in sorted(caps.glob("captions-*.jsonl"))
                   for x in f.read_text().splitlines()]
     stats = [json.loads(p.read_text()) for p in sorted(caps.glob("*.stats.json"))]
@@ -165,10 +165,10 @@ def test_whole_chain_cpu_into_trainer(tiny_model, tmp_path):  # noqa: F811
     # data_gen.images normalises whitespace (" ".join(text.split())) on top of balance's
     # cleaning, so a model caption with a double space is stored with a single one
     assert sorted(e["captions"][0] for e in examples) == sorted(
-        images_stage.clean_caption(c) for c in kept_captions)
+        images_stage.flatten_caption(c) for c in kept_captions)
     # each record's concept ids are the bank lines of the concepts balance matched
     assert sorted((e["captions"][0], [concepts[i] for i in e["concepts"]]) for e in examples) == \
-        sorted((images_stage.clean_caption(r["caption"]), r["concepts"]) for r in kept)
+        sorted((images_stage.flatten_caption(r["caption"]), r["concepts"]) for r in kept)
     assert all(e["concepts"] for e in examples)
     for e in examples:
         with Image.open(io.BytesIO(e["image"])) as im:
@@ -233,7 +233,7 @@ def test_captions_worker_killed_then_rerun_equals_uninterrupted(tiny_model, tmp_
     bank.write_text("cat\ndog\nred ball\npark\nblue sky\nmat\n")
 
     def args(out, i):
-        return caption_args(tiny_model, bank, out, "--shard-index", i, "--num-shards", 2,
+        return caption_args(tiny_model, bank, out, "--worker-index", i, "--num-workers", 2,
                             "--batch-size", 1)
 
     ref = tmp_path / "ref"
@@ -379,7 +379,7 @@ def test_balance_matches_reference_implementation(tmp_path):
     for phase in ("count", "sample"):
         for i in range(2):
             balance.main([*common, "--out", str(tmp_path / "two"), "--phase", phase,
-                          "--shard-index", str(i), "--num-shards", "2"])
+                          "--worker-index", str(i), "--num-workers", "2"])
     got2 = [json.loads(x) for f in sorted((tmp_path / "two").glob("kept-*.jsonl"))
             for x in f.read_text().splitlines()]
     assert {r["caption"]: (r["concepts"], r["seed"]) for r in got2} == expected and len(got2) == len(got)

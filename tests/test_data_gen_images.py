@@ -29,16 +29,27 @@ def tar_members(path) -> dict:
         return {m.name: tar.extractfile(m).read() for m in tar}
 
 
-def procedural(out, n=10, *extra):
+def procedural(out, n=10, *extra, index_flag="--worker-index", count_flag="--num-workers"):
     for i in range(2):
         run("data_gen.images", "--procedural", n, "--out", out, "--chunk-size", 4,
-            "--save-size", 64, "--shard-index", i, "--num-shards", 2, *extra)
+            "--save-size", 64, index_flag, i, count_flag, 2, *extra)
 
 
 def test_help():
     for module in ("data_gen.images", "data_gen.write"):
         proc = run(module, "--help")
-        assert "--shard-index" in proc.stdout or "--num-shards" in proc.stdout
+        assert "--worker-index" in proc.stdout and "--num-workers" in proc.stdout
+    # images keeps the old spellings of its worker flags; write's --num-shards counts shards
+    assert "--shard-index is a deprecated alias" in run("data_gen.images", "--help").stdout
+
+
+def test_old_worker_flags_are_aliases(tmp_path):
+    procedural(tmp_path / "new", 6)
+    procedural(tmp_path / "old", 6, index_flag="--shard-index", count_flag="--num-shards")
+    new, old = (sorted(p.name for p in (tmp_path / d).glob("pairs-*.tar")) for d in ("new", "old"))
+    assert new == old and new
+    for name in new:
+        assert tar_members(tmp_path / "new" / name) == tar_members(tmp_path / "old" / name)
 
 
 def test_procedural_two_shards_skip_and_reproduce(tmp_path):
@@ -87,9 +98,9 @@ def test_prompt_sets(tmp_path):
     rows = images_stage.load_rows(args)
     assert len(rows) == 2 * len(images_stage.TEMPLATES)
     assert rows[0]["caption"] == "itap of a goldfish." and rows[0]["classname"] == "goldfish"
-    assert images_stage.clean_caption(' a "red"\tcat\n ') == "a red cat"
-    assert images_stage.caption_seed(42, 3) == images_stage.caption_seed(42, 3)
-    assert images_stage.caption_seed(42, 3) != images_stage.caption_seed(43, 3)
+    assert images_stage.flatten_caption(' a "red"\tcat\n ') == "a red cat"
+    assert images_stage.image_seed(42, 3) == images_stage.image_seed(42, 3)
+    assert images_stage.image_seed(42, 3) != images_stage.image_seed(43, 3)
 
 
 def sha256(path):
@@ -213,9 +224,9 @@ def test_diffusers_tiny_random_pipeline(tmp_path):
     # batching, and worker 0 of 2 with another batch size.
     common = [str(x) for x in common]
     images_stage.main([*common, "--out", str(tmp_path / "b"), "--batch-size", "2",
-                       "--num-shards", "2", "--shard-index", "1"])
+                       "--num-workers", "2", "--worker-index", "1"])
     images_stage.main([*common, "--out", str(tmp_path / "c"), "--batch-size", "1",
-                       "--num-shards", "2", "--shard-index", "0"])
+                       "--num-workers", "2", "--worker-index", "0"])
     a, b, c = ({} for _ in range(3))
     for folder, got in (("a", a), ("b", b), ("c", c)):
         for f in sorted((tmp_path / folder).glob("pairs-*.tar")):
