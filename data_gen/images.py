@@ -4,7 +4,7 @@
       [--model stable-diffusion-v1-5/stable-diffusion-v1-5] [--steps 50 --guidance 2.0 ...]
       [--worker-index I --num-workers N]
   python -m data_gen.images --prompts templates classnames.txt --out DIR ...
-  python -m data_gen.images --procedural 1000 --out DIR          # CPU shapes, for demos/tests
+  python -m data_gen.images --shapes 1000 --out DIR              # CPU shapes, for demos/tests
 
 Inputs (one of):
   --captions FILE|GLOB   JSONL with a "caption" per line (the balance stage's kept*.jsonl; the
@@ -14,7 +14,8 @@ Inputs (one of):
                          "Classnames").
   --prompts templates F  every class name in every template of --templates (default: the seven
                          CLIP templates below; "CLIP Templates").
-  --procedural N         N scenes invented and drawn by data_gen.render with exact captions.
+  --shapes N             N scenes invented and drawn by data_gen.shape_scenes with exact
+                         captions (--procedural N: deprecated alias).
 Captions are cleaned as SynthCLIP does: strip, drop '"', tabs/newlines -> spaces.
 
 Work unit: chunks of --chunk-size captions in input order; chunk c belongs to worker
@@ -104,15 +105,17 @@ def to_jpeg(image, save_size: int, quality: int) -> bytes:
     return buf.getvalue()
 
 
-class Procedural:
+class Shapes:
     def __init__(self, args):
         self.size, self.seed = args.save_size or args.width, args.seed
+        # "procedural": the name this backend had; kept in the pairs' records and settings so
+        # that folders written before the rename are still accepted on rerun
         self.source = "procedural"
         self.settings = {"backend": "procedural", "size": self.size, "seed": args.seed,
                          "jpeg_quality": args.jpeg_quality}
 
     def __call__(self, batch):
-        from data_gen.render import scene
+        from data_gen.shape_scenes import scene
         return [scene(image_seed(self.seed, i), self.size) for i, _ in batch]
 
 
@@ -188,9 +191,9 @@ def check_settings(out: Path, settings: dict) -> None:
 
 def run(args) -> int:
     check_worker_args(args.worker_index, args.num_workers)
-    backend = Procedural(args) if args.backend == "procedural" else Diffusers(args)
-    if args.procedural:
-        rows, captions = [{} for _ in range(args.procedural)], None
+    backend = Shapes(args) if args.backend == "shapes" else Diffusers(args)
+    if args.shapes:
+        rows, captions = [{} for _ in range(args.shapes)], None
     else:
         rows = load_rows(args)
         captions = [flatten_caption(r["caption"]) for r in rows]
@@ -244,13 +247,15 @@ def parse_args(argv=None):
                      help="JSONL with 'caption' per row, or one caption per line")
     src.add_argument("--prompts", nargs=2, metavar=("{classnames,templates}", "FILE"),
                      help="class names file, used as is or inside CLIP templates")
-    src.add_argument("--procedural", type=int, metavar="N",
-                     help="invent N procedural scenes (implies --backend procedural)")
+    src.add_argument("--shapes", "--procedural", dest="shapes", type=int, metavar="N",
+                     help="invent N shape scenes (implies --backend shapes); --procedural is a "
+                     "deprecated alias")
     p.add_argument("--templates", help="templates file for --prompts templates, one per line "
                    "with {} for the class name (default: 7 CLIP templates)")
     p.add_argument("--out", required=True, help="output folder for pairs-CCCCC.tar")
-    p.add_argument("--backend", choices=("diffusers", "procedural"), default=None,
-                   help="default: procedural with --procedural, else diffusers")
+    p.add_argument("--backend", choices=("diffusers", "shapes", "procedural"), default=None,
+                   help="default: shapes with --shapes, else diffusers (procedural: deprecated "
+                   "alias of shapes)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="diffusers model id or local path")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--guidance", type=float, default=2.0, help="CFG scale (default 2.0)")
@@ -258,7 +263,7 @@ def parse_args(argv=None):
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--save-size", type=int, default=256,
-                   help="saved square size in px (0: as generated; procedural draws at it)")
+                   help="saved square size in px (0: as generated; shapes draws at it)")
     p.add_argument("--jpeg-quality", type=int, default=95)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--chunk-size", type=int, default=1000, help="captions per pairs file")
@@ -271,11 +276,12 @@ def parse_args(argv=None):
     if args.prompts and args.prompts[0] not in ("classnames", "templates"):
         p.error("--prompts takes 'classnames FILE' or 'templates FILE'")
     if args.backend is None:
-        args.backend = "procedural" if args.procedural else "diffusers"
-    if (args.backend == "procedural") != bool(args.procedural):
-        p.error("the procedural backend invents its captions: use --procedural N (alone)")
-    if min(args.batch_size, args.chunk_size) < 1 or (args.procedural or 1) < 1:
-        p.error("--batch-size, --chunk-size and --procedural must be >= 1")
+        args.backend = "shapes" if args.shapes else "diffusers"
+    args.backend = "shapes" if args.backend == "procedural" else args.backend
+    if (args.backend == "shapes") != bool(args.shapes):
+        p.error("the shapes backend invents its captions: use --shapes N (alone)")
+    if min(args.batch_size, args.chunk_size) < 1 or (args.shapes or 1) < 1:
+        p.error("--batch-size, --chunk-size and --shapes must be >= 1")
     return args
 
 

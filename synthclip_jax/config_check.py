@@ -11,7 +11,7 @@ from etils import epath
 
 from synthclip_jax.axis_rules import MESH_AXES
 from synthclip_jax.config_error import ConfigError
-from synthclip_jax.data.source_names import SOURCES
+from synthclip_jax.data.source_names import SOURCE_ALIASES, SOURCES, canonical_source
 from synthclip_jax.data.text_reduction import MODES as TEXT_REDUCTIONS
 from synthclip_jax.data.tfrecord import glob_shards
 from synthclip_jax.evaluate.templates import TEMPLATE_SETS
@@ -55,10 +55,14 @@ CHOICES = {
 }
 
 
+# key -> old names that still work
+ALIASES = {"data.source": SOURCE_ALIASES}
+
+
 def check_choices(config) -> None:
     for key, names in CHOICES.items():
         value = get(config, key)
-        if value not in names:
+        if value not in names and value not in ALIASES.get(key, {}):
             fail(key, value, "is not a valid choice",
                  f"set --config.{key} to one of {', '.join(names)}")
 
@@ -140,11 +144,12 @@ def check_model(config) -> None:
 
 def check_data(config, training: bool = True) -> None:
     d = config.data
-    if d.text_reduction != "truncate" and d.source != "tfrecord":
+    source = canonical_source(d.source)
+    if d.text_reduction != "truncate" and source != "tfrecord":
         fail("data.text_reduction", d.text_reduction,
              f"needs data.source='tfrecord' (data.source={d.source!r} has no captions to cut)",
              "set --config.data.text_reduction=truncate or --config.data.source=tfrecord")
-    if training and d.source == "tfrecord" and not d.train and d.procedural.num_train <= 0:
+    if training and source == "tfrecord" and not d.train and d.procedural.num_train <= 0:
         fail("data.train", d.train, "is empty: no training shards (and data.procedural.num_train "
              "is 0, so no demo data is rendered)", "set --config.data.train to a glob of "
              "TFRecord shards")
@@ -168,7 +173,7 @@ def is_remote(path: str) -> bool:
 
 def check_paths_exist(config, training: bool = True) -> None:
     d, e = config.data, config.eval
-    if (training and d.source == "tfrecord" and d.train and not is_remote(d.train)
+    if (training and canonical_source(d.source) == "tfrecord" and d.train and not is_remote(d.train)
             and not glob_shards(d.train)):
         fail("data.train", d.train, "matches no file", "point --config.data.train at existing "
              "TFRecord shards (a glob such as DIR/*.tfrecord)")

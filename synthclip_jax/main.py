@@ -44,12 +44,12 @@ def main(argv):
     distributed.maybe_initialize()  # first JAX call: joins the other hosts' processes
     import jax  # after absl parsed flags: jax reads its own flags/env at import
 
-    from synthclip_jax.data import demo_data
+    from synthclip_jax.data import shapes_demo
     from synthclip_jax.train import loop
 
     config = flags.FLAGS.config
     workdir = epath.Path(flags.FLAGS.workdir)
-    demo_data.prepare(config, workdir)  # no-op unless data.procedural asks for it
+    shapes_demo.prepare(config, workdir)  # no-op unless data.procedural asks for it
     if flags.FLAGS.mode == "eval":
         results = loop.evaluate_latest(config, workdir)
         logging.info("eval: %s", {k: round(v, 4) for k, v in results.items()})

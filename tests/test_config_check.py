@@ -64,7 +64,7 @@ RULES = {
     "image_heads": ("model.image.width", {"model.image.heads": 5}),
     "text_heads": ("model.text.width", {"model.text.heads": 3}),
     "context_length": ("model.text.context_length", {"model.text.context_length": 2}),
-    "reduction_needs_tfrecord": ("data.text_reduction", {"data.source": "synthetic_shapes",
+    "reduction_needs_tfrecord": ("data.text_reduction", {"data.source": "shapes",
                                                          "data.text_reduction": "block"}),
     "no_train_data": ("data.train", {"data.procedural.num_train": 0}),
     "rrc_scale": ("data.rrc_scale", {"data.rrc_scale": (0.5, 1.5)}),

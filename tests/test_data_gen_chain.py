@@ -191,23 +191,23 @@ def test_whole_chain_cpu_into_trainer(tiny_model, tmp_path):  # noqa: F811
 
 # ---- 2. killed stages, rerun: the outputs of an uninterrupted run, nothing missing or doubled ----
 
-N_PROCEDURAL, PROCEDURAL_ARGS = 400, ("--chunk-size", 8, "--save-size", 64)
+N_SHAPES, SHAPES_ARGS = 400, ("--chunk-size", 8, "--save-size", 64)
 
 
 @pytest.fixture(scope="module")
-def procedural_pairs(tmp_path_factory):
-    """An uninterrupted procedural images run (50 chunks of 8)."""
-    out = tmp_path_factory.mktemp("procedural") / "pairs"
-    run("images", "--procedural", N_PROCEDURAL, "--out", out, *PROCEDURAL_ARGS)
+def shape_pairs(tmp_path_factory):
+    """An uninterrupted shapes images run (50 chunks of 8)."""
+    out = tmp_path_factory.mktemp("shapes") / "pairs"
+    run("images", "--shapes", N_SHAPES, "--out", out, *SHAPES_ARGS)
     return out
 
 
-def test_images_killed_then_rerun_equals_uninterrupted(procedural_pairs, tmp_path):
-    ref = visible_files(procedural_pairs)
+def test_images_killed_then_rerun_equals_uninterrupted(shape_pairs, tmp_path):
+    ref = visible_files(shape_pairs)
     assert len([n for n in ref if n.startswith("pairs-")]) == 50
-    assert sorted(pair_indices(procedural_pairs)) == list(range(N_PROCEDURAL))
+    assert sorted(pair_indices(shape_pairs)) == list(range(N_SHAPES))
     out = tmp_path / "pairs"
-    args = ("--procedural", N_PROCEDURAL, "--out", out, *PROCEDURAL_ARGS)
+    args = ("--shapes", N_SHAPES, "--out", out, *SHAPES_ARGS)
     killed = kill_when(start("images", *args), lambda: any(out.glob("pairs-*.tar")))
     partial = visible_files(out) if out.exists() else {}
     done = [n for n in partial if n.startswith("pairs-")]
@@ -218,7 +218,7 @@ def test_images_killed_then_rerun_equals_uninterrupted(procedural_pairs, tmp_pat
     proc = run("images", *args)
     assert f"{len(done)} already done" in proc.stdout
     assert visible_files(out) == ref  # every pairs-*.tar + images_settings.json, byte for byte
-    assert sorted(pair_indices(out)) == list(range(N_PROCEDURAL))  # none missing or doubled
+    assert sorted(pair_indices(out)) == list(range(N_SHAPES))  # none missing or doubled
     # A SIGKILLed worker cannot remove its temporary file; it is hidden (".pairs-C.tar.tmp-PID"),
     # so no pairs-*.tar glob (write's, import_pairs') can pick up a partial tar.
     assert not [p for p in out.glob("pairs-*.tar") if not p.name[len("pairs-"):-4].isdigit()]
@@ -273,8 +273,8 @@ def test_captions_worker_killed_then_rerun_equals_uninterrupted(tiny_model, tmp_
     assert len(keys) == len(set(keys)) and len(rows) >= 12  # 6 concepts x 3, a few may drop
 
 
-def test_write_killed_then_rerun_equals_uninterrupted(procedural_pairs, tmp_path):
-    pattern = f"{procedural_pairs}/pairs-*.tar"
+def test_write_killed_then_rerun_equals_uninterrupted(shape_pairs, tmp_path):
+    pattern = f"{shape_pairs}/pairs-*.tar"
     common = ("--pairs", pattern, "--num-shards", 3, "--contact-sheet", 4)
     ref = tmp_path / "ref"
     run("write", *common, "--out", ref)
@@ -303,7 +303,7 @@ def test_write_killed_then_rerun_equals_uninterrupted(procedural_pairs, tmp_path
     assert temp_leftovers(out) == []  # the killed run's temporaries went with the rerun
     ds = TFRecordShards(str(out / "*.tfrecord"))
     keys = [decode_example(ds[i])["key"] for i in range(len(ds))]
-    assert len(keys) == len(set(keys)) == N_PROCEDURAL
+    assert len(keys) == len(set(keys)) == N_SHAPES
     print(f"write killed mid-run: {partial_seen}; temp leftovers: {temp_leftovers(out)}")
 
 

@@ -1,4 +1,4 @@
-"""data_gen.images (procedural and tiny random diffusers backends) and data_gen.write."""
+"""data_gen.images (shapes and tiny random diffusers backends) and data_gen.write."""
 import hashlib
 import io
 import json
@@ -29,9 +29,9 @@ def tar_members(path) -> dict:
         return {m.name: tar.extractfile(m).read() for m in tar}
 
 
-def procedural(out, n=10, *extra, index_flag="--worker-index", count_flag="--num-workers"):
+def shape_pairs(out, n=10, *extra, index_flag="--worker-index", count_flag="--num-workers"):
     for i in range(2):
-        run("data_gen.images", "--procedural", n, "--out", out, "--chunk-size", 4,
+        run("data_gen.images", "--shapes", n, "--out", out, "--chunk-size", 4,
             "--save-size", 64, index_flag, i, count_flag, 2, *extra)
 
 
@@ -44,17 +44,17 @@ def test_help():
 
 
 def test_old_worker_flags_are_aliases(tmp_path):
-    procedural(tmp_path / "new", 6)
-    procedural(tmp_path / "old", 6, index_flag="--shard-index", count_flag="--num-shards")
+    shape_pairs(tmp_path / "new", 6)
+    shape_pairs(tmp_path / "old", 6, index_flag="--shard-index", count_flag="--num-shards")
     new, old = (sorted(p.name for p in (tmp_path / d).glob("pairs-*.tar")) for d in ("new", "old"))
     assert new == old and new
     for name in new:
         assert tar_members(tmp_path / "new" / name) == tar_members(tmp_path / "old" / name)
 
 
-def test_procedural_two_shards_skip_and_reproduce(tmp_path):
+def test_shapes_two_workers_skip_and_reproduce(tmp_path):
     out = tmp_path / "pairs"
-    procedural(out)
+    shape_pairs(out)
     files = sorted(p.name for p in out.glob("pairs-*.tar"))
     assert files == ["pairs-00000.tar", "pairs-00001.tar", "pairs-00002.tar"]
     samples = {}
@@ -65,6 +65,7 @@ def test_procedural_two_shards_skip_and_reproduce(tmp_path):
                 meta = json.loads(data)
                 key = name[:-5]
                 assert members[f"{key}.txt"].decode() == meta["caption"]
+                # the records keep the backend's old name (see data_gen/images.py Shapes)
                 assert meta["source"] == "procedural" and meta["key"] == key
                 assert Image.open(io.BytesIO(members[f"{key}.jpg"])).size == (64, 64)
                 samples[meta["index"]] = meta["caption"]
@@ -72,19 +73,20 @@ def test_procedural_two_shards_skip_and_reproduce(tmp_path):
     assert all(c.endswith("background") for c in samples.values())
 
     before = {f: (out / f).stat().st_mtime_ns for f in files}
-    proc = run("data_gen.images", "--procedural", 10, "--out", out, "--chunk-size", 4,
-               "--save-size", 64)
+    # --procedural/--backend procedural: the old spellings of --shapes, still accepted
+    proc = run("data_gen.images", "--procedural", 10, "--backend", "procedural", "--out", out,
+               "--chunk-size", 4, "--save-size", 64)
     assert "3 already done" in proc.stdout
     assert before == {f: (out / f).stat().st_mtime_ns for f in files}
 
     data = {f: (out / f).read_bytes() for f in files}
     for f in files:
         (out / f).unlink()
-    procedural(out)
+    shape_pairs(out)
     assert data == {f: (out / f).read_bytes() for f in files}
 
     # Other settings into the same folder are refused rather than mixed in.
-    proc = run("data_gen.images", "--procedural", 10, "--out", out, "--chunk-size", 4,
+    proc = run("data_gen.images", "--shapes", 10, "--out", out, "--chunk-size", 4,
                "--save-size", 64, "--seed", 7, check=False)
     assert proc.returncode != 0 and "other settings" in proc.stderr
 
@@ -109,7 +111,7 @@ def sha256(path):
 
 def test_write_shards_manifest_contact_sheet(tmp_path):
     pairs = tmp_path / "pairs"
-    procedural(pairs)
+    shape_pairs(pairs)
     captions = {}
     for f in pairs.glob("pairs-*.tar"):
         for name, data in tar_members(f).items():
