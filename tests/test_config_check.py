@@ -34,6 +34,12 @@ def test_demo_config_passes_with_paths():
     validate(demo_cpu.get_config())  # renders its own data: no path to check yet
 
 
+def test_old_source_name_still_passes():
+    config = demo_cpu.get_config()
+    config.data.source = "synthetic_shapes"  # the name of data.source='shapes' before the rename
+    validate(config)
+
+
 def set_key(config, key, value):
     *parents, last = key.split(".")
     node = config
