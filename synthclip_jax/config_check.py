@@ -41,7 +41,7 @@ def get(config, key: str):
     return node
 
 
-# key -> its valid names (each tuple lives in the module that implements the choice)
+# key -> its valid names (each tuple in a jax-free module beside the code that implements it)
 CHOICES = {
     "loss.name": LOSS_NAMES,
     "train.accum_negatives": ACCUM_NEGATIVES,
