@@ -21,7 +21,7 @@ def get_config():
     c.model.image.update(width=64, depth=3, heads=4, patch_size=8)
     c.model.text.update(width=64, depth=3, heads=4, context_length=16)
     c.data.source = "tfrecord"
-    c.data.train = ""  # empty: render the procedural data below into WORKDIR/data
+    c.data.train = ""  # empty: render the shapes demo data below into WORKDIR/data
     c.data.procedural.update(num_train=20000, num_retrieval=256, zeroshot_per_class=32,
                              image_size=40)
     c.data.image_size = 32

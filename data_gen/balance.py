@@ -1,10 +1,10 @@
 """Stage 3: concept matching + MetaCLIP balancing of the captions, with exact-duplicate removal.
 
     python -m data_gen.balance --captions 'captions/*.jsonl' --concepts concepts.txt \
-        --out balanced/ --t 10 --seed 0 [--shard-index I --num-shards N --phase all|count|sample]
+        --out balanced/ --t 10 --seed 0 [--worker-index I --num-workers N --phase all|count|sample]
 
 Rules (SynthCLIP TextGen/substr_matching.py + balancing.py, from MetaCLIP):
-- A caption with "\\n" is dropped; others are cleaned like data_gen.captions.clean_caption.
+- A caption with "\\n" is dropped; others are cleaned like data_gen.captions.clean_llm_caption.
 - Exact duplicate captions (after cleaning) are removed; the first copy in sorted-file order is
   kept with its source fields.
 - Matching is case-sensitive: concept e matches if f" {e} " is a substring of spacing(caption)
@@ -16,13 +16,13 @@ Rules (SynthCLIP TextGen/substr_matching.py + balancing.py, from MetaCLIP):
 - count[e] = number of unique captions matching e; a caption is kept if, over its matched
   concepts in bank order, any passes `random() < t / max(count[e], t)`; unmatched captions
   are dropped. The random numbers come from random.Random(hash(seed, caption)), so the result
-  depends on neither file order nor sharding (SynthCLIP's `random` was unseeded).
+  depends on neither file order nor the worker count (SynthCLIP's `random` was unseeded).
 
 Streaming and memory: two passes over the files (count, then sample; matches are recomputed
 rather than stored). Duplicates are found with a Python set of 8-byte blake2b digests of the
 captions (~70 bytes per unique caption in CPython, e.g. ~2 GB for 30M; the chance of a false
 duplicate is ~n^2/2^65, 2e-5 at 30M).
-Sharding without a coordinator: worker I owns the captions whose digest % N == I (duplicates
+Workers without a coordinator: worker I owns the captions whose digest % N == I (duplicates
 share a digest, so dedup stays exact). Phase `count` writes `counts-IIIII-of-NNNNN.json`;
 phase `sample` needs all N of them (sums them) and writes `kept-IIIII-of-NNNNN.jsonl` and
 `balance_stats-IIIII-of-NNNNN.json`; worker 0 also writes `entry_counts.json`. Phase `all`
@@ -37,9 +37,9 @@ import random
 import sys
 from pathlib import Path
 
-from data_gen.captions import clean_caption
-from data_gen.common import (stage_parser, add_shard_args, atomic_path, check_shard_args, progress,
-                             read_jsonl, shard_suffix)
+from data_gen.captions import clean_llm_caption
+from data_gen.common import (stage_parser, add_worker_args, atomic_path, check_worker_args, progress,
+                             read_jsonl, worker_suffix)
 from data_gen.concepts import load_bank
 
 PUNCTS_TO_WRAP = [",", ".", ";", ":", "?", "!", "`"]
@@ -81,18 +81,18 @@ def digest(caption: str) -> int:
     return int.from_bytes(hashlib.blake2b(caption.encode(), digest_size=8).digest(), "little")
 
 
-def unique_captions(files, stats, shard_index, num_shards, desc):
+def unique_captions(files, stats, worker_index, num_workers, desc):
     """Yields (row, cleaned caption) of this worker's first copies; counts what it drops."""
     seen = set()
     for path in progress(files, len(files), desc):
         for row in read_jsonl(path):
             stats["read"] += 1
-            caption = clean_caption(row["caption"])
+            caption = clean_llm_caption(row["caption"])
             if caption is None:
                 stats["multiline"] += 1
                 continue
             h = digest(caption)
-            if h % num_shards != shard_index:
+            if h % num_workers != worker_index:
                 continue
             if h in seen:
                 stats["duplicates"] += 1
@@ -112,7 +112,7 @@ def new_stats():
 
 def count_phase(files, matcher, bank, args, path):
     stats, counts = new_stats(), [0] * len(bank)
-    for _, caption in unique_captions(files, stats, args.shard_index, args.num_shards,
+    for _, caption in unique_captions(files, stats, args.worker_index, args.num_workers,
                                       "balance count (files)"):
         stats["unique"] += 1
         for e in matcher.match(caption):
@@ -122,8 +122,8 @@ def count_phase(files, matcher, bank, args, path):
 
 
 def sample_phase(files, matcher, bank, args, out, suffix):
-    count_files = [out / f"counts-{shard_suffix(i, args.num_shards)}.json"
-                   for i in range(args.num_shards)]
+    count_files = [out / f"counts-{worker_suffix(i, args.num_workers)}.json"
+                   for i in range(args.num_workers)]
     missing = [str(p) for p in count_files if not p.exists()]
     if missing:
         raise SystemExit(f"balance: sample phase needs every worker's counts; missing {missing}")
@@ -131,14 +131,14 @@ def sample_phase(files, matcher, bank, args, out, suffix):
     for p in count_files:
         for e, c in enumerate(json.loads(p.read_text())["counts"]):
             counts[e] += c
-    if args.shard_index == 0 and not (out / "entry_counts.json").exists():
+    if args.worker_index == 0 and not (out / "entry_counts.json").exists():
         with atomic_path(out / "entry_counts.json") as tmp:
             tmp.write_text(json.dumps({bank[e]: c for e, c in enumerate(counts) if c},
                                       ensure_ascii=False, indent=0))
     stats = new_stats()
 
     def rows():
-        for row, caption in unique_captions(files, stats, args.shard_index, args.num_shards,
+        for row, caption in unique_captions(files, stats, args.worker_index, args.num_workers,
                                             "balance sample (files)"):
             stats["unique"] += 1
             matched = matcher.match(caption)
@@ -148,8 +148,8 @@ def sample_phase(files, matcher, bank, args, out, suffix):
                 stats["kept"] += 1
                 yield {**row, "caption": caption, "concepts": [bank[e] for e in matched]}
 
-    kept = "kept.jsonl" if args.num_shards == 1 else f"kept-{suffix}.jsonl"
-    stats_name = ("balance_stats.json" if args.num_shards == 1
+    kept = "kept.jsonl" if args.num_workers == 1 else f"kept-{suffix}.jsonl"
+    stats_name = ("balance_stats.json" if args.num_workers == 1
                   else f"balance_stats-{suffix}.json")
     # the kept file is renamed last: its existence marks this worker done, stats included
     with atomic_path(out / kept) as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -169,15 +169,15 @@ def main(argv=None):
     p.add_argument("--t", type=float, default=10, help="Balancing threshold (SynthCLIP 10).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--phase", choices=["all", "count", "sample"], default="all")
-    add_shard_args(p)
+    add_worker_args(p)
     args = p.parse_args(argv)
-    check_shard_args(args.shard_index, args.num_shards)
+    check_worker_args(args.worker_index, args.num_workers)
     files = sorted(glob.glob(args.captions))
     if not files:
         raise SystemExit(f"balance: no files match {args.captions!r}")
     bank = load_bank(args.concepts, dedup=False)
     matcher, out = Matcher(bank), Path(args.out)
-    suffix = shard_suffix(args.shard_index, args.num_shards)
+    suffix = worker_suffix(args.worker_index, args.num_workers)
     counts_path = out / f"counts-{suffix}.json"
     if args.phase in ("all", "count"):
         if counts_path.exists():
@@ -185,7 +185,7 @@ def main(argv=None):
         else:
             count_phase(files, matcher, bank, args, counts_path)
     if args.phase in ("all", "sample"):
-        kept = out / ("kept.jsonl" if args.num_shards == 1 else f"kept-{suffix}.jsonl")
+        kept = out / ("kept.jsonl" if args.num_workers == 1 else f"kept-{suffix}.jsonl")
         if kept.exists():
             print(f"balance: {kept} exists, skipping", file=sys.stderr)
         else:

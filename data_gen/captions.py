@@ -1,17 +1,17 @@
 """Stage 2: K captions per concept from an instruction LLM (SynthCLIP's prompt and sampling).
 
     python -m data_gen.captions --concepts concepts.txt --out captions/ --backend vllm \
-        --captions-per-concept 5 --seed 0 --shard-index I --num-shards N
+        --captions-per-concept 5 --seed 0 --worker-index I --num-workers N
 
-Worker I takes concepts I, I+N, ... (`shard_items`) and writes `captions-IIIII-of-NNNNN.jsonl`
+Worker I takes concepts I, I+N, ... (`worker_items`) and writes `captions-IIIII-of-NNNNN.jsonl`
 (rows: concept, caption, seed, model, concept_index, k) plus `...stats.json`, atomically; an
-existing shard is skipped. The prompt is SynthCLIP's, verbatim (typo included), wrapped in the
+existing output is skipped. The prompt is SynthCLIP's, verbatim (typo included), wrapped in the
 model's own chat template (`apply_chat_template`; Mistral's gives `<s>[INST] ... [/INST]`, where
 SynthCLIP concatenated `"<s> [INST] " + msg + " [/INST]"` by hand). Prompts go to the backend as
 token ids so the BOS is not added twice.
 
 Seeds: caption k of concept i (its line number in the bank) is sampled with
-`seed = caption_seed(S, i, k)`, a hash, so a rerun, another sharding or another batch size gives
+`seed = caption_seed(S, i, k)`, a hash, so a rerun, another worker count or another batch size gives
 the same request seeds (SynthCLIP drew a random vLLM seed per run instead).
 Backends, same prompts and same output rows:
   vllm          GPU, `LLM.generate` with per-request `SamplingParams(seed=...)`; imported lazily.
@@ -28,8 +28,8 @@ import json
 import sys
 from pathlib import Path
 
-from data_gen.common import (stage_parser, add_shard_args, atomic_path, progress, shard_items, shard_suffix,
-                             write_jsonl_atomic)
+from data_gen.common import (add_worker_args, atomic_path, progress, stage_parser, worker_items,
+                             worker_suffix, write_jsonl_atomic)
 from data_gen.concepts import load_bank
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
@@ -44,7 +44,7 @@ def caption_seed(seed: int, concept_index: int, k: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF  # fits every backend's int32
 
 
-def clean_caption(text: str):
+def clean_llm_caption(text: str):
     """SynthCLIP's rule: None for a multi-line output, else quotes removed and edges stripped."""
     if "\n" in text:
         return None
@@ -170,15 +170,15 @@ def parse_args(argv=None):
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--presence-penalty", type=float, default=1.0)
     p.add_argument("--frequency-penalty", type=float, default=1.0)
-    add_shard_args(p)
+    add_worker_args(p)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     concepts = load_bank(args.concepts, dedup=False)  # index = line of a bank from data_gen.concepts
-    mine = shard_items(list(enumerate(concepts)), args.shard_index, args.num_shards)
-    suffix = shard_suffix(args.shard_index, args.num_shards)
+    mine = worker_items(list(enumerate(concepts)), args.worker_index, args.num_workers)
+    suffix = worker_suffix(args.worker_index, args.num_workers)
     out = Path(args.out) / f"captions-{suffix}.jsonl"
     if out.exists():
         print(f"captions: {out} exists, skipping", file=sys.stderr)
@@ -193,7 +193,7 @@ def main(argv=None):
         texts = backend.generate([prompt_ids(backend.tokenizer, c) for _, c, _, _ in batch],
                                  [s for *_, s in batch])
         for (i, concept, k, seed), text in zip(batch, texts):
-            caption = clean_caption(text)
+            caption = clean_llm_caption(text)
             if caption is None or not caption:
                 stats["multiline" if caption is None else "empty"] += 1
                 continue
@@ -202,7 +202,7 @@ def main(argv=None):
     stats["written"] = len(rows)
     with atomic_path(out.with_name(f"captions-{suffix}.stats.json")) as tmp:
         tmp.write_text(json.dumps(stats, indent=1) + "\n")
-    write_jsonl_atomic(out, rows)  # last: its existence marks the shard done
+    write_jsonl_atomic(out, rows)  # last: its existence marks this worker done
     print(f"captions: {stats} -> {out}", file=sys.stderr)
 
 

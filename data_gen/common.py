@@ -1,9 +1,11 @@
 """What every data_gen stage shares: work splitting across machines, atomic outputs, progress.
 
-A stage runs as N independent workers (`--shard-index I --num-shards N`, e.g. a SLURM array),
+A stage runs as N independent workers (`--worker-index I --num-workers N`, e.g. a SLURM array),
 with no coordinator: worker I takes items I, I+N, I+2N, ... of the stage's input, writes its own
 output file(s) under a temporary name and renames them when complete, and skips outputs that
-already exist, so a preempted or rerun worker loses and duplicates nothing.
+already exist, so a preempted or rerun worker loses and duplicates nothing. (`--num-shards`
+counts output shards, in write and import_pairs; the stages that used `--shard-index
+--num-shards` for workers still accept them, as deprecated aliases.)
 """
 import argparse
 import contextlib
@@ -26,27 +28,38 @@ def stage_parser(stage: str, doc: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_shard_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shard-index", type=int, default=0,
-                        help="This worker's index in [0, num-shards) (default 0).")
-    parser.add_argument("--num-shards", type=int, default=1,
-                        help="Number of workers splitting this stage (default 1).")
+def add_worker_args(parser: argparse.ArgumentParser, old_aliases: bool = True) -> None:
+    """--worker-index/--num-workers (args.worker_index, args.num_workers). `old_aliases`: also
+    accept --shard-index/--num-shards, the old spellings of the stages whose --num-shards meant
+    workers (not for write, where --num-shards counts output shards)."""
+    index, count = ["--worker-index"], ["--num-workers"]
+    alias = ""
+    if old_aliases:
+        index, count = index + ["--shard-index"], count + ["--num-shards"]
+        alias = " {} is a deprecated alias."
+    parser.add_argument(*index, dest="worker_index", type=int, default=0, metavar="I",
+                        help="This worker's index in [0, num-workers) (default 0)."
+                        + alias.format("--shard-index"))
+    parser.add_argument(*count, dest="num_workers", type=int, default=1, metavar="N",
+                        help="Number of workers splitting this stage (default 1)."
+                        + alias.format("--num-shards"))
 
 
-def check_shard_args(shard_index: int, num_shards: int) -> None:
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise SystemExit(f"--shard-index {shard_index} must lie in [0, --num-shards "
-                         f"{num_shards})")
+def check_worker_args(worker_index: int, num_workers: int) -> None:
+    if num_workers < 1 or not 0 <= worker_index < num_workers:
+        raise SystemExit(f"--worker-index {worker_index} must lie in [0, --num-workers "
+                         f"{num_workers})")
 
 
-def shard_items(items: Sequence, shard_index: int, num_shards: int) -> list:
+def worker_items(items: Sequence, worker_index: int, num_workers: int) -> list:
     """Items I, I+N, I+2N, ...: disjoint across workers, together all items."""
-    check_shard_args(shard_index, num_shards)
-    return list(items[shard_index::num_shards])
+    check_worker_args(worker_index, num_workers)
+    return list(items[worker_index::num_workers])
 
 
-def shard_suffix(shard_index: int, num_shards: int) -> str:
-    return f"{shard_index:05d}-of-{num_shards:05d}"
+def worker_suffix(worker_index: int, num_workers: int) -> str:
+    """The IIIII-of-NNNNN of a worker's output file names."""
+    return f"{worker_index:05d}-of-{num_workers:05d}"
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ not be written one per line, and the matcher turns those characters into spaces 
 never match anyway. `--dedup` drops repeated entries keeping the first. Entry ids downstream are
 line numbers of this file.
 
-The bank is one small file, so there is nothing to split: with --num-shards N only worker 0
+The bank is one small file, so there is nothing to split: with --num-workers N only worker 0
 writes it (the others exit at once), which lets one launch script run every stage the same way.
 An existing --out is left as is unless --overwrite.
 """
@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from data_gen.common import stage_parser, add_shard_args, atomic_path, check_shard_args
+from data_gen.common import stage_parser, add_worker_args, atomic_path, check_worker_args
 
 BUILTIN = Path(__file__).with_name("concept_bank.txt")
 
@@ -74,10 +74,10 @@ def main(argv=None):
     parser.add_argument("--dedup", action="store_true",
                         help="Drop repeated entries, keeping the first.")
     parser.add_argument("--overwrite", action="store_true", help="Rewrite an existing --out.")
-    add_shard_args(parser)
+    add_worker_args(parser)
     args = parser.parse_args(argv)
-    check_shard_args(args.shard_index, args.num_shards)
-    if args.shard_index != 0:
+    check_worker_args(args.worker_index, args.num_workers)
+    if args.worker_index != 0:
         print("concepts: one small file, written by worker 0 only; nothing to do",
               file=sys.stderr)
         return

@@ -2,9 +2,9 @@
 
   python -m data_gen.images --captions 'balanced/kept*.jsonl' --out DIR [--batch-size 16]
       [--model stable-diffusion-v1-5/stable-diffusion-v1-5] [--steps 50 --guidance 2.0 ...]
-      [--shard-index I --num-shards N]
+      [--worker-index I --num-workers N]
   python -m data_gen.images --prompts templates classnames.txt --out DIR ...
-  python -m data_gen.images --procedural 1000 --out DIR          # CPU shapes, for demos/tests
+  python -m data_gen.images --shapes 1000 --out DIR              # CPU shapes, for demos/tests
 
 Inputs (one of):
   --captions FILE|GLOB   JSONL with a "caption" per line (the balance stage's kept*.jsonl; the
@@ -14,16 +14,17 @@ Inputs (one of):
                          "Classnames").
   --prompts templates F  every class name in every template of --templates (default: the seven
                          CLIP templates below; "CLIP Templates").
-  --procedural N         N scenes invented and drawn by data_gen.render with exact captions.
+  --shapes N             N scenes invented and drawn by data_gen.shape_scenes with exact
+                         captions (--procedural N: deprecated alias).
 Captions are cleaned as SynthCLIP does: strip, drop '"', tabs/newlines -> spaces.
 
 Work unit: chunks of --chunk-size captions in input order; chunk c belongs to worker
-c % --num-shards and is written as DIR/pairs-CCCCC.tar (temp name + rename; skipped if it
+c % --num-workers and is written as DIR/pairs-CCCCC.tar (temp name + rename; skipped if it
 exists, so reruns and preempted workers redo only missing chunks). Each tar holds, per caption
 index i, in index order: KEY.jpg (the image), KEY.txt (the caption) and KEY.json
 ({key, index, caption, seed, source, settings, input}), KEY = s{seed}_{i:09d}; so
 `data_gen.import_pairs --input 'DIR/*.tar'` reads the files too. The image of caption i is
-seeded with caption_seed(seed, i), whatever the worker count or batch size, so reruns
+seeded with image_seed(seed, i), whatever the worker count or batch size, so reruns
 reproduce it. DIR/images_settings.json records the settings; a rerun with different settings
 into the same DIR is refused instead of mixing two runs.
 
@@ -41,8 +42,8 @@ import os
 import tarfile
 from pathlib import Path
 
-from data_gen.common import (stage_parser, add_shard_args, atomic_path, check_shard_args, progress,
-                             read_jsonl, shard_items)
+from data_gen.common import (stage_parser, add_worker_args, atomic_path, check_worker_args, progress,
+                             read_jsonl, worker_items)
 
 # runwayml/stable-diffusion-v1-5 was taken down from the hub; this is its official mirror.
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -53,13 +54,14 @@ TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.",
              "a photo of the small {}.")
 
 
-def caption_seed(seed: int, index: int) -> int:
+def image_seed(seed: int, index: int) -> int:
     """Seed of caption `index`: stable across runs, machines, worker counts and batch sizes."""
     digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def clean_caption(text: str) -> str:
+def flatten_caption(text: str) -> str:
+    """The prompt (and stored caption): quotes dropped, every whitespace run one space."""
     return " ".join(text.replace('"', "").split())
 
 
@@ -103,16 +105,18 @@ def to_jpeg(image, save_size: int, quality: int) -> bytes:
     return buf.getvalue()
 
 
-class Procedural:
+class Shapes:
     def __init__(self, args):
         self.size, self.seed = args.save_size or args.width, args.seed
+        # "procedural": the name this backend had; kept in the pairs' records and settings so
+        # that folders written before the rename are still accepted on rerun
         self.source = "procedural"
         self.settings = {"backend": "procedural", "size": self.size, "seed": args.seed,
                          "jpeg_quality": args.jpeg_quality}
 
     def __call__(self, batch):
-        from data_gen.render import scene
-        return [scene(caption_seed(self.seed, i), self.size) for i, _ in batch]
+        from data_gen.shape_scenes import scene
+        return [scene(image_seed(self.seed, i), self.size) for i, _ in batch]
 
 
 class Diffusers:
@@ -150,7 +154,7 @@ class Diffusers:
         a = self.args
         # CPU generators: the initial latents are then the same on any GPU and for any batch
         # size (diffusers draws each image's latents from its own generator in the list).
-        gens = [torch.Generator("cpu").manual_seed(caption_seed(a.seed, i)) for i, _ in batch]
+        gens = [torch.Generator("cpu").manual_seed(image_seed(a.seed, i)) for i, _ in batch]
         out = self.pipe([c for _, c in batch], height=a.height, width=a.width,
                         num_inference_steps=a.steps, guidance_scale=a.guidance, eta=a.eta,
                         generator=gens, output_type="pil")
@@ -186,13 +190,13 @@ def check_settings(out: Path, settings: dict) -> None:
 
 
 def run(args) -> int:
-    check_shard_args(args.shard_index, args.num_shards)
-    backend = Procedural(args) if args.backend == "procedural" else Diffusers(args)
-    if args.procedural:
-        rows, captions = [{} for _ in range(args.procedural)], None
+    check_worker_args(args.worker_index, args.num_workers)
+    backend = Shapes(args) if args.backend == "shapes" else Diffusers(args)
+    if args.shapes:
+        rows, captions = [{} for _ in range(args.shapes)], None
     else:
         rows = load_rows(args)
-        captions = [clean_caption(r["caption"]) for r in rows]
+        captions = [flatten_caption(r["caption"]) for r in rows]
         if not all(captions):
             raise SystemExit(f"empty caption at index {captions.index('')}")
     prompts = ({"prompts": args.prompts[0], "templates": list(TEMPLATES) if args.prompts[0] ==
@@ -204,10 +208,10 @@ def run(args) -> int:
                 **({"captions_sha256": digest} if captions else {})}
     out = Path(args.out)
     chunks = range(math.ceil(len(rows) / args.chunk_size))
-    mine = shard_items(chunks, args.shard_index, args.num_shards)
+    mine = worker_items(chunks, args.worker_index, args.num_workers)
     todo = [c for c in mine if not (out / f"pairs-{c:05d}.tar").exists()]
-    print(f"images: {len(rows)} captions in {len(chunks)} chunks; worker {args.shard_index}/"
-          f"{args.num_shards} has {len(mine)}, {len(mine) - len(todo)} already done",
+    print(f"images: {len(rows)} captions in {len(chunks)} chunks; worker {args.worker_index}/"
+          f"{args.num_workers} has {len(mine)}, {len(mine) - len(todo)} already done",
           flush=True)
     check_settings(out, settings)
 
@@ -222,7 +226,7 @@ def run(args) -> int:
                          for i in idx[start:start + args.batch_size]]
                 for (i, _), (caption, image) in zip(batch, backend(batch)):
                     yield c, {"key": f"s{args.seed}_{i:09d}", "index": i, "caption": caption,
-                              "seed": caption_seed(args.seed, i), "source": backend.source,
+                              "seed": image_seed(args.seed, i), "source": backend.source,
                               "settings": settings, "input": rows[i],
                               "jpeg": to_jpeg(image, args.save_size, args.jpeg_quality)}
 
@@ -243,13 +247,15 @@ def parse_args(argv=None):
                      help="JSONL with 'caption' per row, or one caption per line")
     src.add_argument("--prompts", nargs=2, metavar=("{classnames,templates}", "FILE"),
                      help="class names file, used as is or inside CLIP templates")
-    src.add_argument("--procedural", type=int, metavar="N",
-                     help="invent N procedural scenes (implies --backend procedural)")
+    src.add_argument("--shapes", "--procedural", dest="shapes", type=int, metavar="N",
+                     help="invent N shape scenes (implies --backend shapes); --procedural is a "
+                     "deprecated alias")
     p.add_argument("--templates", help="templates file for --prompts templates, one per line "
                    "with {} for the class name (default: 7 CLIP templates)")
     p.add_argument("--out", required=True, help="output folder for pairs-CCCCC.tar")
-    p.add_argument("--backend", choices=("diffusers", "procedural"), default=None,
-                   help="default: procedural with --procedural, else diffusers")
+    p.add_argument("--backend", choices=("diffusers", "shapes", "procedural"), default=None,
+                   help="default: shapes with --shapes, else diffusers (procedural: deprecated "
+                   "alias of shapes)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="diffusers model id or local path")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--guidance", type=float, default=2.0, help="CFG scale (default 2.0)")
@@ -257,7 +263,7 @@ def parse_args(argv=None):
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--save-size", type=int, default=256,
-                   help="saved square size in px (0: as generated; procedural draws at it)")
+                   help="saved square size in px (0: as generated; shapes draws at it)")
     p.add_argument("--jpeg-quality", type=int, default=95)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--chunk-size", type=int, default=1000, help="captions per pairs file")
@@ -265,16 +271,17 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=("auto", "float16", "bfloat16", "float32"),
                    default="auto", help="auto: float16 on CUDA, float32 on CPU")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    add_shard_args(p)
+    add_worker_args(p)
     args = p.parse_args(argv)
     if args.prompts and args.prompts[0] not in ("classnames", "templates"):
         p.error("--prompts takes 'classnames FILE' or 'templates FILE'")
     if args.backend is None:
-        args.backend = "procedural" if args.procedural else "diffusers"
-    if (args.backend == "procedural") != bool(args.procedural):
-        p.error("the procedural backend invents its captions: use --procedural N (alone)")
-    if min(args.batch_size, args.chunk_size) < 1 or (args.procedural or 1) < 1:
-        p.error("--batch-size, --chunk-size and --procedural must be >= 1")
+        args.backend = "shapes" if args.shapes else "diffusers"
+    args.backend = "shapes" if args.backend == "procedural" else args.backend
+    if (args.backend == "shapes") != bool(args.shapes):
+        p.error("the shapes backend invents its captions: use --shapes N (alone)")
+    if min(args.batch_size, args.chunk_size) < 1 or (args.shapes or 1) < 1:
+        p.error("--batch-size, --chunk-size and --shapes must be >= 1")
     return args
 
 

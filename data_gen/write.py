@@ -30,7 +30,8 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from data_gen.common import atomic_path, file_sha256, progress, stage_parser
+from data_gen.common import (add_worker_args, atomic_path, check_worker_args, file_sha256, progress,
+                            stage_parser)
 from data_gen.concepts import load_bank
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
@@ -172,8 +173,9 @@ def finish(args, out: Path, paths, total: int, inputs, bank) -> None:
 
 
 def run(args) -> int:
-    if not 0 <= args.worker_index < args.num_workers or args.num_shards < 1:
-        raise SystemExit("need --num-shards >= 1 and 0 <= --worker-index < --num-workers")
+    check_worker_args(args.worker_index, args.num_workers)
+    if args.num_shards < 1:
+        raise SystemExit(f"--num-shards {args.num_shards} must be at least 1")
     paths = sorted({p for pattern in args.pairs for p in glob.glob(pattern)})
     if not paths:
         raise SystemExit(f"no pairs files match {args.pairs}")
@@ -241,8 +243,7 @@ def parse_args(argv=None):
     p.add_argument("--contact-sheet", type=int, default=16, metavar="K",
                    help="pairs shown in contact_sheet.png (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the contact-sheet sample")
-    p.add_argument("--worker-index", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=1)
+    add_worker_args(p, old_aliases=False)  # here --num-shards counts output shards
     return p.parse_args(argv)
 
 

@@ -46,7 +46,8 @@ def base() -> ml_collections.ConfigDict:
                   causal=True, pool_type="argmax"),
     )
     c.data = dict(
-        source="tfrecord",  # tfrecord (data.train shards) | synthetic_shapes (in memory)
+        source="tfrecord",  # tfrecord (data.train shards) | shapes (in memory; old name
+        # synthetic_shapes still accepted)
         train="",  # glob of TFRecord shards
         image_size=224,
         rrc_scale=(0.9, 1.0),  # RandomResizedCrop area range (OpenCLIP's default)
@@ -64,8 +65,10 @@ def base() -> ml_collections.ConfigDict:
         read_ahead=64,  # examples decoded ahead per process (bounds host memory)
         skip_corrupt=False,  # False: a bad record stops training with its file and offset
         max_corrupt_fraction=0.001,  # with skip_corrupt: of this process's share of records
-        # With data.train empty and num_train > 0: render captioned shapes into WORKDIR/data
-        # (train shards, retrieval shards, zero-shot folder of unseen colour/shape pairs).
+        # The shapes demo dataset (data/shapes_demo.py): with data.train empty and num_train > 0,
+        # render captioned shapes into WORKDIR/data (train shards, retrieval shards, zero-shot
+        # folder of unseen colour/shape pairs). The key keeps its old name ("procedural", not
+        # "shapes_demo"): README command lines and scripts override data.procedural.*.
         procedural=dict(num_train=0, num_retrieval=256, zeroshot_per_class=32, image_size=64,
                         seed=0),
     )

@@ -6,12 +6,18 @@ Resumes from the latest checkpoint in --workdir if there is one. SIGTERM saves a
 the next step boundary and exits 0. Writes W/config.json (the resolved config),
 W/metrics.jsonl, W/eval.jsonl, W/tensorboard/ and W/checkpoints/. --mode=eval evaluates the
 latest checkpoint in W on eval.zeroshot / eval.retrieval and appends to W/eval.jsonl.
+
+A bad config (unknown key, bad choice, impossible relation) exits with status 2 and one line on
+stderr naming the key, the value and the fix, before any device work.
 """
 import logging as pylogging
 
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
+
+from synthclip_jax import config_check, config_exit
+from synthclip_jax.config_error import ConfigError
 
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).",
                                 lock_config=True)
@@ -31,18 +37,20 @@ class _QuietLibraries:
 
 def main(argv):
     del argv
+    config_check.validate(flags.FLAGS.config,  # before any device work
+                          training=flags.FLAGS.mode == "train")
     logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
     from synthclip_jax import distributed
     distributed.maybe_initialize()  # first JAX call: joins the other hosts' processes
     import jax  # after absl parsed flags: jax reads its own flags/env at import
 
-    from synthclip_jax.data import demo_data
+    from synthclip_jax.data import shapes_demo
     from synthclip_jax.evaluate.latest import evaluate_latest
     from synthclip_jax.train import loop
 
     config = flags.FLAGS.config
     workdir = epath.Path(flags.FLAGS.workdir)
-    demo_data.prepare(config, workdir)  # no-op unless data.procedural asks for it
+    shapes_demo.prepare(config, workdir)  # no-op unless data.procedural asks for it
     if flags.FLAGS.mode == "eval":
         results = evaluate_latest(config, workdir)
         logging.info("eval: %s", {k: round(v, 4) for k, v in results.items()})
@@ -61,4 +69,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    try:
+        app.run(main, flags_parser=config_exit.parse_flags)
+    except ConfigError as bad:  # from the door check or from the checks that need the devices
+        config_exit.exit_bad_config(str(bad))

@@ -115,7 +115,7 @@ def test_whole_chain_cpu_into_trainer(tiny_model, tmp_path):  # noqa: F811
     for i in range(2):
         run("captions", "--concepts", bank, "--out", caps, "--backend", "transformers",
             "--model", tiny_model, "--captions-per-concept", 1, "--seed", 0, "--max-tokens", 12,
-            "--batch-size", 4, "--shard-index", i, "--num-shards", 2)
+            "--batch-size", 4, "--worker-index", i, "--num-workers", 2)
     model_rows = [json.loads(x) for f in sorted(caps.glob("captions-*.jsonl"))
                   for x in f.read_text().splitlines()]
     stats = [json.loads(p.read_text()) for p in sorted(caps.glob("*.stats.json"))]
@@ -165,10 +165,10 @@ def test_whole_chain_cpu_into_trainer(tiny_model, tmp_path):  # noqa: F811
     # data_gen.images normalises whitespace (" ".join(text.split())) on top of balance's
     # cleaning, so a model caption with a double space is stored with a single one
     assert sorted(e["captions"][0] for e in examples) == sorted(
-        images_stage.clean_caption(c) for c in kept_captions)
+        images_stage.flatten_caption(c) for c in kept_captions)
     # each record's concept ids are the bank lines of the concepts balance matched
     assert sorted((e["captions"][0], [concepts[i] for i in e["concepts"]]) for e in examples) == \
-        sorted((images_stage.clean_caption(r["caption"]), r["concepts"]) for r in kept)
+        sorted((images_stage.flatten_caption(r["caption"]), r["concepts"]) for r in kept)
     assert all(e["concepts"] for e in examples)
     for e in examples:
         with Image.open(io.BytesIO(e["image"])) as im:
@@ -191,23 +191,23 @@ def test_whole_chain_cpu_into_trainer(tiny_model, tmp_path):  # noqa: F811
 
 # ---- 2. killed stages, rerun: the outputs of an uninterrupted run, nothing missing or doubled ----
 
-N_PROCEDURAL, PROCEDURAL_ARGS = 400, ("--chunk-size", 8, "--save-size", 64)
+N_SHAPES, SHAPES_ARGS = 400, ("--chunk-size", 8, "--save-size", 64)
 
 
 @pytest.fixture(scope="module")
-def procedural_pairs(tmp_path_factory):
-    """An uninterrupted procedural images run (50 chunks of 8)."""
-    out = tmp_path_factory.mktemp("procedural") / "pairs"
-    run("images", "--procedural", N_PROCEDURAL, "--out", out, *PROCEDURAL_ARGS)
+def shape_pairs(tmp_path_factory):
+    """An uninterrupted shapes images run (50 chunks of 8)."""
+    out = tmp_path_factory.mktemp("shapes") / "pairs"
+    run("images", "--shapes", N_SHAPES, "--out", out, *SHAPES_ARGS)
     return out
 
 
-def test_images_killed_then_rerun_equals_uninterrupted(procedural_pairs, tmp_path):
-    ref = visible_files(procedural_pairs)
+def test_images_killed_then_rerun_equals_uninterrupted(shape_pairs, tmp_path):
+    ref = visible_files(shape_pairs)
     assert len([n for n in ref if n.startswith("pairs-")]) == 50
-    assert sorted(pair_indices(procedural_pairs)) == list(range(N_PROCEDURAL))
+    assert sorted(pair_indices(shape_pairs)) == list(range(N_SHAPES))
     out = tmp_path / "pairs"
-    args = ("--procedural", N_PROCEDURAL, "--out", out, *PROCEDURAL_ARGS)
+    args = ("--shapes", N_SHAPES, "--out", out, *SHAPES_ARGS)
     killed = kill_when(start("images", *args), lambda: any(out.glob("pairs-*.tar")))
     partial = visible_files(out) if out.exists() else {}
     done = [n for n in partial if n.startswith("pairs-")]
@@ -218,7 +218,7 @@ def test_images_killed_then_rerun_equals_uninterrupted(procedural_pairs, tmp_pat
     proc = run("images", *args)
     assert f"{len(done)} already done" in proc.stdout
     assert visible_files(out) == ref  # every pairs-*.tar + images_settings.json, byte for byte
-    assert sorted(pair_indices(out)) == list(range(N_PROCEDURAL))  # none missing or doubled
+    assert sorted(pair_indices(out)) == list(range(N_SHAPES))  # none missing or doubled
     # A SIGKILLed worker cannot remove its temporary file; it is hidden (".pairs-C.tar.tmp-PID"),
     # so no pairs-*.tar glob (write's, import_pairs') can pick up a partial tar.
     assert not [p for p in out.glob("pairs-*.tar") if not p.name[len("pairs-"):-4].isdigit()]
@@ -233,7 +233,7 @@ def test_captions_worker_killed_then_rerun_equals_uninterrupted(tiny_model, tmp_
     bank.write_text("cat\ndog\nred ball\npark\nblue sky\nmat\n")
 
     def args(out, i):
-        return caption_args(tiny_model, bank, out, "--shard-index", i, "--num-shards", 2,
+        return caption_args(tiny_model, bank, out, "--worker-index", i, "--num-workers", 2,
                             "--batch-size", 1)
 
     ref = tmp_path / "ref"
@@ -273,8 +273,8 @@ def test_captions_worker_killed_then_rerun_equals_uninterrupted(tiny_model, tmp_
     assert len(keys) == len(set(keys)) and len(rows) >= 12  # 6 concepts x 3, a few may drop
 
 
-def test_write_killed_then_rerun_equals_uninterrupted(procedural_pairs, tmp_path):
-    pattern = f"{procedural_pairs}/pairs-*.tar"
+def test_write_killed_then_rerun_equals_uninterrupted(shape_pairs, tmp_path):
+    pattern = f"{shape_pairs}/pairs-*.tar"
     common = ("--pairs", pattern, "--num-shards", 3, "--contact-sheet", 4)
     ref = tmp_path / "ref"
     run("write", *common, "--out", ref)
@@ -303,7 +303,7 @@ def test_write_killed_then_rerun_equals_uninterrupted(procedural_pairs, tmp_path
     assert temp_leftovers(out) == []  # the killed run's temporaries went with the rerun
     ds = TFRecordShards(str(out / "*.tfrecord"))
     keys = [decode_example(ds[i])["key"] for i in range(len(ds))]
-    assert len(keys) == len(set(keys)) == N_PROCEDURAL
+    assert len(keys) == len(set(keys)) == N_SHAPES
     print(f"write killed mid-run: {partial_seen}; temp leftovers: {temp_leftovers(out)}")
 
 
@@ -379,7 +379,7 @@ def test_balance_matches_reference_implementation(tmp_path):
     for phase in ("count", "sample"):
         for i in range(2):
             balance.main([*common, "--out", str(tmp_path / "two"), "--phase", phase,
-                          "--shard-index", str(i), "--num-shards", "2"])
+                          "--worker-index", str(i), "--num-workers", "2"])
     got2 = [json.loads(x) for f in sorted((tmp_path / "two").glob("kept-*.jsonl"))
             for x in f.read_text().splitlines()]
     assert {r["caption"]: (r["concepts"], r["seed"]) for r in got2} == expected and len(got2) == len(got)

@@ -1,4 +1,4 @@
-"""data_gen.images (procedural and tiny random diffusers backends) and data_gen.write."""
+"""data_gen.images (shapes and tiny random diffusers backends) and data_gen.write."""
 import hashlib
 import io
 import json
@@ -29,21 +29,32 @@ def tar_members(path) -> dict:
         return {m.name: tar.extractfile(m).read() for m in tar}
 
 
-def procedural(out, n=10, *extra):
+def shape_pairs(out, n=10, *extra, index_flag="--worker-index", count_flag="--num-workers"):
     for i in range(2):
-        run("data_gen.images", "--procedural", n, "--out", out, "--chunk-size", 4,
-            "--save-size", 64, "--shard-index", i, "--num-shards", 2, *extra)
+        run("data_gen.images", "--shapes", n, "--out", out, "--chunk-size", 4,
+            "--save-size", 64, index_flag, i, count_flag, 2, *extra)
 
 
 def test_help():
     for module in ("data_gen.images", "data_gen.write"):
         proc = run(module, "--help")
-        assert "--shard-index" in proc.stdout or "--num-shards" in proc.stdout
+        assert "--worker-index" in proc.stdout and "--num-workers" in proc.stdout
+    # images keeps the old spellings of its worker flags; write's --num-shards counts shards
+    assert "--shard-index is a deprecated alias" in run("data_gen.images", "--help").stdout
 
 
-def test_procedural_two_shards_skip_and_reproduce(tmp_path):
+def test_old_worker_flags_are_aliases(tmp_path):
+    shape_pairs(tmp_path / "new", 6)
+    shape_pairs(tmp_path / "old", 6, index_flag="--shard-index", count_flag="--num-shards")
+    new, old = (sorted(p.name for p in (tmp_path / d).glob("pairs-*.tar")) for d in ("new", "old"))
+    assert new == old and new
+    for name in new:
+        assert tar_members(tmp_path / "new" / name) == tar_members(tmp_path / "old" / name)
+
+
+def test_shapes_two_workers_skip_and_reproduce(tmp_path):
     out = tmp_path / "pairs"
-    procedural(out)
+    shape_pairs(out)
     files = sorted(p.name for p in out.glob("pairs-*.tar"))
     assert files == ["pairs-00000.tar", "pairs-00001.tar", "pairs-00002.tar"]
     samples = {}
@@ -54,6 +65,7 @@ def test_procedural_two_shards_skip_and_reproduce(tmp_path):
                 meta = json.loads(data)
                 key = name[:-5]
                 assert members[f"{key}.txt"].decode() == meta["caption"]
+                # the records keep the backend's old name (see data_gen/images.py Shapes)
                 assert meta["source"] == "procedural" and meta["key"] == key
                 assert Image.open(io.BytesIO(members[f"{key}.jpg"])).size == (64, 64)
                 samples[meta["index"]] = meta["caption"]
@@ -61,19 +73,20 @@ def test_procedural_two_shards_skip_and_reproduce(tmp_path):
     assert all(c.endswith("background") for c in samples.values())
 
     before = {f: (out / f).stat().st_mtime_ns for f in files}
-    proc = run("data_gen.images", "--procedural", 10, "--out", out, "--chunk-size", 4,
-               "--save-size", 64)
+    # --procedural/--backend procedural: the old spellings of --shapes, still accepted
+    proc = run("data_gen.images", "--procedural", 10, "--backend", "procedural", "--out", out,
+               "--chunk-size", 4, "--save-size", 64)
     assert "3 already done" in proc.stdout
     assert before == {f: (out / f).stat().st_mtime_ns for f in files}
 
     data = {f: (out / f).read_bytes() for f in files}
     for f in files:
         (out / f).unlink()
-    procedural(out)
+    shape_pairs(out)
     assert data == {f: (out / f).read_bytes() for f in files}
 
     # Other settings into the same folder are refused rather than mixed in.
-    proc = run("data_gen.images", "--procedural", 10, "--out", out, "--chunk-size", 4,
+    proc = run("data_gen.images", "--shapes", 10, "--out", out, "--chunk-size", 4,
                "--save-size", 64, "--seed", 7, check=False)
     assert proc.returncode != 0 and "other settings" in proc.stderr
 
@@ -87,9 +100,9 @@ def test_prompt_sets(tmp_path):
     rows = images_stage.load_rows(args)
     assert len(rows) == 2 * len(images_stage.TEMPLATES)
     assert rows[0]["caption"] == "itap of a goldfish." and rows[0]["classname"] == "goldfish"
-    assert images_stage.clean_caption(' a "red"\tcat\n ') == "a red cat"
-    assert images_stage.caption_seed(42, 3) == images_stage.caption_seed(42, 3)
-    assert images_stage.caption_seed(42, 3) != images_stage.caption_seed(43, 3)
+    assert images_stage.flatten_caption(' a "red"\tcat\n ') == "a red cat"
+    assert images_stage.image_seed(42, 3) == images_stage.image_seed(42, 3)
+    assert images_stage.image_seed(42, 3) != images_stage.image_seed(43, 3)
 
 
 def sha256(path):
@@ -98,7 +111,7 @@ def sha256(path):
 
 def test_write_shards_manifest_contact_sheet(tmp_path):
     pairs = tmp_path / "pairs"
-    procedural(pairs)
+    shape_pairs(pairs)
     captions = {}
     for f in pairs.glob("pairs-*.tar"):
         for name, data in tar_members(f).items():
@@ -213,9 +226,9 @@ def test_diffusers_tiny_random_pipeline(tmp_path):
     # batching, and worker 0 of 2 with another batch size.
     common = [str(x) for x in common]
     images_stage.main([*common, "--out", str(tmp_path / "b"), "--batch-size", "2",
-                       "--num-shards", "2", "--shard-index", "1"])
+                       "--num-workers", "2", "--worker-index", "1"])
     images_stage.main([*common, "--out", str(tmp_path / "c"), "--batch-size", "1",
-                       "--num-shards", "2", "--shard-index", "0"])
+                       "--num-workers", "2", "--worker-index", "0"])
     a, b, c = ({} for _ in range(3))
     for folder, got in (("a", a), ("b", b), ("c", c)):
         for f in sorted((tmp_path / folder).glob("pairs-*.tar")):

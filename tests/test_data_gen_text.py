@@ -64,8 +64,8 @@ def test_concepts_normalise_and_json(tmp_path):
     before = (tmp_path / "bank.txt").stat().st_mtime_ns
     assert "skipping" in run("concepts", "--builtin", "--out", tmp_path / "bank.txt").stderr
     assert (tmp_path / "bank.txt").stat().st_mtime_ns == before
-    run("concepts", "--builtin", "--out", tmp_path / "w1.txt", "--shard-index", 1,
-        "--num-shards", 2)
+    run("concepts", "--builtin", "--out", tmp_path / "w1.txt", "--worker-index", 1,
+        "--num-workers", 2)
     assert not (tmp_path / "w1.txt").exists()
 
 
@@ -77,12 +77,12 @@ def test_builtin_bank():
 
 # ---- captions ----
 
-def test_clean_caption_rules():
-    assert captions.clean_caption('  "A cat on a mat."  ') == "A cat on a mat."
-    assert captions.clean_caption('A "red" ball\n') is None  # any "\n" drops, as SynthCLIP
-    assert captions.clean_caption("one\ntwo") is None
-    assert captions.clean_caption('\t"x" ') == "\tx"  # only spaces (and newlines) are stripped
-    assert captions.clean_caption("") == ""
+def test_clean_llm_caption_rules():
+    assert captions.clean_llm_caption('  "A cat on a mat."  ') == "A cat on a mat."
+    assert captions.clean_llm_caption('A "red" ball\n') is None  # any "\n" drops, as SynthCLIP
+    assert captions.clean_llm_caption("one\ntwo") is None
+    assert captions.clean_llm_caption('\t"x" ') == "\tx"  # only spaces (and newlines) are stripped
+    assert captions.clean_llm_caption("") == ""
 
 
 def test_prompt_is_synthclip_verbatim():
@@ -107,8 +107,8 @@ def test_captions_transformers_shards(tiny_model, tmp_path):
     bank.write_text("cat\ndog\nred ball\npark\nblue sky\n")
     out = tmp_path / "caps"
     for i in range(2):
-        run("captions", *caption_args(tiny_model, bank, out, "--shard-index", i,
-                                      "--num-shards", 2))
+        run("captions", *caption_args(tiny_model, bank, out, "--worker-index", i,
+                                      "--num-workers", 2))
     files = sorted(out.glob("*.jsonl"))
     assert [f.name for f in files] == ["captions-00000-of-00002.jsonl",
                                        "captions-00001-of-00002.jsonl"]
@@ -127,11 +127,11 @@ def test_captions_transformers_shards(tiny_model, tmp_path):
 
     # a finished shard is skipped, untouched
     before = files[0].read_bytes()
-    result = run("captions", *caption_args(tiny_model, bank, out, "--num-shards", 2))
+    result = run("captions", *caption_args(tiny_model, bank, out, "--num-workers", 2))
     assert "skipping" in result.stderr and files[0].read_bytes() == before
     # rerun after deleting -> identical; and a single shard with other batches gives the same rows
     files[0].unlink()
-    run("captions", *caption_args(tiny_model, bank, out, "--num-shards", 2))
+    run("captions", *caption_args(tiny_model, bank, out, "--num-workers", 2))
     assert files[0].read_bytes() == before
     run("captions", *caption_args(tiny_model, bank, tmp_path / "one", "--batch-size", 1))
     one = [json.loads(x) for x in (tmp_path / "one/captions-00000-of-00001.jsonl")
@@ -267,11 +267,11 @@ def test_balance_rules(tmp_path):
     for phase in ("count", "sample"):
         for i in range(2):
             run("balance", "--captions", glob_, "--concepts", bank, "--out", sharded, "--t", 40,
-                "--seed", 3, "--phase", phase, "--shard-index", i, "--num-shards", 2)
+                "--seed", 3, "--phase", phase, "--worker-index", i, "--num-workers", 2)
     assert sorted(r["caption"] for r in read_kept(sharded)) == sorted(kept)
     # sample before every count file exists fails clearly
     result = run("balance", "--captions", glob_, "--concepts", bank, "--out", tmp_path / "early",
-                 "--num-shards", 2, check=False)
+                 "--num-workers", 2, check=False)
     assert result.returncode != 0 and "missing" in result.stderr
     # finished output skipped
     assert "skipping" in run("balance", "--captions", glob_, "--concepts", bank, "--out",
@@ -291,4 +291,4 @@ def test_keep_probability_rule():
 @pytest.mark.parametrize("stage", ["concepts", "captions", "balance"])
 def test_help(stage):
     result = run(stage, "--help")
-    assert "--shard-index" in result.stdout and "usage" in result.stdout
+    assert "--worker-index" in result.stdout and "usage" in result.stdout

@@ -9,7 +9,7 @@ from flax import nnx
 from PIL import Image
 
 from synthclip_jax import sharding
-from synthclip_jax.data import synthetic
+from synthclip_jax.data import shapes
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 from synthclip_jax.data.tokenizer import tokenize
 from synthclip_jax.evaluate import retrieval, zeroshot
@@ -68,13 +68,13 @@ def test_sharded_encoder_with_padding_equals_direct_forward():
 
 def write_eval_sets(folder, n=24):
     """A zero-shot folder (classes = colours) and retrieval shards of captioned shapes."""
-    source = synthetic.ShapesSource(seed=5, global_batch=1, image_size=32, context_length=16,
+    source = shapes.ShapesSource(seed=5, global_batch=1, image_size=32, context_length=16,
                                     vocab_size=49408, mean=(0, 0, 0), std=(1, 1, 1))
     with ShardWriter(str(folder / shard_name("retrieval", 0, 1))) as writer:
         for i in range(n):
             rng = np.random.default_rng(i)
-            color = list(synthetic.COLORS)[i % 3]
-            image = synthetic.render("large", color, "square", "center", (128, 128, 128), 32, rng)
+            color = list(shapes.COLORS)[i % 3]
+            image = shapes.render("large", color, "square", "center", (128, 128, 128), 32, rng)
             buf = io.BytesIO()
             Image.fromarray(image).save(buf, "PNG")
             (folder / "zs" / color).mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def test_zeroshot_equals_direct_numpy_computation(tmp_path):
     encoder = Encoder(nnx.graphdef(model), mesh, batch_size=16)
     params = nnx.to_pure_dict(nnx.state(model))
     data = zeroshot.ZeroShotSet(zs_root, 32, config.data.mean, config.data.std)
-    assert data.classnames == sorted(list(synthetic.COLORS)[:3]) and len(data.labels) == 24
+    assert data.classnames == sorted(list(shapes.COLORS)[:3]) and len(data.labels) == 24
     got = zeroshot.evaluate(encoder, params, data, "simple", 16)
     # Direct: one template, so the classifier is that prompt's normalised embedding.
     weights = np.asarray(model.encode_text(tokenize([f"a photo of a {c}." for c in

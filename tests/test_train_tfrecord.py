@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from synthclip_jax.data.demo_data import write_shards
+from synthclip_jax.data.shapes_demo import write_shards
 from synthclip_jax.train import loop
 from tests.test_train_parallel import tiny_train_config
 
@@ -28,7 +28,7 @@ def losses(workdir):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_after_crash_repeats_the_same_steps(tmp_path, workers):
     (tmp_path / "data").mkdir()
-    # 96 procedural shapes with exact captions, 40 px JPEGs in 4 shards (the demo's writer).
+    # 96 captioned shapes, 40 px JPEGs in 4 shards (the demo's writer).
     config = config_for(write_shards(tmp_path / "data", "shapes", 0, 96, 4, seed=0,
                                      image_size=40), workers)
     straight = tmp_path / "straight"

@@ -7,17 +7,18 @@ A source is an iterator of host-local batches {'image': float32 (b, H, W, 3) nor
 """
 import jax
 
-from synthclip_jax.data.synthetic import ShapesSource
-
-SOURCES = ("synthetic_shapes", "tfrecord")
+from synthclip_jax.config_error import ConfigError
+from synthclip_jax.data.shapes import ShapesSource
+from synthclip_jax.data.source_names import SOURCES, canonical_source
 
 
 def make_train_source(config):
-    name = config.data.source
-    if name == "synthetic_shapes":
+    name = canonical_source(config.data.source)
+    if name == "shapes":
         if config.data.text_reduction != "truncate":
-            raise ValueError(f"data.text_reduction={config.data.text_reduction!r} needs "
-                             "data.source='tfrecord' (synthetic_shapes has no captions to cut)")
+            raise ConfigError("data.text_reduction",
+                              f"data.text_reduction={config.data.text_reduction!r} needs "
+                              "data.source='tfrecord' (shapes has no captions to cut)")
         return ShapesSource(seed=config.seed, global_batch=config.batch_size,
                             image_size=config.data.image_size,
                             context_length=config.model.text.context_length,
@@ -28,4 +29,4 @@ def make_train_source(config):
     if name == "tfrecord":
         from synthclip_jax.data.pipeline import make_grain_source  # grain only when used
         return make_grain_source(config, jax.process_index(), jax.process_count())
-    raise ValueError(f"data.source={name!r}; choose one of {SOURCES}")
+    raise ConfigError("data.source", f"data.source={config.data.source!r}; choose one of {SOURCES}")

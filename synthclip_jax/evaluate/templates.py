@@ -1,14 +1,14 @@
 """Zero-shot prompt templates and class names.
 
 OPENAI_IMAGENET: the 80 templates of OpenAI's CLIP ImageNet evaluation (as in OpenCLIP).
-SHAPES: the demo's procedural captions (synthclip_jax/data/synthetic.py).
+SHAPES: the demo's shapes captions (synthclip_jax/data/shapes.py).
 SYNTHCLIP_IMAGENET: the 7 templates SynthCLIP evaluates ImageNet with (SLIP's `templates.json`).
 IMAGENET_CLASSNAMES_FILE: OpenAI's 1000 ImageNet class names, one per line in label order
 (from OpenCLIP's zero_shot_metadata; MIT).
 """
 from pathlib import Path
 
-from synthclip_jax.data import synthetic
+from synthclip_jax.data import shapes
 
 OPENAI_IMAGENET = (
     'a bad photo of a {}.',
@@ -107,7 +107,7 @@ SIMPLE = ("a photo of a {}.",)
 
 # The demo's captioned shapes: a class ("red circle") in every size and position captions use.
 SHAPES = tuple(f"a {size} {{}} at the {position}"
-               for size in synthetic.SIZES for position in synthetic.POSITIONS)
+               for size in shapes.SIZES for position in shapes.POSITIONS)
 
 TEMPLATE_SETS = {"openai_imagenet": OPENAI_IMAGENET, "synthclip_imagenet": SYNTHCLIP_IMAGENET,
                  "simple": SIMPLE, "shapes": SHAPES}

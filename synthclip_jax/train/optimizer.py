@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from synthclip_jax.config_error import ConfigError
+
 NO_DECAY_NAMES = ("bias", "scale", "positional_embedding", "class_embedding", "logit_scale",
                   "logit_bias")
 
@@ -34,8 +36,10 @@ def weight_decay_mask(params):
 def make_schedule(config) -> optax.Schedule:
     total, warmup = config.total_steps, config.warmup_steps
     if not (0 <= warmup < total or warmup == total == 0):
-        raise ValueError(f"warmup_steps={warmup} must lie in [0, total_steps={total}): the "
-                         "cosine decay after the warmup needs at least one step")
+        # config_check.validate stops this at the door; here for callers that skip it
+        raise ConfigError("warmup_steps", f"warmup_steps={warmup} must lie in [0, "
+                          f"total_steps={total}): the cosine decay after the warmup needs at "
+                          "least one step")
     return optax.warmup_cosine_decay_schedule(
         init_value=config.optim.lr_warmup_init, peak_value=config.lr, warmup_steps=warmup,
         decay_steps=max(total, 1), end_value=config.optim.lr_end)

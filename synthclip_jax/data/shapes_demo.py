@@ -1,4 +1,5 @@
-"""The demo's dataset, rendered on the spot: captioned shapes as TFRecord shards + eval sets.
+"""The demo's dataset, rendered on the spot: captioned shapes (`shapes.py`) as TFRecord shards +
+eval sets; `data.procedural` configures it.
 
 Training pairs never show the held-out colour/shape combinations (one shape per colour); the
 zero-shot set classifies images of exactly those unseen combinations among all colour x shape
@@ -16,19 +17,19 @@ from jax.experimental import multihost_utils
 from etils import epath
 from PIL import Image
 
-from synthclip_jax.data import synthetic
+from synthclip_jax.data import shapes
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
-HELD_OUT = frozenset((color, synthetic.SHAPES[i % len(synthetic.SHAPES)])
-                     for i, color in enumerate(synthetic.COLORS))
+HELD_OUT = frozenset((color, shapes.SHAPES[i % len(shapes.SHAPES)])
+                     for i, color in enumerate(shapes.COLORS))
 
 
 def sample_attributes(rng, held_out: bool):
     while True:
-        size = rng.choice(list(synthetic.SIZES))
-        color = rng.choice(list(synthetic.COLORS))
-        shape = rng.choice(synthetic.SHAPES)
-        position = rng.choice(list(synthetic.POSITIONS))
+        size = rng.choice(list(shapes.SIZES))
+        color = rng.choice(list(shapes.COLORS))
+        shape = rng.choice(shapes.SHAPES)
+        position = rng.choice(list(shapes.POSITIONS))
         if ((color, shape) in HELD_OUT) == held_out:
             return str(size), str(color), str(shape), str(position)
 
@@ -36,8 +37,8 @@ def sample_attributes(rng, held_out: bool):
 def render_pair(index: int, seed: int, image_size: int, held_out: bool):
     rng = np.random.default_rng([seed, index])
     attrs = sample_attributes(rng, held_out)
-    background = synthetic.BACKGROUNDS[rng.integers(len(synthetic.BACKGROUNDS))]
-    return synthetic.render(*attrs, background, image_size, rng), attrs
+    background = shapes.BACKGROUNDS[rng.integers(len(shapes.BACKGROUNDS))]
+    return shapes.render(*attrs, background, image_size, rng), attrs
 
 
 def jpeg_bytes(image: np.ndarray) -> bytes:
@@ -52,8 +53,8 @@ def write_shards(folder, prefix, first_index, count, num_shards, seed, image_siz
     for i in range(first_index, first_index + count):
         image, attrs = render_pair(i, seed, image_size, held_out=False)
         writers[i % num_shards].write(encode_example(
-            image=jpeg_bytes(image), captions=[synthetic.caption_of(*attrs)], key=str(i),
-            source="procedural_shapes"))
+            image=jpeg_bytes(image), captions=[shapes.caption_of(*attrs)], key=str(i),
+            source="shapes"))
     for w in writers:
         w.close()
     return str(folder / f"{prefix}-*.tfrecord")
@@ -81,15 +82,15 @@ def ensure_demo_data(folder, *, seed, image_size, num_train, num_retrieval,
         (folder / sub).mkdir(parents=True, exist_ok=True)
     write_shards(folder / "train", "shapes", 0, num_train, 4, seed, image_size)
     write_shards(folder / "retrieval", "shapes", num_train, num_retrieval, 1, seed, image_size)
-    for color in synthetic.COLORS:
-        for shape in synthetic.SHAPES:
+    for color in shapes.COLORS:
+        for shape in shapes.SHAPES:
             (folder / "zeroshot" / f"{color}_{shape}").mkdir(exist_ok=True)
     for i in range(zeroshot_per_class * len(HELD_OUT)):
         image, (_, color, shape, _) = render_pair(10**9 + i, seed, image_size, held_out=True)
         Image.fromarray(image).save(folder / "zeroshot" / f"{color}_{shape}" / f"{i:05d}.png")
     manifest.write_text(json.dumps({
         "settings": settings, "held_out": sorted(map(list, HELD_OUT)),
-        "classes": len(synthetic.COLORS) * len(synthetic.SHAPES)}, indent=2))
+        "classes": len(shapes.COLORS) * len(shapes.SHAPES)}, indent=2))
     return paths
 
 

@@ -1,9 +1,9 @@
-"""Procedural scenes for `data_gen.images --procedural N`: shapes drawn with Pillow, captions that
-state exactly what is drawn.
+"""Shape scenes for `data_gen.images --shapes N`: shapes drawn with Pillow, captions that state
+exactly what is drawn.
 
-Extends the trainer's demo vocabulary (`synthclip_jax.data.synthetic`: COLORS, SHAPES, SIZES,
+Extends the trainer's demo vocabulary (`synthclip_jax.data.shapes`: COLORS, SHAPES, SIZES,
 POSITIONS, caption_of) with counts and named backgrounds. A scene is a pure function of one
-integer seed (data_gen.images passes caption_seed(seed, index)), so reruns reproduce it:
+integer seed (data_gen.images passes image_seed(seed, index)), so reruns reproduce it:
   - one object:  "a large red circle at the top left on a grey background" (the demo caption,
     with the background added; same sizes and positions as the demo);
   - several:     "two small red circles and a large blue square on a beige background": one or
@@ -13,7 +13,7 @@ integer seed (data_gen.images passes caption_seed(seed, index)), so reruns repro
 import numpy as np
 from PIL import Image, ImageDraw
 
-from synthclip_jax.data.synthetic import COLORS, POSITIONS, SHAPES, SIZES, caption_of
+from synthclip_jax.data.shapes import COLORS, POSITIONS, SHAPES, SIZES, caption_of
 
 BACKGROUNDS = {"grey": (128, 128, 128), "slate": (90, 110, 140), "beige": (200, 185, 150),
                "dark": (45, 45, 50), "light": (225, 225, 220)}
@@ -32,7 +32,7 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, cy: float, cx: float, half: flo
         draw.rectangle(box, fill=rgb)
     elif shape == "circle":
         draw.ellipse(box, fill=rgb)
-    else:  # upward triangle in the same box, as synthetic.render draws it
+    else:  # upward triangle in the same box, as synthclip_jax.data.shapes.render draws it
         draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=rgb)
 
 

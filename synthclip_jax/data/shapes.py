@@ -1,5 +1,6 @@
-"""Procedural captioned shapes, generated in memory: the trainer's data source until (and
-beside) TFRecord shards, and the demo's default.
+"""Captioned shapes, drawn in memory: the toy data of this project (`data.source='shapes'`, the
+demo's dataset, the data_gen shapes backend). Not "synthetic" data: here that word means
+Stable Diffusion images of LLM captions.
 
 Example i of a seed is a pure function of (seed, i): a shape of some size, colour and position
 on a plain background, with the caption that states exactly that, e.g.
@@ -53,7 +54,7 @@ def render(size: str, color: str, shape: str, position: str, background, image_s
 
 def tokenize_words(caption: str, context_length: int, vocab_size: int) -> np.ndarray:
     if vocab_size < len(WORDS) + 3:
-        raise ValueError(f"model.text.vocab_size={vocab_size} is too small for the synthetic "
+        raise ValueError(f"model.text.vocab_size={vocab_size} is too small for the shapes "
                          f"vocabulary ({len(WORDS)} words + pad/start/end)")
     ids = [vocab_size - 2] + [1 + WORDS.index(w) for w in caption.split()][:context_length - 2]
     ids.append(vocab_size - 1)
