@@ -3,21 +3,18 @@
 `main.py` calls `validate(config)` right after reading the flags, so a bad config fails in one
 line naming the key, the value and the fix (status 2), not in a traceback minutes later deep in
 the optimizer or the data pipeline. This module must not import jax: the valid names come from
-the jax-free modules that define them. Checks that need the devices (the mesh's device count,
-the batch's divisibility over the data shards) stay where the devices are known and raise the
-same `ConfigError`.
+`choices.py` (and the jax-free modules of text reduction and templates). Checks that need the
+devices (the mesh's device count, the batch's divisibility over the data shards) stay where the
+devices are known and raise the same `ConfigError`.
 """
 from etils import epath
 
+from synthclip_jax import choices
 from synthclip_jax.axis_rules import MESH_AXES
 from synthclip_jax.config_error import ConfigError
-from synthclip_jax.data.source_names import SOURCE_ALIASES, SOURCES, canonical_source
 from synthclip_jax.data.text_reduction import MODES as TEXT_REDUCTIONS
 from synthclip_jax.data.tfrecord import glob_shards
 from synthclip_jax.evaluate.templates import TEMPLATE_SETS
-from synthclip_jax.loss_names import LOSS_NAMES
-from synthclip_jax.models import choices as model_choices
-from synthclip_jax.train.choices import ACCUM_NEGATIVES
 
 
 def validate(config, check_paths: bool = True, training: bool = True) -> None:
@@ -41,22 +38,22 @@ def get(config, key: str):
     return node
 
 
-# key -> its valid names (each tuple in a jax-free module beside the code that implements it)
+# key -> its valid names
 CHOICES = {
-    "loss.name": LOSS_NAMES,
-    "train.accum_negatives": ACCUM_NEGATIVES,
-    "model.activation": model_choices.ACTIVATIONS,
-    "model.dtype": model_choices.DTYPES,
-    "model.image.pool_type": model_choices.IMAGE_POOL_TYPES,
-    "model.text.pool_type": model_choices.TEXT_POOL_TYPES,
-    "data.source": SOURCES,
+    "loss.name": choices.LOSS_NAMES,
+    "train.accum_negatives": choices.ACCUM_NEGATIVES,
+    "model.activation": choices.ACTIVATIONS,
+    "model.dtype": choices.DTYPES,
+    "model.image.pool_type": choices.IMAGE_POOL_TYPES,
+    "model.text.pool_type": choices.TEXT_POOL_TYPES,
+    "data.source": choices.SOURCES,
     "data.text_reduction": TEXT_REDUCTIONS,
     "eval.templates": tuple(TEMPLATE_SETS),
 }
 
 
 # key -> old names that still work
-ALIASES = {"data.source": SOURCE_ALIASES}
+ALIASES = {"data.source": choices.SOURCE_ALIASES}
 
 
 def check_choices(config) -> None:

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from synthclip_jax.choices import LOSS_NAMES
 from synthclip_jax.sharding import BATCH_AXES
 
-LOSS_NAMES = ('softmax', 'sigmoid', 'sigmoid_ring')
 
 
 def _local_labels(local_b, batch_axes):

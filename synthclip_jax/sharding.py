@@ -26,25 +26,27 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from synthclip_jax.axis_rules import BATCH_AXES, DEFAULT_RULES, MESH_AXES  # noqa: F401 (re-exported)
+from synthclip_jax.axis_rules import BATCH_AXES, DEFAULT_RULES, MESH_AXES  # noqa: F401
+from synthclip_jax.config_error import ConfigError
 
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple:
     """(data, fsdp, tensor) sizes from `mesh.*`, with one -1 filled by the remaining devices."""
     sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    named = dict(zip(MESH_AXES, sizes))
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: sizes must be positive, "
-                         "with at most one -1 (= all remaining devices)")
+        raise ConfigError("mesh", f"mesh {named}: sizes must be positive, "
+                          "with at most one -1 (= all remaining devices)")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not "
-                             f"divisible by the fixed axes' product {known}")
+            raise ConfigError("mesh", f"mesh {named}: {num_devices} devices are not divisible "
+                              f"by the fixed axes' product {known}")
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                         f"but {num_devices} are available")
+        raise ConfigError("mesh", f"mesh {named} needs {math.prod(sizes)} devices, "
+                          f"but {num_devices} are available")
     return tuple(sizes)
 
 
@@ -108,7 +110,8 @@ def constrain(x, logical_axes):
     if layout is None:
         return x
     mesh, rules = layout
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, compute_spec(logical_axes, rules)))
+    spec = compute_spec(logical_axes, rules)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules):
@@ -123,7 +126,8 @@ def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules):
         for dim, (size, mesh_axes) in enumerate(zip(variable.shape, spec)):
             n = _axis_size(mesh, mesh_axes)
             if size % n:
-                raise ValueError(
+                raise ConfigError(
+                    "mesh.rules",
                     f"parameter {name} {tuple(variable.shape)}: dim {dim} ({axes[dim]}, size {size}) "
                     f"does not divide over mesh axis {mesh_axes} of size {n}; change the model "
                     "size, the mesh shape or mesh.rules")
@@ -155,12 +159,13 @@ def batch_shards(mesh: Mesh) -> int:
 def check_batch_size(global_batch: int, mesh: Mesh, grad_accum_steps: int = 1):
     shards = batch_shards(mesh)
     if global_batch % (shards * grad_accum_steps):
-        raise ValueError(
+        raise ConfigError(
+            "batch_size",
             f"batch_size={global_batch} must be divisible by the data-parallel shards "
             f"(mesh.data x mesh.fsdp = {shards}) times train.grad_accum_steps={grad_accum_steps}")
     if global_batch % jax.process_count():
-        raise ValueError(f"batch_size={global_batch} does not divide over "
-                         f"{jax.process_count()} processes")
+        raise ConfigError("batch_size", f"batch_size={global_batch} does not divide over "
+                          f"{jax.process_count()} processes")
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:

@@ -157,3 +157,12 @@ def test_main_exits_2_with_one_line_before_jax(tmp_path, override, named):
     assert "Traceback" not in proc.stderr
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("config error: ") and named in last
+
+
+def test_choice_names_match_their_implementations():
+    """choices.py lists the names; the jax modules map the same names onto functions."""
+    from synthclip_jax import choices
+    from synthclip_jax.models import layers, two_tower
+
+    assert set(layers.ACTIVATIONS) == set(choices.ACTIVATIONS)
+    assert set(two_tower.DTYPES) == set(choices.DTYPES)

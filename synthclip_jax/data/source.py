@@ -9,7 +9,7 @@ import jax
 
 from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data.shapes import ShapesSource
-from synthclip_jax.data.source_names import SOURCES, canonical_source
+from synthclip_jax.choices import SOURCES, canonical_source
 
 
 def make_train_source(config):

@@ -92,7 +92,8 @@ class StackedBlocks(nnx.Module):
         self.ln_2 = LayerNorm(width, eps, stack=(depth,))
         self.c_fc_kernel = normal_param(rngs, (depth, width, mlp_dim), (*L, "embed", "mlp"), fc_std)
         self.c_fc_bias = const_param((depth, mlp_dim), (*L, "mlp"), 0.0)
-        self.c_proj_kernel = normal_param(rngs, (depth, mlp_dim, width), (*L, "mlp", "embed"), proj_std)
+        self.c_proj_kernel = normal_param(
+            rngs, (depth, mlp_dim, width), (*L, "mlp", "embed"), proj_std)
         self.c_proj_bias = const_param((depth, width), (*L, "embed"), 0.0)
         self.act = act
         self.dtype = dtype

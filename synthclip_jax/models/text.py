@@ -11,9 +11,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from synthclip_jax import sharding
+from synthclip_jax.choices import TEXT_POOL_TYPES as POOL_TYPES
 from synthclip_jax.models import layers
 
-POOL_TYPES = ("argmax", "last", "mean")
 PAD_ID = 0
 
 
@@ -42,7 +42,8 @@ class TextTransformer(nnx.Module):
         # temporary but makes XLA replicate the B x S x D cotangent of the lookup over the whole
         # global batch (its "involuntary full rematerialization"), far larger at pod batch sizes.
         x = jnp.take(layers.read(self.token_embedding), tokens, axis=0)
-        x = sharding.constrain(x + layers.read(self.positional_embedding), ("batch", "seq", "embed"))
+        x = x + layers.read(self.positional_embedding)
+        x = sharding.constrain(x, ("batch", "seq", "embed"))
         x = self.ln_final(self.transformer(x.astype(self.dtype), causal=self.causal))
         if self.pool_type == "argmax":
             pooled = jnp.take_along_axis(x, tokens.argmax(-1)[:, None, None], axis=1)[:, 0]

@@ -8,9 +8,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from synthclip_jax import sharding
+from synthclip_jax.choices import IMAGE_POOL_TYPES as POOL_TYPES
 from synthclip_jax.models import layers
-
-POOL_TYPES = ("tok", "avg")
 
 
 class VisionTransformer(nnx.Module):

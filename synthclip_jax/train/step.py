@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from synthclip_jax import losses, sharding
+from synthclip_jax.choices import ACCUM_NEGATIVES
 from synthclip_jax.train.optimizer import make_schedule
 
 
@@ -25,9 +26,9 @@ def make_train_step(config, setup, mesh):
     scale_max = config.model.logit_scale_max
     micro_sharding = sharding.micro_batch_sharding(mesh)
     batch_sharding = sharding.batch_sharding(mesh)
-    if config.train.accum_negatives not in ("full", "micro"):
+    if config.train.accum_negatives not in ACCUM_NEGATIVES:
         raise ValueError(f"train.accum_negatives={config.train.accum_negatives!r}; "
-                         "expected 'full' or 'micro'")
+                         f"expected one of {ACCUM_NEGATIVES}")
 
     def features_of(params, batch):
         return nnx.merge(setup.graphdef, params)(batch["image"], batch["text"])

@@ -1,0 +1,23 @@
+"""Every name a config may choose, in one jax-free module.
+
+`config_check.validate` checks a config against these before any device work; the modules
+that implement each choice import the names from here, so the lists exist once.
+"""
+
+LOSS_NAMES = ("softmax", "sigmoid", "sigmoid_ring")  # loss.name; losses.py
+# train.accum_negatives: "full" = whole-batch contrastive loss over the micro-batches;
+# "micro" = each micro-batch its own batch of negatives (train/step.py).
+ACCUM_NEGATIVES = ("full", "micro")
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # model.activation; models/layers.py
+DTYPES = ("float32", "bfloat16", "float16")  # model.dtype (compute dtype); models/two_tower.py
+IMAGE_POOL_TYPES = ("tok", "avg")  # model.image.pool_type; models/vit.py
+TEXT_POOL_TYPES = ("argmax", "last", "mean")  # model.text.pool_type; models/text.py
+
+SOURCES = ("shapes", "tfrecord")  # data.source; data/source.py
+# Old names still accepted: configs and command lines written before the rename keep working.
+SOURCE_ALIASES = {"synthetic_shapes": "shapes"}
+
+
+def canonical_source(name: str) -> str:
+    return SOURCE_ALIASES.get(name, name)
