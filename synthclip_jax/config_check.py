@@ -141,7 +141,7 @@ def check_model(config) -> None:
 
 def check_data(config, training: bool = True) -> None:
     d = config.data
-    source = canonical_source(d.source)
+    source = choices.canonical_source(d.source)
     if d.text_reduction != "truncate" and source != "tfrecord":
         fail("data.text_reduction", d.text_reduction,
              f"needs data.source='tfrecord' (data.source={d.source!r} has no captions to cut)",
@@ -170,7 +170,7 @@ def is_remote(path: str) -> bool:
 
 def check_paths_exist(config, training: bool = True) -> None:
     d, e = config.data, config.eval
-    if (training and canonical_source(d.source) == "tfrecord" and d.train and not is_remote(d.train)
+    if (training and choices.canonical_source(d.source) == "tfrecord" and d.train and not is_remote(d.train)
             and not glob_shards(d.train)):
         fail("data.train", d.train, "matches no file", "point --config.data.train at existing "
              "TFRecord shards (a glob such as DIR/*.tfrecord)")
