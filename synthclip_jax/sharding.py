@@ -103,6 +103,17 @@ def compute_layout(mesh: Mesh, rules):
         _LAYOUT.reset(token)
 
 
+def gathers_weights() -> bool:
+    """Whether the current compute layout gathers weights (FSDP: a batch axis of size > 1 that
+    the rules also use to store weights)."""
+    layout = _LAYOUT.get()
+    if layout is None:
+        return False
+    mesh, rules = layout
+    storage = {n for _, m in rules for n in ((m,) if isinstance(m, str) else (m or ()))}
+    return any(mesh.shape[a] > 1 for a in BATCH_AXES if a in storage)
+
+
 def constrain(x, logical_axes):
     """Sharding constraint by logical names (see the module docstring); a no-op outside
     `compute_layout`."""

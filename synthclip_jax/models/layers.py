@@ -130,5 +130,11 @@ class Transformer(nnx.Module):
 
         if self.remat:
             layer = jax.checkpoint(layer, prevent_cse=False)
+        elif sharding.gathers_weights():
+            # ZeRO-3: the backward pass gathers each layer's weights again instead of keeping
+            # every layer's gathered copy alive (which would hold the whole model per device).
+            # Saving only the weight matmuls' outputs is the policy under which XLA does so.
+            policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+            layer = jax.checkpoint(layer, prevent_cse=False, policy=policy)
         x, _ = jax.lax.scan(layer, x, stacked)
         return x
