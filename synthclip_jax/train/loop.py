@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 from absl import logging
 from etils import epath
 
-from synthclip_jax import sharding
+from synthclip_jax import provenance, sharding
 from synthclip_jax.data.source import make_train_source
 from synthclip_jax.evaluate.evaluator import Evaluator
 from synthclip_jax.metrics import MetricWriter
@@ -86,6 +86,8 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
 
     state = restore_or_init(config, mesh, setup, checkpointer, data)
     start = int(state["step"])
+    resumed = checkpointer.latest_step() is not None
+    provenance.record(workdir, start if resumed else None, devices=mesh.devices.flat)
     writer = MetricWriter(workdir, resume_step=start)
     evaluator = Evaluator(config, setup.graphdef, mesh, workdir, resume_step=start)
     eval_every = config.eval.every_steps
