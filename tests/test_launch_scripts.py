@@ -1,8 +1,10 @@
 """tools/tpu and tools/gpu launch scripts: --help, --dry-run command lines, shellcheck."""
+import json
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,8 @@ def fake_cloud_tools(tmp_path_factory):
         (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\nexit 99\n')
         (bin_dir / tool).chmod(0o755)
     ENV["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    # launch.sh keeps each workdir's pins there: none from the user's own launches.
+    ENV["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
     yield
     assert not calls.exists(), "dry run called: " + calls.read_text()
 
@@ -169,3 +173,106 @@ def test_slurm_script_dry_run(tasks_per_node, local_ids, tmp_path):
     env.pop("WORKDIR")
     proc = sh(ROOT / "tools" / "gpu" / "slurm_train.sbatch", env=env, check=False)
     assert proc.returncode != 0 and "WORKDIR" in proc.stderr
+
+
+FAKE_GCLOUD = r"""#!PYTHON
+# A TPU that is READY, gets preempted during the first training run, and is created anew.
+import json, pathlib, sys
+here = pathlib.Path(__file__).parent
+args = sys.argv[1:]
+with open(here / "calls.jsonl", "a") as f:
+    f.write(json.dumps(args) + "\n")
+state = here / "state"
+command = next((a[len("--command="):] for a in args if a.startswith("--command=")), "")
+if "describe" in args:
+    print(state.read_text() if state.exists() else "READY")
+elif "delete" in args:
+    state.write_text("NOT_FOUND")
+elif "create" in args:
+    state.write_text("READY")
+elif "pip freeze" in command:
+    print("Using ssh batch size of 1.")  # gcloud chatter
+    if "rev-parse" in command:
+        print("c0ffee" + "0" * 34)
+    print("flax==0.12.8\njax==0.10.2\nlibtpu==0.0.30\nsomething @ file:///tmp/x.whl")
+elif "synthclip_jax.main" in command:
+    runs = here / "train_runs"
+    n = int(runs.read_text()) + 1 if runs.exists() else 1
+    runs.write_text(str(n))
+    if n == 1:  # preempted mid-run
+        state.write_text("PREEMPTED")
+        sys.exit(255)
+"""
+
+
+def fake_tpu(tmp_path):
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    gcloud = bin_dir / "gcloud"
+    gcloud.write_text(FAKE_GCLOUD.replace("PYTHON", sys.executable))
+    gcloud.chmod(0o755)
+    env = {**ENV, "PATH": f"{bin_dir}{os.pathsep}{ENV['PATH']}", "TMPDIR": str(tmp_path)}
+    calls = lambda: [json.loads(x) for x in (bin_dir / "calls.jsonl").read_text().splitlines()]
+    return env, calls
+
+
+def remote_command(words):
+    return next(w for w in words if w.startswith("--command="))[len("--command="):]
+
+
+def test_relaunch_after_preemption_installs_the_first_launch_pins(tmp_path):
+    env, calls = fake_tpu(tmp_path)
+    state = tmp_path / "pins"
+    proc = sh(TPU / "launch.sh", "--name", "n", "--zone", "z", "--workdir", "gs://b/r",
+              "--repo", "https://example.com/s.git", "--ref", "main", "--skip-create",
+              "--poll-seconds", "0", "--state-dir", state, env=env)
+    assert "relaunch 1 of at most" in proc.stderr
+    # The first launch recorded the commit it installed and worker 0's versions (links left
+    # out: pip takes no links as constraints).
+    assert (state / "revision").read_text() == "c0ffee" + "0" * 34 + "\n"
+    assert (state / "constraints.txt").read_text() == (
+        "flax==0.12.8\njax==0.10.2\nlibtpu==0.0.30\n")
+    installs = [c for c in calls() if "ssh" in c and "git clone" in remote_command(c)]
+    assert len(installs) == 2
+    first, relaunch = map(remote_command, installs)
+    assert "checkout --quiet main" in first and " -c " not in first
+    # The relaunch: the recorded commit, not the branch tip; the recorded versions.
+    assert "checkout --quiet c0ffee" in relaunch and "checkout --quiet main" not in relaunch
+    assert "pip install --quiet -c ../synthclip_jax-constraints.txt -r requirements.txt" in relaunch
+    scp, = [c for c in calls() if "scp" in c]
+    assert scp[scp.index("scp") + 1] == str(state / "constraints.txt")
+    assert scp[scp.index("scp") + 2] == "n:synthclip_jax-constraints.txt" and "--worker=all" in scp
+    assert sum("synthclip_jax.main" in remote_command(c) for c in calls() if "ssh" in c) == 2
+
+    # A later run of the script for the same workdir is pinned too, unless --repin.
+    out = sh(TPU / "launch.sh", "--name", "n", "--zone", "z", "--workdir", "gs://b/r",
+             "--repo", "https://example.com/s.git", "--skip-create", "--state-dir", state,
+             "--dry-run", env=env).stdout
+    install = remote_command(find(gcloud_lines(out), "gcloud", "compute", "tpus", "tpu-vm",
+                                  "ssh", "n")[0])
+    assert "checkout --quiet c0ffee" in install and "-c ../synthclip_jax-constraints.txt" in install
+    out = sh(TPU / "launch.sh", "--name", "n", "--zone", "z", "--workdir", "gs://b/r",
+             "--repo", "https://example.com/s.git", "--skip-create", "--state-dir", state,
+             "--repin", "--dry-run", env=env).stdout
+    install = remote_command(find(gcloud_lines(out), "gcloud", "compute", "tpus", "tpu-vm",
+                                  "ssh", "n")[0])
+    assert "checkout" not in install and " -c " not in install
+
+
+def test_pinned_archive_ships_the_recorded_commit(tmp_path):
+    state = tmp_path / "b_runs_r1"  # the default: one directory per workdir
+    state.mkdir()
+    (state / "revision").write_text("abc123\n")
+    (state / "constraints.txt").write_text("jax==0.10.2\n")
+    env = {**ENV, "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    (tmp_path / "xdg" / "synthclip_jax").mkdir(parents=True)
+    (tmp_path / "xdg" / "synthclip_jax" / "tpu").symlink_to(tmp_path)
+    out = sh(TPU / "launch.sh", "--name", "n", "--zone", "z", "--workdir", "gs://b/runs/r1",
+             "--skip-create", "--dry-run", env=env).stdout
+    archive, = [shlex.split(x) for x in out.splitlines() if x.startswith("git ")]
+    assert archive[-1] == "abc123"
+    lines = gcloud_lines(out)
+    install, train = find(lines, "gcloud", "compute", "tpus", "tpu-vm", "ssh", "n")
+    assert "-c ../synthclip_jax-constraints.txt" in remote_command(install)
+    # The workers get an archive without .git: provenance.json learns the commit from the env.
+    assert "SYNTHCLIP_SOURCE_REVISION=abc123" in shlex.split(remote_command(train))

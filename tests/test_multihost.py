@@ -263,6 +263,11 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
     steps, losses = read_metrics(workdir)
     assert steps == list(range(1, TOTAL + 1))  # written once per step: by process 0 only
     assert len(list((workdir / "tensorboard").iterdir())) == 2  # one event file per phase
+    # provenance.json: one record per launch, by process 0 only (one writer: intact JSON).
+    launches = json.loads((workdir / "provenance.json").read_text())["launches"]
+    assert [x["resumed_from_step"] for x in launches] == [None, stopped]
+    assert {(x["process_count"], x["devices"]["count"], x["devices"]["local_count"])
+            for x in launches} == {(NUM_PROCESSES, NUM_PROCESSES * LOCAL_DEVICES, LOCAL_DEVICES)}
 
     # One process with the same 4 (fake) devices and the same global batch.
     ref_dir = tmp_path / "single"

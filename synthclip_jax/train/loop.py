@@ -2,6 +2,10 @@
 
 Metrics of step t are fetched to the host after step t+1 has been dispatched, so the device
 never waits for the host; the one-step lag also bounds how late the non-finite guard reacts.
+Each logged row also says where the time went, averaged over the steps since the previous row:
+`step_sec` (wall time per step) and `data_wait_sec` (of which the loop sat waiting for the next
+host batch; close to `step_sec` means input-bound), and the device memory where the backend
+reports it.
 """
 import signal
 import threading
@@ -12,8 +16,9 @@ from jax.experimental import multihost_utils
 from absl import logging
 from etils import epath
 
-from synthclip_jax import sharding
+from synthclip_jax import provenance, sharding
 from synthclip_jax.data.source import make_train_source
+from synthclip_jax.device_memory import describe, device_memory
 from synthclip_jax.evaluate.evaluator import Evaluator
 from synthclip_jax.metrics import MetricWriter
 from synthclip_jax.plots import plot_curves
@@ -86,6 +91,8 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
 
     state = restore_or_init(config, mesh, setup, checkpointer, data)
     start = int(state["step"])
+    resumed = checkpointer.latest_step() is not None
+    provenance.record(workdir, start if resumed else None, devices=mesh.devices.flat)
     writer = MetricWriter(workdir, resume_step=start)
     evaluator = Evaluator(config, setup.graphdef, mesh, workdir, resume_step=start)
     eval_every = config.eval.every_steps
@@ -93,12 +100,15 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
 
     total, log_every = config.total_steps, config.log.every_steps
     ckpt_every = config.checkpoint.every_steps
-    pending = None  # (step, device metrics) not yet looked at on the host
+    # (step, device metrics, its data wait, when it was dispatched) not yet seen on the host:
+    # timing by dispatch keeps each row's wall time and data wait over the same steps.
+    pending = None
     last = {}
-    clock = {"time": time.perf_counter(), "step": start}
+    clock = {"time": time.perf_counter(), "step": start, "data_wait": 0.0}
 
-    def host_side(step, device_metrics):
+    def host_side(step, device_metrics, data_wait, dispatched):
         nonlocal last
+        clock["data_wait"] += data_wait
         last = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
         if hasattr(data, "corrupt"):
             last["data_corrupt_skipped"] = data.corrupt
@@ -109,13 +119,18 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
                 f"{config.optim.max_nonfinite_in_a_row}); last loss {last['loss']}. Lower lr, "
                 "check the data, or use float32")
         if (log_every and step % log_every == 0) or step == total:
-            now = time.perf_counter()
-            rate = (step - clock["step"]) * config.batch_size / max(now - clock["time"], 1e-9)
-            clock.update(time=now, step=step)
-            writer.write(step, {**last, "examples_per_sec": rate})
+            steps = max(step - clock["step"], 1)
+            elapsed = max(dispatched - clock["time"], 1e-9)
+            rate = steps * config.batch_size / elapsed
+            timing = {"step_sec": elapsed / steps, "data_wait_sec": clock["data_wait"] / steps}
+            clock.update(time=dispatched, step=step, data_wait=0.0)
+            memory = device_memory()
+            writer.write(step, {**last, "examples_per_sec": rate, **timing, **memory})
             eta = (total - step) * config.batch_size / max(rate, 1e-9)
-            logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f ex/s  eta %dh%02dm", step, total,
-                         last["loss"], last["lr"], rate, eta // 3600, eta % 3600 // 60)
+            logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f ex/s  step %.3fs (data %.3fs)%s"
+                         "  eta %dh%02dm", step, total, last["loss"], last["lr"], rate,
+                         timing["step_sec"], timing["data_wait_sec"], describe(memory),
+                         eta // 3600, eta % 3600 // 60)
 
     def flush():
         nonlocal pending
@@ -126,11 +141,14 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     step = start
     try:
         while step < total:
-            batch = sharding.global_batch(next(data), mesh)
+            waiting = time.perf_counter()
+            host_batch = next(data)
+            data_wait = time.perf_counter() - waiting
+            batch = sharding.global_batch(host_batch, mesh)
             state, metrics = train_step(state, batch)
             step += 1
             flush()
-            pending = (step, metrics)
+            pending = (step, metrics, data_wait, time.perf_counter())
             stopping = stop.reached(step)
             if (ckpt_every and step % ckpt_every == 0) or stopping:
                 flush()

@@ -2,7 +2,9 @@
 # Train on a Cloud TPU VM (single host or pod slice): create it (or a queued resource), install
 # this project on every worker, run the trainer on all workers with the workdir in GCS, stream
 # the logs, and relaunch when the TPU is preempted (training resumes from the last checkpoint
-# in the GCS workdir). Run with --help for the options; --dry-run prints the gcloud commands.
+# in the GCS workdir). The first launch of a workdir records the code revision and the library
+# versions it installed; every later launch of that workdir installs exactly those.
+# Run with --help for the options; --dry-run prints the gcloud commands.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,6 +23,12 @@ workers, runs on all workers (--worker=all)
 streaming their output, and, if the TPU is preempted, deletes it, creates it again, reinstalls
 and reruns the same command, which resumes from the latest checkpoint in the GCS workdir.
 
+Pinning: the first launch of a workdir records the commit it installed and the library
+versions worker 0 ended up with (`pip freeze`) in the state directory; every relaunch (and a
+later run of this script for the same workdir) installs that commit with those versions
+(`git checkout REV` / `git archive REV`, `pip install -c constraints.txt`), so a week-long run
+keeps its code and can always restore its own Grain/orbax state.
+
 Required:
   --name NAME              TPU VM name (also the queued-resource id with --queued)
   --zone ZONE              e.g. us-central2-b
@@ -36,6 +44,10 @@ Options:
   --preemptible            preemptible TPU VM (legacy; not with --queued)
   --repo URL [--ref REF]   install by `git clone URL` (+ checkout REF) on every worker;
                            default: `git archive HEAD` of this checkout, copied to every worker
+  --state-dir DIR          where the pins of this workdir live (default:
+                           ${XDG_STATE_HOME:-~/.local/state}/synthclip_jax/tpu/<workdir>)
+  --repin                  forget the pins: install the current revision and the newest
+                           allowed libraries, and record those (a deliberate upgrade)
   --max-relaunches N       give up after N relaunches on preemption (default: 20)
   --poll-seconds S         state polling interval while waiting for the TPU (default: 30)
   --delete-when-done       delete the TPU (and queued resource) after training finishes
@@ -52,7 +64,7 @@ EOF
 
 NAME="" ZONE="" PROJECT="" WORKDIR="" ACCEL="v4-8" VERSION="tpu-ubuntu2204-base"
 CONFIG="configs/vitb16_synthci30m.py" QUEUED=0 SPOT=0 PREEMPTIBLE=0 REPO="" REF="" MAX_RELAUNCHES=20
-POLL=30 DELETE_WHEN_DONE=0 SKIP_CREATE=0 SKIP_INSTALL=0
+POLL=30 DELETE_WHEN_DONE=0 SKIP_CREATE=0 SKIP_INSTALL=0 STATE_DIR="" REPIN=0
 TRAIN_ARGS=()
 
 need_value() {
@@ -73,6 +85,8 @@ while [[ $# -gt 0 ]]; do
     --ref) need_value "$@"; REF="$2"; shift 2 ;;
     --max-relaunches) need_value "$@"; MAX_RELAUNCHES="$2"; shift 2 ;;
     --poll-seconds) need_value "$@"; POLL="$2"; shift 2 ;;
+    --state-dir) need_value "$@"; STATE_DIR="$2"; shift 2 ;;
+    --repin) REPIN=1; shift ;;
     --queued) QUEUED=1; shift ;;
     --spot) SPOT=1; shift ;;
     --preemptible) PREEMPTIBLE=1; shift ;;
@@ -110,6 +124,13 @@ QR=(gcloud compute tpus queued-resources)
 SSH_FLAGS=("--ssh-flag=-oServerAliveInterval=30" "--ssh-flag=-oServerAliveCountMax=6")
 REMOTE_DIR="synthclip_jax"  # relative to the worker user's home directory
 TARBALL="synthclip_jax.tar.gz"
+REMOTE_CONSTRAINTS="synthclip_jax-constraints.txt"  # in the home directory, beside REMOTE_DIR
+# One state directory per workdir (gs://b/runs/r1 -> b_runs_r1): the workdir is the run.
+workdir_key="${WORKDIR#gs://}"
+STATE_DIR="${STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/synthclip_jax/tpu/${workdir_key//\//_}}"
+PIN_REVISION="$STATE_DIR/revision"
+PIN_CONSTRAINTS="$STATE_DIR/constraints.txt"
+SHIPPED_REVISION=""  # the commit `git archive` copied to the workers (they have no .git)
 
 create() {
   local spot=()
@@ -207,25 +228,73 @@ provision() {
   wait_ready || die "$NAME did not become READY (state: $(health))"
 }
 
-install() {
-  local setup
-  setup="python3 -m pip install --upgrade --quiet pip && python3 -m pip install --quiet"
-  setup+=" -r requirements.txt 'jax[tpu]>=0.10,<0.11' gcsfs google-cloud-storage"
+pinned() {
+  [[ "$REPIN" == 0 && -s "$PIN_REVISION" && -s "$PIN_CONSTRAINTS" ]]
+}
+
+# The commit of this checkout that `git archive` ships (HEAD; committed files only).
+local_revision() {
+  git -C "$REPO_ROOT" rev-parse HEAD 2>/dev/null && return
+  [[ "$DRY_RUN" == 1 ]] && { echo HEAD; return; }
+  die "$REPO_ROOT is not a git checkout: use --repo URL"
+}
+
+# After the first install: the commit the workers have and worker 0's `pip freeze`, kept as
+# the pins of this workdir. Only `name==version` lines: pip refuses links as constraints.
+record_pins() {
+  local revision="$1" cmd="python3 -m pip freeze --exclude-editable" out
+  [[ -n "$REPO" ]] && cmd="git -C $REMOTE_DIR rev-parse HEAD && $cmd"
+  local ssh0=("${TPU[@]}" ssh "$NAME" --zone="$ZONE" --worker=0 "${PFLAGS[@]}" "${SSH_FLAGS[@]}"
+              --command="$cmd")
+  if [[ "$DRY_RUN" == 1 ]]; then  # a query, like the state polls: shown on stderr
+    show "${ssh0[@]}" >&2
+    return
+  fi
+  out="$("${ssh0[@]}")" || die "could not read the installed revision and versions on worker 0"
   if [[ -n "$REPO" ]]; then
-    local checkout=""
-    [[ -n "$REF" ]] && checkout=" && git -C $REMOTE_DIR checkout --quiet $(quote "$REF")"
+    revision="$(grep -m1 -E '^[0-9a-f]{40}$' <<<"$out")" || die "no git revision from worker 0"
+  fi
+  mkdir -p "$STATE_DIR"
+  grep -E '^[A-Za-z0-9][A-Za-z0-9._-]*==' <<<"$out" >"$PIN_CONSTRAINTS.tmp" \
+    || die "no library versions from worker 0's pip freeze"
+  printf '%s\n' "$revision" >"$PIN_REVISION.tmp"
+  mv "$PIN_CONSTRAINTS.tmp" "$PIN_CONSTRAINTS"
+  mv "$PIN_REVISION.tmp" "$PIN_REVISION"
+  REPIN=0
+  echo "pinned $WORKDIR to revision $revision and $(wc -l <"$PIN_CONSTRAINTS") library versions" \
+    "($STATE_DIR): relaunches install exactly these" >&2
+}
+
+install() {
+  local setup revision="" constraints=""
+  if pinned; then
+    revision="$(<"$PIN_REVISION")"
+    echo "installing the pins of $WORKDIR: revision $revision, versions of $PIN_CONSTRAINTS" \
+      "(--repin replaces them)" >&2
+    run "${TPU[@]}" scp "$PIN_CONSTRAINTS" "$NAME:$REMOTE_CONSTRAINTS" --zone="$ZONE" \
+      --worker=all "${PFLAGS[@]}"
+    constraints=" -c ../$REMOTE_CONSTRAINTS"
+  fi
+  setup="python3 -m pip install --upgrade --quiet pip && python3 -m pip install --quiet"
+  setup+="$constraints -r requirements.txt 'jax[tpu]>=0.10,<0.11' gcsfs google-cloud-storage"
+  if [[ -n "$REPO" ]]; then
+    local checkout="" ref="${revision:-$REF}"
+    [[ -n "$ref" ]] && checkout=" && git -C $REMOTE_DIR checkout --quiet $(quote "$ref")"
     run "${TPU[@]}" ssh "$NAME" --zone="$ZONE" --worker=all "${PFLAGS[@]}" "${SSH_FLAGS[@]}" \
       --command="set -e; rm -rf $REMOTE_DIR && git clone --quiet $(quote "$REPO") \
 $REMOTE_DIR$checkout && cd $REMOTE_DIR && $setup"
   else
     local local_tar="${TMPDIR:-/tmp}/$NAME-$TARBALL"
-    run git -C "$REPO_ROOT" archive --format=tar.gz --output="$local_tar" HEAD
+    [[ -n "$revision" ]] || revision="$(local_revision)"
+    SHIPPED_REVISION="$revision"
+    run git -C "$REPO_ROOT" archive --format=tar.gz --output="$local_tar" "$revision"
     run "${TPU[@]}" scp "$local_tar" "$NAME:$TARBALL" --zone="$ZONE" --worker=all \
       "${PFLAGS[@]}"
     run "${TPU[@]}" ssh "$NAME" --zone="$ZONE" --worker=all "${PFLAGS[@]}" "${SSH_FLAGS[@]}" \
       --command="set -e; rm -rf $REMOTE_DIR && mkdir -p $REMOTE_DIR && tar -xzf $TARBALL \
 -C $REMOTE_DIR && cd $REMOTE_DIR && $setup"
   fi
+  pinned || record_pins "$revision"
 }
 
 # The trainer on every worker, in the foreground: its output (all workers) streams here and is
@@ -233,7 +302,10 @@ $REMOTE_DIR$checkout && cd $REMOTE_DIR && $setup"
 # the trainer checkpoint (to GCS) and exit.
 train() {
   local cmd arg
-  cmd="cd $REMOTE_DIR && set -o pipefail && SYNTHCLIP_DISTRIBUTED=1 python3 -m synthclip_jax.main"
+  cmd="cd $REMOTE_DIR && set -o pipefail && SYNTHCLIP_DISTRIBUTED=1"
+  # provenance.json's git revision, for an archive (no .git on the workers).
+  [[ -n "$SHIPPED_REVISION" ]] && cmd+=" SYNTHCLIP_SOURCE_REVISION=$(quote "$SHIPPED_REVISION")"
+  cmd+=" python3 -m synthclip_jax.main"
   cmd+=" --config=$(quote "$CONFIG") --workdir=$(quote "$WORKDIR")"
   for arg in "${TRAIN_ARGS[@]}"; do
     cmd+=" $(quote "$arg")"
