@@ -49,13 +49,26 @@ def test_fsdp_and_mixed_meshes_cost_what_data_parallelism_costs(size):
             assert args <= dp_args / 6, (args, dp_args)
 
 
+def computations_with(hlo: str, op: str) -> list:
+    """Names of the HLO computations (loop bodies, ENTRY) that contain the collective `op`."""
+    names, current = [], None
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            current = line.split()[0]
+        if f" {op}(" in line or f" {op}-start(" in line:
+            names.append(current)
+    return sorted(set(names))
+
+
 def test_fsdp_gathers_weights_per_layer_not_whole_stacks():
-    """The per-layer gather happens inside the scanned blocks: the compiled FSDP step all-gathers
-    inside its loops (one layer's slice) rather than gathering whole stacked tensors up front."""
+    """ZeRO-3 inside the scanned blocks: the compiled FSDP step all-gathers one layer's slice in
+    the forward loop of each tower and again in its backward loop (not the whole stacked tensors
+    up front, nor every layer's gathered copy kept from the forward pass)."""
     config = size_config("vit")
     hlo = compile_step(config, FSDP)[-1].as_text()
     stacked_shape = f"f32[{config.model.image.depth},{config.model.image.width},"
     gathers = [line for line in hlo.splitlines() if " all-gather(" in line]
-    assert gathers, "FSDP step has no all-gather"
     assert not any(line.split("=", 1)[1].lstrip().startswith(stacked_shape)
                    for line in gathers if "=" in line), "a whole stacked weight is gathered"
+    loops = [name for name in computations_with(hlo, "all-gather") if name != "ENTRY"]
+    assert len(loops) >= 4, f"per-layer gathers in {loops}: expected forward and backward loops"
