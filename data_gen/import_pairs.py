@@ -92,11 +92,14 @@ def read_csv(path, image_root) -> Iterator[Item]:
 def _csv_row(rows, path):
     """The next row, or None at the end; a CSV syntax error stops the import, naming the line
     (after it the reader cannot tell where rows start)."""
+    first = rows.line_num + 1
     try:
         return next(rows, None)
     except csv.Error as e:
-        raise Fatal(f"{path} line {rows.line_num}: malformed CSV ({e}): a quote left open or a "
-                    "quote inside an unquoted caption? Quote the caption and double its quotes")
+        lines = f"line {first}" + (f" (read to line {rows.line_num})"
+                                   if rows.line_num > first else "")
+        raise Fatal(f"{path} {lines}: malformed CSV ({e}): a quote left open, or text after a "
+                    "closing quote? Quote the whole caption and double the quotes inside it")
 
 
 def read_tsv(path, image_root) -> Iterator[Item]:
@@ -249,19 +252,17 @@ def process(item: Item, *, source, max_side, quality):
     return item.where, item.key, example, ""
 
 
-def input_files_stamp(kind: str, spec: str) -> dict:
+def input_files_stamp(kind: str, spec: str):
     """Size + mtime of the input files (not of the images a CSV/TSV names: 30M stats per run
-    would cost more than they catch), as a count and a digest: a folder may hold millions."""
-    if kind == "folder":
-        paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(spec) for f in fs)
-    elif kind == "tar":
-        paths = [p for part in spec.split(",") for p in sorted(glob.glob(part))]
-    else:
-        paths = [spec]
-    stamps = [{**fingerprint.file_stamp(p), "path": os.path.relpath(p, spec) if kind == "folder"
-               else os.path.abspath(p)} for p in paths]
+    would cost more than they catch); of a folder's files, as a count and a digest."""
+    if kind == "tar":
+        return fingerprint.files_stamp(p for part in spec.split(",") for p in sorted(glob.glob(part)))
+    if kind != "folder":
+        return fingerprint.files_stamp([spec])
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(spec) for f in fs)
+    stamps = [{**fingerprint.file_stamp(p), "path": os.path.relpath(p, spec)} for p in paths]
     digest = hashlib.sha256(json.dumps(stamps, sort_keys=True).encode()).hexdigest()
-    return {"count": len(paths), "size_mtime_sha256": digest}
+    return {"count": len(paths), "names_sizes_mtimes_sha256": digest}
 
 
 def already_done(args, manifest_path: str, fp: dict, names: list) -> bool:
