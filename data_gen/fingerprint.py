@@ -94,8 +94,8 @@ def claim(path, fingerprint: dict, *, stage: str, fix: str, overwrite: bool = Fa
         return
     if old is not None:
         if not overwrite:
-            raise SystemExit(f"{stage}: {Path(path).parent} holds output of other inputs or "
-                             f"settings ({describe(old, fingerprint)}; recorded in {path}); "
-                             f"{fix}")
+            raise SystemExit(f"{stage}: {Path(path).parent} holds output made with other "
+                             f"settings or inputs ({describe(old, fingerprint)}; recorded in "
+                             f"{path}); {fix}")
         clear()
     write(path, fingerprint)

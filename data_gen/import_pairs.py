@@ -15,6 +15,12 @@ that its longer side is at most --max-side (never upscaled), and re-encoded as J
 --jpeg-quality. Records go to the shards round-robin in input order (record j -> shard j % N),
 so the same input and settings give byte-identical shards. The manifest is written last; an
 --out that already holds a complete manifest for the same input and settings is left as is.
+The manifest's fingerprint (input files' size and mtime, and the settings) is compared on a
+rerun: other input or settings are refused, or redone with --overwrite.
+
+Checked: CSV is read strictly (a quote left open is an error naming the line; a field over
+several lines is a bad item); every .tar must end with its end-of-archive marker (a cut-short
+archive is an error naming it). Manifest counts: read = written + skipped (skipped_by_reason).
 """
 import argparse
 import collections
@@ -256,7 +262,8 @@ def input_files_stamp(kind: str, spec: str):
     """Size + mtime of the input files (not of the images a CSV/TSV names: 30M stats per run
     would cost more than they catch); of a folder's files, as a count and a digest."""
     if kind == "tar":
-        return fingerprint.files_stamp(p for part in spec.split(",") for p in sorted(glob.glob(part)))
+        return fingerprint.files_stamp(
+            p for part in spec.split(",") for p in sorted(glob.glob(part)))
     if kind != "folder":
         return fingerprint.files_stamp([spec])
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(spec) for f in fs)

@@ -113,7 +113,7 @@ def load(sample, tar, bank_ids: dict | None = None) -> dict:
 
     meta_where = f"{path} member {members['json' if 'json' in members else 'txt'].name}"
     meta = (parse_meta(read("json"), meta_where) if "json" in members
-            else {"caption": read("txt").decode("utf-8", "replace").strip()})
+            else {"caption": caption_text(read("txt"), meta_where)})
     concepts = concept_ids_of(meta.get("input") or {}, bank_ids, f"{path}: sample {key!r}")
     image = read("jpg")
     check_jpeg(image, f"{path} member {members['jpg'].name}")
@@ -133,6 +133,13 @@ def parse_meta(data: bytes, where: str) -> dict:
     if not isinstance(meta.get("input") or {}, dict):
         raise SystemExit(f"write: {where}: 'input' must be an object (the caption's row)")
     return meta
+
+
+def caption_text(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"write: {where}: caption is not UTF-8 ({e})") from None
 
 
 def check_jpeg(data: bytes, where: str) -> None:
@@ -254,8 +261,9 @@ def claim_output(args, out: Path, paths) -> None:
                 f.unlink()
         print(f"write: --overwrite: removed the shards and manifest in {out}", flush=True)
 
-    fingerprint.claim(record, shard_fingerprint(args, paths), stage="write", overwrite=args.overwrite,
-          clear=clear, fix="rerun with --overwrite to redo it, or use another --out")
+    fingerprint.claim(record, shard_fingerprint(args, paths), stage="write",
+                      overwrite=args.overwrite, clear=clear,
+                      fix="rerun with --overwrite to redo it, or use another --out")
 
 
 def check_extra_files(args) -> None:

@@ -84,6 +84,12 @@ def csv_input(tmp: Path, body: str, header: str = "image_path,caption") -> Path:
     return src
 
 
+def tsv_input(tmp: Path, body: str) -> Path:
+    src = csv_input(tmp, "").with_suffix(".tsv")
+    src.write_text("id\timage\tcaption\n" + body)
+    return src
+
+
 def invoke(stage: str, argv: list, capsys) -> tuple[int, str]:
     """(exit status, stdout + stderr) of `python -m data_gen.STAGE argv`, run in-process."""
     main = importlib.import_module(f"data_gen.{stage}").main
@@ -232,6 +238,12 @@ CASES = [
     Case("csv quotes inside an unquoted caption are literal", "import_pairs",
          lambda tmp, c: imp(csv_input(tmp, 'a.jpg,a "red" ball\nb.jpg,"blue, light"\n')),
          0, r"wrote 2 records", SAME, written(2)),
+    Case("csv with CRLF line ends is not multi-line", "import_pairs",
+         lambda tmp, c: imp(csv_input(tmp, "a.jpg,red\r\nb.jpg,blue\r\n")),
+         0, r"wrote 2 records", SAME, written(2)),
+    Case("tsv: quotes are literal, a row is a line", "import_pairs",
+         lambda tmp, c: imp(tsv_input(tmp, 'k1\ta.jpg\t"red\nk2\tb.jpg\tblue"\n')),
+         0, r"wrote 2 records", SAME, written(2)),
     Case("csv missing image", "import_pairs",
          lambda tmp, c: imp(csv_input(tmp, "a.jpg,red\nzz.jpg,blue\n")),
          1, r"pairs.csv line 3: missing image file", SAME, no_output),
@@ -302,6 +314,10 @@ CASES = [
     Case("write: KEY.json without a caption", "write",
          write_with(lambda f: pairs_tar(f / "pairs-00000.tar", 2, meta=lambda i: b'{"k": 1}')),
          1, r"member s0.json: expected a JSON object with a string 'caption'", FIXED, no_output),
+    Case("write: KEY.txt caption not UTF-8", "write",
+         write_with(lambda f: make_tar(f / "pairs-00000.tar", [("s0.jpg", image(0)),
+                                                               ("s0.txt", b"red \xff ball")])),
+         1, r"pairs-00000.tar member s0.txt: caption is not UTF-8", FIXED, no_output),
     Case("write: --manifest-extra missing, found before any shard", "write",
          write_with(two_tars, "--manifest-extra", "nowhere.json"), 1,
          r"--manifest-extra nowhere.json: not a readable JSON", FIXED, no_output),
