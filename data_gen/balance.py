@@ -185,10 +185,11 @@ def main(argv=None):
     suffix = worker_suffix(args.worker_index, args.num_workers)
     counts_path = out / f"counts-{suffix}.json"
     # finished outputs are skipped: only if they were made from these captions and settings
-    fingerprint.claim(out / ".fingerprint-balance.json", {
-        "captions": fingerprint.files_stamp(files), "concepts": fingerprint.file_stamp(
-            args.concepts), "t": float(args.t), "seed": args.seed, "num_workers": args.num_workers},
-        stage="balance", fix="use another --out, or delete it to balance again")
+    made_from = {"captions": fingerprint.files_stamp(files),
+                 "concepts": fingerprint.file_stamp(args.concepts), "t": float(args.t),
+                 "seed": args.seed, "num_workers": args.num_workers}
+    fingerprint.claim(out / ".fingerprint-balance.json", made_from, stage="balance",
+                      fix="use another --out, or delete it to balance again")
     if args.phase in ("all", "count"):
         if counts_path.exists():
             print(f"balance: {counts_path} exists, skipping the count", file=sys.stderr)

@@ -6,10 +6,11 @@
 Worker I takes concepts I, I+N, ... (`worker_items`) and writes `captions-IIIII-of-NNNNN.jsonl`
 (rows: concept, caption, seed, model, concept_index, k) plus `...stats.json`, atomically; an
 existing output is skipped (OUT/.fingerprint-captions.json records the bank's size and mtime and
-the settings: a run with others into the same OUT is refused rather than mixed). The prompt is SynthCLIP's, verbatim (typo included), wrapped in the
-model's own chat template (`apply_chat_template`; Mistral's gives `<s>[INST] ... [/INST]`, where
-SynthCLIP concatenated `"<s> [INST] " + msg + " [/INST]"` by hand). Prompts go to the backend as
-token ids so the BOS is not added twice.
+the settings: a run with others into the same OUT is refused rather than mixed). The prompt is
+SynthCLIP's, verbatim (typo included), wrapped in the model's own chat template
+(`apply_chat_template`; Mistral's gives `<s>[INST] ... [/INST]`, where SynthCLIP concatenated
+`"<s> [INST] " + msg + " [/INST]"` by hand). Prompts go to the backend as token ids so the BOS
+is not added twice.
 
 Seeds: caption k of concept i (its line number in the bank) is sampled with
 `seed = caption_seed(S, i, k)`, a hash, so a rerun, another worker count or another batch size gives
@@ -184,7 +185,8 @@ def main(argv=None):
     out = Path(args.out) / f"captions-{suffix}.jsonl"
     # an existing output is skipped: only if it was made from this bank and these settings
     settings = {k: v for k, v in vars(args).items()  # less those that do not change captions
-                if k not in ("out", "worker_index", "device", "batch_size", "tensor_parallel_size")}
+                if k not in ("out", "worker_index", "device", "batch_size",
+                             "tensor_parallel_size")}
     fingerprint.claim(Path(args.out) / ".fingerprint-captions.json",
                       {**settings, "concepts": fingerprint.file_stamp(args.concepts)},
                       stage="captions", fix="use another --out, or delete it to caption again")
