@@ -27,7 +27,10 @@ share a digest, so dedup stays exact). Phase `count` writes `counts-IIIII-of-NNN
 phase `sample` needs all N of them (sums them) and writes `kept-IIIII-of-NNNNN.jsonl` and
 `balance_stats-IIIII-of-NNNNN.json`; worker 0 also writes `entry_counts.json`. Phase `all`
 (default) runs both, which needs N = 1 or the other workers' count files already there.
-With N = 1 the outputs are `kept.jsonl` and `balance_stats.json`. Finished outputs are skipped.
+With N = 1 the outputs are `kept.jsonl` and `balance_stats.json`. Finished outputs are skipped;
+OUT/.fingerprint-balance.json records what they were made from (caption files' size and mtime,
+the bank, t, seed, N), and a run with other inputs or settings into the same OUT is refused.
+A caption row that is not a JSON object with a string "caption" stops the stage, naming the line.
 Rows of kept*.jsonl: the source row (concept, seed, model, ...) + caption + `concepts` (matched).
 """
 import glob
@@ -37,9 +40,11 @@ import random
 import sys
 from pathlib import Path
 
+from data_gen import fingerprint
+from data_gen.caption_rows import caption_rows
 from data_gen.captions import clean_llm_caption
 from data_gen.common import (stage_parser, add_worker_args, atomic_path, check_worker_args, progress,
-                             read_jsonl, worker_suffix)
+                             worker_suffix)
 from data_gen.concepts import load_bank
 
 PUNCTS_TO_WRAP = [",", ".", ";", ":", "?", "!", "`"]
@@ -85,7 +90,7 @@ def unique_captions(files, stats, worker_index, num_workers, desc):
     """Yields (row, cleaned caption) of this worker's first copies; counts what it drops."""
     seen = set()
     for path in progress(files, len(files), desc):
-        for row in read_jsonl(path):
+        for row in caption_rows(path):
             stats["read"] += 1
             caption = clean_llm_caption(row["caption"])
             if caption is None:
@@ -179,6 +184,12 @@ def main(argv=None):
     matcher, out = Matcher(bank), Path(args.out)
     suffix = worker_suffix(args.worker_index, args.num_workers)
     counts_path = out / f"counts-{suffix}.json"
+    # finished outputs are skipped: only if they were made from these captions and settings
+    made_from = {"captions": fingerprint.files_stamp(files),
+                 "concepts": fingerprint.file_stamp(args.concepts), "t": float(args.t),
+                 "seed": args.seed, "num_workers": args.num_workers}
+    fingerprint.claim(out / ".fingerprint-balance.json", made_from, stage="balance",
+                      fix="use another --out, or delete it to balance again")
     if args.phase in ("all", "count"):
         if counts_path.exists():
             print(f"balance: {counts_path} exists, skipping the count", file=sys.stderr)

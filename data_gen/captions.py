@@ -5,10 +5,12 @@
 
 Worker I takes concepts I, I+N, ... (`worker_items`) and writes `captions-IIIII-of-NNNNN.jsonl`
 (rows: concept, caption, seed, model, concept_index, k) plus `...stats.json`, atomically; an
-existing output is skipped. The prompt is SynthCLIP's, verbatim (typo included), wrapped in the
-model's own chat template (`apply_chat_template`; Mistral's gives `<s>[INST] ... [/INST]`, where
-SynthCLIP concatenated `"<s> [INST] " + msg + " [/INST]"` by hand). Prompts go to the backend as
-token ids so the BOS is not added twice.
+existing output is skipped (OUT/.fingerprint-captions.json records the bank's size and mtime and
+the settings: a run with others into the same OUT is refused rather than mixed). The prompt is
+SynthCLIP's, verbatim (typo included), wrapped in the model's own chat template
+(`apply_chat_template`; Mistral's gives `<s>[INST] ... [/INST]`, where SynthCLIP concatenated
+`"<s> [INST] " + msg + " [/INST]"` by hand). Prompts go to the backend as token ids so the BOS
+is not added twice.
 
 Seeds: caption k of concept i (its line number in the bank) is sampled with
 `seed = caption_seed(S, i, k)`, a hash, so a rerun, another worker count or another batch size gives
@@ -28,6 +30,7 @@ import json
 import sys
 from pathlib import Path
 
+from data_gen import fingerprint
 from data_gen.common import (add_worker_args, atomic_path, progress, stage_parser, worker_items,
                              worker_suffix, write_jsonl_atomic)
 from data_gen.concepts import load_bank
@@ -180,6 +183,13 @@ def main(argv=None):
     mine = worker_items(list(enumerate(concepts)), args.worker_index, args.num_workers)
     suffix = worker_suffix(args.worker_index, args.num_workers)
     out = Path(args.out) / f"captions-{suffix}.jsonl"
+    # an existing output is skipped: only if it was made from this bank and these settings
+    settings = {k: v for k, v in vars(args).items()  # less those that do not change captions
+                if k not in ("out", "worker_index", "device", "batch_size",
+                             "tensor_parallel_size")}
+    fingerprint.claim(Path(args.out) / ".fingerprint-captions.json",
+                      {**settings, "concepts": fingerprint.file_stamp(args.concepts)},
+                      stage="captions", fix="use another --out, or delete it to caption again")
     if out.exists():
         print(f"captions: {out} exists, skipping", file=sys.stderr)
         return

@@ -42,8 +42,10 @@ import os
 import tarfile
 from pathlib import Path
 
+from data_gen import fingerprint
+from data_gen.caption_rows import caption_rows
 from data_gen.common import (stage_parser, add_worker_args, atomic_path, check_worker_args, progress,
-                             read_jsonl, worker_items)
+                             worker_items)
 
 # runwayml/stable-diffusion-v1-5 was taken down from the hub; this is its official mirror.
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -81,10 +83,7 @@ def load_rows(args) -> list[dict]:
             if not path.endswith((".jsonl", ".json")):
                 rows += [{"caption": line} for line in _lines(path)]
                 continue
-            for n, row in enumerate(read_jsonl(path), 1):
-                if not isinstance(row.get("caption"), str):
-                    raise SystemExit(f"{path} row {n}: no string field 'caption'")
-                rows.append(row)
+            rows += caption_rows(path)
         return rows
     kind, path = args.prompts
     names = _lines(path)
@@ -178,15 +177,8 @@ def write_pairs(path: Path, samples: list[dict]) -> None:
 
 
 def check_settings(out: Path, settings: dict) -> None:
-    path = out / "images_settings.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != settings:
-            raise SystemExit(f"{out} holds pairs made with other settings ({path}: {old}); "
-                             f"use another --out or delete it")
-        return
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    fingerprint.claim(out / "images_settings.json", settings, stage="images",
+                      fix="use another --out, or delete it to generate again")
 
 
 def run(args) -> int:

@@ -15,6 +15,12 @@ that its longer side is at most --max-side (never upscaled), and re-encoded as J
 --jpeg-quality. Records go to the shards round-robin in input order (record j -> shard j % N),
 so the same input and settings give byte-identical shards. The manifest is written last; an
 --out that already holds a complete manifest for the same input and settings is left as is.
+The manifest's fingerprint (input files' size and mtime, and the settings) is compared on a
+rerun: other input or settings are refused, or redone with --overwrite.
+
+Checked: CSV is read strictly (a quote left open is an error naming the line; a field over
+several lines is a bad item); every .tar must end with its end-of-archive marker (a cut-short
+archive is an error naming it). Manifest counts: read = written + skipped (skipped_by_reason).
 """
 import argparse
 import collections
@@ -22,6 +28,7 @@ import contextlib
 import csv
 import functools
 import glob
+import hashlib
 import io
 import json
 import multiprocessing
@@ -34,7 +41,9 @@ from typing import Iterator, NamedTuple
 
 from PIL import Image, ImageOps
 
+from data_gen import fingerprint
 from data_gen.common import atomic_path, file_sha256
+from data_gen.tars import TarCutShort, check_ended, read_member
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # priority order inside a webdataset sample
@@ -61,18 +70,42 @@ def read_csv(path, image_root) -> Iterator[Item]:
     root = _root(path, image_root)
     # surrogateescape keeps reading past invalid UTF-8; the caption check reports that row.
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        rows = csv.reader(f)
-        header = next(rows, None)
+        rows = csv.reader(f, strict=True)  # strict: a stray quote is an error, not a merge
+        header = _csv_row(rows, path)
         if [h.strip() for h in header or []] != ["image_path", "caption"]:
             raise Fatal(f"{path} line 1: expected the header 'image_path,caption', got {header}")
-        for row in rows:
-            where = f"{path} line {rows.line_num}"
+        while True:
+            first = rows.line_num + 1
+            row = _csv_row(rows, path)
+            if row is None:
+                return
+            lines = (f"line {rows.line_num}" if rows.line_num == first
+                     else f"lines {first}-{rows.line_num}")
+            where = f"{path} {lines}"
             if not row:
                 continue
-            if len(row) != 2:
+            if any("\n" in c or "\r" in c for c in row):
+                # a quoted field over several lines: almost always a quote left open that
+                # swallowed the rows after it into this one caption
+                yield Item(where, row[0], None, [], "row spans several lines (a quote left "
+                           "open?): its caption would hold line breaks and the rows after it")
+            elif len(row) != 2:
                 yield Item(where, "", None, [], f"malformed row: {len(row)} columns, expected 2")
             else:
                 yield Item(where, row[0], os.path.join(root, row[0]), [row[1]])
+
+
+def _csv_row(rows, path):
+    """The next row, or None at the end; a CSV syntax error stops the import, naming the line
+    (after it the reader cannot tell where rows start)."""
+    first = rows.line_num + 1
+    try:
+        return next(rows, None)
+    except csv.Error as e:
+        lines = f"line {first}" + (f" (read to line {rows.line_num})"
+                                   if rows.line_num > first else "")
+        raise Fatal(f"{path} {lines}: malformed CSV ({e}): a quote left open, or text after a "
+                    "closing quote? Quote the whole caption and double the quotes inside it")
 
 
 def read_tsv(path, image_root) -> Iterator[Item]:
@@ -152,11 +185,16 @@ def read_tars(spec, _image_root=None) -> Iterator[Item]:
                         yield _tar_sample(tar_path, key, members)
                         members = {}
                     key = posixpath.join(d, stem)
-                    members[ext.lower()] = (m.name, tar.extractfile(m).read())
+                    members[ext.lower()] = (m.name, read_member(tar, m, tar_path))
+                # before the last sample: an archive cut at a member boundary would otherwise
+                # yield a last sample that lacks its later members
+                check_ended(tar, tar_path)
                 if members:
                     yield _tar_sample(tar_path, key, members)
+        except TarCutShort as e:
+            raise Fatal(str(e)) from None
         except (tarfile.TarError, OSError) as e:
-            raise Fatal(f"{tar_path}: cannot read tar file ({e})") from None
+            raise Fatal(f"{tar_path}: cannot read tar file ({e}); cut short or damaged?") from None
 
 
 READERS = {"csv": read_csv, "tsv": read_tsv, "folder": read_folder, "tar": read_tars}
@@ -220,6 +258,46 @@ def process(item: Item, *, source, max_side, quality):
     return item.where, item.key, example, ""
 
 
+def input_files_stamp(kind: str, spec: str):
+    """Size + mtime of the input files (not of the images a CSV/TSV names: 30M stats per run
+    would cost more than they catch); of a folder's files, as a count and a digest."""
+    if kind == "tar":
+        return fingerprint.files_stamp(
+            p for part in spec.split(",") for p in sorted(glob.glob(part)))
+    if kind != "folder":
+        return fingerprint.files_stamp([spec])
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(spec) for f in fs)
+    stamps = [{**fingerprint.file_stamp(p), "path": os.path.relpath(p, spec)} for p in paths]
+    digest = hashlib.sha256(json.dumps(stamps, sort_keys=True).encode()).hexdigest()
+    return {"count": len(paths), "names_sizes_mtimes_sha256": digest}
+
+
+def already_done(args, manifest_path: str, fp: dict, names: list) -> bool:
+    """True if --out holds a complete import of the same input files and settings. A manifest
+    of anything else refuses, or with --overwrite is removed with its shards, to be redone."""
+    if not os.path.exists(manifest_path):
+        return False  # no finished import: its shards, if any, are about to be rewritten
+    try:
+        with open(manifest_path) as f:
+            old = json.load(f)
+    except ValueError as e:
+        raise Fatal(f"{manifest_path} is not valid JSON ({e}); delete it to re-import")
+    old_fp = old.get("fingerprint", {"made before fingerprints were recorded": True})
+    complete = all(os.path.exists(os.path.join(args.out, n)) for n in names)
+    if old_fp == fp and complete:
+        return True
+    if old_fp != fp and not args.overwrite:
+        raise Fatal(f"{args.out} holds an import of other input or settings "
+                    f"({fingerprint.describe(old_fp, fp)}); rerun with --overwrite to redo it, "
+                    "or use another --out")
+    for shard in old.get("shards", []):  # --overwrite, or shards missing: redo from scratch
+        for f in (shard["file"], shard["file"] + ".index"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(args.out, f))
+    os.remove(manifest_path)
+    return False
+
+
 def run(args) -> None:
     kind = detect_kind(args.input)
     spec = ",".join(os.path.abspath(p) for p in args.input.split(","))
@@ -230,19 +308,11 @@ def run(args) -> None:
     os.makedirs(args.out, exist_ok=True)
     manifest_path = os.path.join(args.out, "manifest.json")
     names = [shard_name(args.prefix, i, args.num_shards) for i in range(args.num_shards)]
-    if os.path.exists(manifest_path):
-        try:
-            with open(manifest_path) as f:
-                old = json.load(f)
-        except ValueError as e:
-            raise Fatal(f"{manifest_path} is not valid JSON ({e}); delete it to re-import")
-        if old.get("input") != spec or old.get("settings") != settings:
-            raise Fatal(f"{args.out} already holds a different import (see {manifest_path}); "
-                        "use an empty --out or delete it")
-        if all(os.path.exists(os.path.join(args.out, n)) for n in names):
-            print(f"import_pairs: {args.out} is already complete for {spec}; nothing to do")
-            return
-        os.remove(manifest_path)  # incomplete: its shards are about to be rewritten
+    fp = {"input": spec, "settings": settings, "files": input_files_stamp(kind, args.input)}
+    if already_done(args, manifest_path, fp, names):
+        print(f"import_pairs: {args.out} is already complete for {spec} (same input files and "
+              "settings); nothing to do")
+        return
     stray = {os.path.basename(p) for p in glob.glob(os.path.join(args.out, "*.tfrecord"))}
     if stray - set(names):
         raise Fatal(f"{args.out} holds other shards ({sorted(stray - set(names))[:3]}...) that "
@@ -278,15 +348,16 @@ def run(args) -> None:
                         f"--max-bad-fraction={args.max_bad_fraction}; first: "
                         f"{skipped[0]['where']}: {skipped[0]['reason']}")
         counts = [w.num_records for w in writers]
+    why = collections.Counter(s["reason"].split(":")[0] for s in skipped)  # read = written + these
     shards = [{"file": n, "records": c, "sha256": file_sha256(os.path.join(args.out, n))}
               for n, c in zip(names, counts)]
-    manifest = {"input": spec, "kind": kind, "settings": settings,
+    manifest = {"input": spec, "kind": kind, "settings": settings, "fingerprint": fp,
                 "counts": {"read": read, "written": written, "skipped": len(skipped)},
-                "shards": shards, "skipped": skipped}
+                "shards": shards, "skipped_by_reason": dict(sorted(why.items())),
+                "skipped": skipped}
     with atomic_path(manifest_path) as tmp, open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
     if skipped:
-        why = collections.Counter(s["reason"].split(":")[0] for s in skipped)
         print(f"import_pairs: skipped {len(skipped)} of {read} items ("
               + ", ".join(f"{r}: {n}" for r, n in sorted(why.items())) + f"); see {manifest_path}")
     print(f"import_pairs: wrote {written} records to {args.num_shards} shards in {args.out}")
@@ -324,6 +395,9 @@ def parse_args(argv=None):
     arg("--max-bad-fraction", type=_number(float, 0.0, 1.0), default=0.01,
         help="with --skip-bad, still fail if more than this fraction is bad "
         "(default: %(default)s)")
+    arg("--overwrite", action="store_true",
+        help="redo an --out that holds a finished import of other input files or settings "
+        "(without it, such an --out is refused)")
     arg("--workers", type=_number(int, 1), default=1,
         help="image-decoding processes (default: %(default)s; the output does not depend on it)")
     return p.parse_args(argv)

@@ -20,8 +20,14 @@ OUT/manifest.json, the completion marker: {num_records, shards: [{file, records,
 index_sha256}], inputs (pairs files, sizes, records), settings (images_settings.json of each
 pairs folder: model, seeds, guidance, ...), sources, stages (the --manifest-extra JSON files,
 by file stem)}. An OUT with a manifest for the same inputs is left as is.
+OUT/.fingerprint-write.json records the pairs files (size, mtime), --num-shards, --prefix and
+--concepts the shards are made of; a run with others is refused (--overwrite: redo).
+Checked while writing, each an error naming the tar and member: a tar cut short (no end-of-
+archive marker, or a member cut mid-way), metadata that is not a JSON object with a string
+caption, an image that is not a readable JPEG.
 """
 import glob
+import io
 import json
 import math
 import os
@@ -30,9 +36,11 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+from data_gen import fingerprint
 from data_gen.common import (add_worker_args, atomic_path, check_worker_args, file_sha256, progress,
                             stage_parser)
 from data_gen.concepts import load_bank
+from data_gen.tars import TarCutShort, check_ended, read_member
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
 
@@ -41,26 +49,34 @@ def iter_samples(paths: list[str]):
 
     Streams one tar at a time, reading headers only (tarfile seeks past the data), so memory
     does not grow with the dataset; a sample's members are contiguous, as webdataset has them.
+    A tar without its end-of-archive marker (cut short) is an error naming the file.
     """
     for path in paths:
-        with tarfile.open(path) as tar:
-            key, members = None, {}
-            for m in tar:
-                base = os.path.basename(m.name)
-                if not m.isfile() or base.startswith(".") or "." not in base:
-                    continue
-                k, ext = base.split(".", 1)
-                if k != key and members:
+        try:
+            with tarfile.open(path) as tar:
+                key, members = None, {}
+                for m in tar:
+                    base = os.path.basename(m.name)
+                    if not m.isfile() or base.startswith(".") or "." not in base:
+                        continue
+                    k, ext = base.split(".", 1)
+                    if k != key and members:
+                        yield _checked(path, key, members), tar
+                        members = {}
+                    key, members[ext.lower()] = k, m
+                check_ended(tar, path)  # before the last sample, which a cut may have cropped
+                if members:
                     yield _checked(path, key, members), tar
-                    members = {}
-                key, members[ext.lower()] = k, m
-            if members:
-                yield _checked(path, key, members), tar
+        except TarCutShort as e:
+            raise SystemExit(f"write: {e}") from None
+        except tarfile.TarError as e:
+            raise SystemExit(f"write: {path}: cannot read tar file ({e}); cut short or "
+                             "damaged? copy it again") from None
 
 
 def _checked(path, key, members):
     if "jpg" not in members or not {"json", "txt"} & members.keys():
-        raise SystemExit(f"{path}: sample {key!r} needs KEY.jpg and KEY.json or KEY.txt")
+        raise SystemExit(f"write: {path}: sample {key!r} needs KEY.jpg and KEY.json or KEY.txt")
     return path, key, members
 
 
@@ -84,15 +100,65 @@ def concept_ids_of(inp: dict, bank_ids: dict | None, where: str) -> list | None:
 
 
 def load(sample, tar, bank_ids: dict | None = None) -> dict:
-    """encode_example's arguments for one sample, plus `unmapped` (concept names, no bank)."""
+    """encode_example's arguments for one sample, plus `unmapped` (concept names, no bank).
+    Bad members (cut short, metadata that is not a caption object, an image that is not a
+    readable JPEG) are errors naming the tar and member: shards hold only checked records."""
     path, key, members = sample
-    read = lambda m: tar.extractfile(m).read()
-    meta = (json.loads(read(members["json"])) if "json" in members
-            else {"caption": read(members["txt"]).decode("utf-8").strip()})
+
+    def read(ext):
+        try:
+            return read_member(tar, members[ext], path)
+        except TarCutShort as e:
+            raise SystemExit(f"write: {e}") from None
+
+    meta_where = f"{path} member {members['json' if 'json' in members else 'txt'].name}"
+    meta = (parse_meta(read("json"), meta_where) if "json" in members
+            else {"caption": caption_text(read("txt"), meta_where)})
     concepts = concept_ids_of(meta.get("input") or {}, bank_ids, f"{path}: sample {key!r}")
-    return {"image": read(members["jpg"]), "captions": [meta["caption"]],
-            "key": meta.get("key", key), "concepts": concepts or [],
-            "source": meta.get("source", ""), "unmapped": concepts is None}
+    image = read("jpg")
+    check_jpeg(image, f"{path} member {members['jpg'].name}")
+    return {"image": image, "captions": [meta["caption"]],
+            "key": str(meta.get("key", key)), "concepts": concepts or [],
+            "source": str(meta.get("source", "")), "unmapped": concepts is None}
+
+
+def parse_meta(data: bytes, where: str) -> dict:
+    try:
+        meta = json.loads(data)
+    except ValueError as e:
+        raise SystemExit(f"write: {where}: not JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("caption"), str):
+        raise SystemExit(f"write: {where}: expected a JSON object with a string 'caption', got "
+                         f"{str(meta)[:80]}")
+    if not isinstance(meta.get("input") or {}, dict):
+        raise SystemExit(f"write: {where}: 'input' must be an object (the caption's row)")
+    return meta
+
+
+def caption_text(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"write: {where}: caption is not UTF-8 ({e})") from None
+
+
+def check_jpeg(data: bytes, where: str) -> None:
+    """Decodes the JPEG at 1/8 scale (draft mode: cheap) so that a truncated or non-JPEG image
+    fails here, naming its member, and not in the trainer or the contact sheet."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            kind = im.format
+            if kind == "JPEG":
+                im.draft("RGB", (1, 1))
+                im.load()
+    except Exception as e:  # Pillow raises many types for broken files; all mean "bad image"
+        raise SystemExit(f"write: {where}: not a readable JPEG ({type(e).__name__}: {e})") \
+            from None
+    if kind != "JPEG":
+        raise SystemExit(f"write: {where}: a {kind} image, not JPEG; write stores JPEG bytes as "
+                         "they are: use data_gen.import_pairs, which re-encodes, for other "
+                         "formats")
 
 
 def _wrap(draw, text: str, font, width: int, max_lines: int) -> list[str]:
@@ -110,7 +176,6 @@ def _wrap(draw, text: str, font, width: int, max_lines: int) -> list[str]:
 
 def contact_sheet(samples: list[dict], path: Path, tile: int = 192) -> None:
     """A grid of images with their wrapped captions under each."""
-    import io
     from PIL import Image, ImageDraw, ImageFont
     try:
         font = ImageFont.load_default(size=12)
@@ -166,10 +231,49 @@ def finish(args, out: Path, paths, total: int, inputs, bank) -> None:
                 "num_records": total, "shards": shards, "inputs": inputs,
                 "settings": settings, "sources": dict(sorted(sources.items())),
                 "stages": stages, "concept_bank": concept_bank(args.concepts, bank),
+                "fingerprint": fingerprint.stored(out / ".fingerprint-write.json"),
                 "contact_sheet": {"file": "contact_sheet.png" if k else None,
                                                     "records": picks, "seed": args.seed}}
     with atomic_path(out / "manifest.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+
+
+def shard_fingerprint(args, paths) -> dict:
+    """What the shards are made of: the pairs files (size + mtime), the bank and the layout.
+    (--contact-sheet, --seed and --manifest-extra change only the sheet and the manifest.)"""
+    return {"pairs": fingerprint.files_stamp(paths), "num_shards": args.num_shards,
+            "prefix": args.prefix,
+            "concepts": fingerprint.file_stamp(args.concepts) if args.concepts else None}
+
+
+def claim_output(args, out: Path, paths) -> None:
+    """Refuses an OUT whose shards come from other pairs or settings; --overwrite clears it."""
+    record = out / ".fingerprint-write.json"
+    if (out / "manifest.json").exists() and fingerprint.stored(record) is None:
+        fingerprint.write(record, {"pairs": "not recorded (written by an older data_gen.write)"})
+    if args.overwrite and args.num_workers > 1:
+        raise SystemExit("write: --overwrite with several workers would delete the others' "
+                         f"fresh shards; remove {out} once instead, then start the workers")
+
+    def clear():
+        for pattern in ("*.tfrecord", "*.tfrecord.index", "manifest.json", "contact_sheet.png"):
+            for f in out.glob(pattern):
+                f.unlink()
+        print(f"write: --overwrite: removed the shards and manifest in {out}", flush=True)
+
+    fingerprint.claim(record, shard_fingerprint(args, paths), stage="write",
+                      overwrite=args.overwrite, clear=clear,
+                      fix="rerun with --overwrite to redo it, or use another --out")
+
+
+def check_extra_files(args) -> None:
+    """Files read only by finish(): checked first, so that a typo cannot stop the run after the
+    shards and before the manifest."""
+    for f in args.manifest_extra:
+        try:
+            json.loads(Path(f).read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"write: --manifest-extra {f}: not a readable JSON file ({e})")
 
 
 def run(args) -> int:
@@ -182,14 +286,11 @@ def run(args) -> int:
     out = Path(args.out)
     inputs = [{"path": p, "bytes": os.path.getsize(p)} for p in paths]
     manifest_path = out / "manifest.json"
+    check_extra_files(args)
+    claim_output(args, out, paths)
     if manifest_path.exists():
-        done = json.loads(manifest_path.read_text()).get("inputs", [])
-        if [{"path": i["path"], "bytes": i["bytes"]} for i in done] == inputs:
-            print(f"write: {manifest_path} already complete for these inputs; nothing to do")
-            return 0
-        raise SystemExit(f"{out} holds shards of other inputs ({manifest_path}); delete it or "
-                         "use another --out")
-    out.mkdir(parents=True, exist_ok=True)
+        print(f"write: {manifest_path} already complete for these inputs; nothing to do")
+        return 0
     names = [shard_name(args.prefix, s, args.num_shards) for s in range(args.num_shards)]
     todo = [s for s in range(args.num_shards) if s % args.num_workers == args.worker_index
             and not (out / names[s]).exists()]
@@ -243,6 +344,9 @@ def parse_args(argv=None):
     p.add_argument("--contact-sheet", type=int, default=16, metavar="K",
                    help="pairs shown in contact_sheet.png (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the contact-sheet sample")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo an OUT whose shards were written from other pairs files or "
+                        "settings (without it, such an OUT is refused); one worker only")
     add_worker_args(p, old_aliases=False)  # here --num-shards counts output shards
     return p.parse_args(argv)
 

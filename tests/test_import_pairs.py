@@ -140,7 +140,7 @@ def test_deterministic_and_idempotent(tmp_path, capsys):
     _run("--input", src, "--out", tmp_path / "o1", "--num-shards", 2)
     assert "already complete" in capsys.readouterr().out
     _run("--input", src, "--out", tmp_path / "o1", "--num-shards", 3, expect=1)
-    assert "different import" in capsys.readouterr().err
+    assert "settings.num_shards: 2 -> 3" in capsys.readouterr().err
     os.remove(tmp_path / "o1" / "manifest.json")  # as if the earlier run had died
     _run("--input", src, "--out", tmp_path / "o1", "--num-shards", 3, expect=1)
     assert "holds other shards" in capsys.readouterr().err

@@ -5,7 +5,9 @@ Training pairs never show the held-out colour/shape combinations (one shape per 
 zero-shot set classifies images of exactly those unseen combinations among all colour x shape
 classes, so its accuracy measures composition, not memory. Retrieval uses fresh pairs of seen
 combinations. Everything is a pure function of the seed; a `manifest.json` written last marks
-the folder complete, so an interrupted render is redone and a finished one is reused.
+the folder complete and records the settings: an interrupted render is redone, a finished one
+with the same settings is reused, and one with other settings is deleted and rendered again
+(the log says which settings changed), so old images never mix with new ones.
 """
 import io
 import json
@@ -67,6 +69,14 @@ def demo_paths(folder) -> dict:
             "zeroshot": str(folder / "zeroshot")}
 
 
+def rendered_settings(manifest) -> "dict | None":
+    """The settings a finished render recorded; None if there is none (or it was torn)."""
+    try:
+        return json.loads(manifest.read_text())["settings"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
 def ensure_demo_data(folder, *, seed, image_size, num_train, num_retrieval,
                      zeroshot_per_class) -> dict:
     """Renders (or reuses) the demo data in `folder`; returns the paths to configure."""
@@ -75,10 +85,19 @@ def ensure_demo_data(folder, *, seed, image_size, num_train, num_retrieval,
     settings = dict(seed=seed, image_size=image_size, num_train=num_train,
                     num_retrieval=num_retrieval, zeroshot_per_class=zeroshot_per_class)
     manifest = folder / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text())["settings"] == settings:
+    old = rendered_settings(manifest)
+    if old == settings:
         return paths
+    if old is not None:  # the folder is the demo's own: render it again, never mix two renders
+        changed = ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in settings.items()
+                            if old.get(k) != v)
+        logging.warning("demo data in %s was rendered with other data.procedural settings "
+                        "(%s); rendering it again", folder, changed)
+        manifest.unlink()  # first: a render interrupted from here on is redone
     logging.info("rendering the demo dataset into %s (%d training pairs)", folder, num_train)
     for sub in ("train", "retrieval", "zeroshot"):
+        if (folder / sub).exists():  # files of an earlier or interrupted render (other counts
+            (folder / sub).rmtree()  # or seed) would otherwise stay among the new ones
         (folder / sub).mkdir(parents=True, exist_ok=True)
     write_shards(folder / "train", "shapes", 0, num_train, 4, seed, image_size)
     write_shards(folder / "retrieval", "shapes", num_train, num_retrieval, 1, seed, image_size)
