@@ -72,3 +72,12 @@ def test_input_output_format():
     rows = re.findall(r"^\s+([01])\s+([\d.]+)\s+([\d.]+)$", out, re.M)
     assert [r[0] for r in rows] == ["0", "1"] and all(float(r[1]) > 0 for r in rows), out
     assert re.search(r"^trainer consumes [\d.]+ examples/s", out, re.M), out
+
+
+@pytest.mark.slow
+def test_mesh_efficiency_output_format():
+    out = run_module("tools.bench.mesh_efficiency", "--sizes", "demo", "--meshes",
+                     "8,1,1:1,8,1", "--steps", "1", env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    rows = re.findall(r"^\s+\((\d), (\d), (\d)\)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
+    assert [r[:3] for r in rows] == [("8", "1", "1"), ("1", "8", "1")], out
+    assert float(rows[0][4]) == 1.0  # the first mesh is the reference

@@ -155,34 +155,38 @@ def main(argv=None):
     print(f"{n} x {jax.devices()[0].device_kind} devices ({os.cpu_count()} CPU cores), "
           f"data-parallel mesh, embed {args.embed_dim}; temp = memory_analysis() "
           "temp_size_in_bytes per device")
-    batches = ints(args.batches)
-    if batches:
-        print("\ntrain step (tiny towers: ViT 64x2 at 32 px, text 64x2), per device:")
-        print(f"{'global B':>8} {'local b':>7} {'loss':>13} {'temp MiB':>9} {'args MiB':>9} "
-              f"{'step ms':>8}")
-        for b in batches:
-            temps = {}
-            for loss in LOSSES:
-                mem, sec, _ = step_point(loss, b, args.embed_dim, args.steps)
-                temps[loss] = mem.temp_size_in_bytes
-                print(f"{b:8d} {b // n:7d} {loss:>13} {mib(mem.temp_size_in_bytes):9.3f} "
-                      f"{mib(mem.argument_size_in_bytes):9.3f} {1e3 * sec:8.1f}", flush=True)
-            print(f"{'':8} {'':7} {'difference':>13} "
-                  f"{mib(temps['sigmoid'] - temps['sigmoid_ring']):9.3f}")
-    loss_batches = ints(args.loss_batches)
-    if loss_batches:
-        print("\nbare loss, value_and_grad w.r.t. features/scale/bias, per device:")
-        print(f"{'global B':>8} {'local b':>7} {'loss':>13} {'temp MiB':>9} {'/ (b*B*4)':>9} "
-              f"{'/ (b*b*4)':>9} {'ms':>8}")
-        for b in loss_batches:
-            local = b // n
-            for loss in LOSSES:
-                mem, sec = loss_point(loss, b, args.embed_dim, args.steps,
-                                      timed=b <= args.loss_time_max)
-                t = mem.temp_size_in_bytes
-                print(f"{b:8d} {local:7d} {loss:>13} {mib(t):9.3f} {t / (local * b * 4):9.2f} "
-                      f"{t / (local * local * 4):9.2f} {1e3 * sec:8.1f}", flush=True)
+    if ints(args.batches):
+        train_step_table(args, n)
+    if ints(args.loss_batches):
+        bare_loss_table(args, n)
 
+
+def train_step_table(args, n):
+    print("\ntrain step (tiny towers: ViT 64x2 at 32 px, text 64x2), per device:")
+    print(f"{'global B':>8} {'local b':>7} {'loss':>13} {'temp MiB':>9} {'args MiB':>9} "
+          f"{'step ms':>8}")
+    for b in ints(args.batches):
+        points = {loss: step_point(loss, b, args.embed_dim, args.steps)[:2] for loss in LOSSES}
+        for loss, (mem, sec) in points.items():
+            print(f"{b:8d} {b // n:7d} {loss:>13} {mib(mem.temp_size_in_bytes):9.3f} "
+                  f"{mib(mem.argument_size_in_bytes):9.3f} {1e3 * sec:8.1f}", flush=True)
+        temps = {loss: mem.temp_size_in_bytes for loss, (mem, _) in points.items()}
+        print(f"{'':8} {'':7} {'difference':>13} "
+              f"{mib(temps['sigmoid'] - temps['sigmoid_ring']):9.3f}")
+
+
+def bare_loss_table(args, n):
+    print("\nbare loss, value_and_grad w.r.t. features/scale/bias, per device:")
+    print(f"{'global B':>8} {'local b':>7} {'loss':>13} {'temp MiB':>9} {'/ (b*B*4)':>9} "
+          f"{'/ (b*b*4)':>9} {'ms':>8}")
+    for b in ints(args.loss_batches):
+        local = b // n
+        for loss in LOSSES:
+            mem, sec = loss_point(loss, b, args.embed_dim, args.steps,
+                                  timed=b <= args.loss_time_max)
+            t = mem.temp_size_in_bytes
+            print(f"{b:8d} {local:7d} {loss:>13} {mib(t):9.3f} {t / (local * b * 4):9.2f} "
+                  f"{t / (local * local * 4):9.2f} {1e3 * sec:8.1f}", flush=True)
 
 if __name__ == "__main__":
     main()
