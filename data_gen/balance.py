@@ -38,9 +38,10 @@ import sys
 from pathlib import Path
 
 from data_gen.captions import clean_caption
-from data_gen.common import (stage_parser, add_shard_args, atomic_path, check_shard_args, progress,
-                             read_jsonl, shard_suffix)
+from data_gen.common import (stage_parser, add_shard_args, check_shard_args, progress,
+                             shard_suffix)
 from data_gen.concepts import load_bank
+from synthclip_jax.files import atomic_path, read_jsonl
 
 PUNCTS_TO_WRAP = [",", ".", ";", ":", "?", "!", "`"]
 CHARS_TO_SPACE = ["\t", "\n", "\r"]

@@ -28,9 +28,10 @@ import json
 import sys
 from pathlib import Path
 
-from data_gen.common import (stage_parser, add_shard_args, atomic_path, progress, shard_items, shard_suffix,
+from data_gen.common import (stage_parser, add_shard_args, progress, shard_items, shard_suffix,
                              write_jsonl_atomic)
 from data_gen.concepts import load_bank
+from synthclip_jax.files import atomic_path
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
 PROMPT = ("Your task is to write me an image caption that includes and visually describes a scene "

@@ -20,7 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from data_gen.common import stage_parser, add_shard_args, atomic_path, check_shard_args
+from data_gen.common import stage_parser, add_shard_args, check_shard_args
+from synthclip_jax.files import atomic_path
 
 BUILTIN = Path(__file__).with_name("concept_bank.txt")
 

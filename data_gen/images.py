@@ -41,8 +41,10 @@ import os
 import tarfile
 from pathlib import Path
 
-from data_gen.common import (stage_parser, add_shard_args, atomic_path, check_shard_args, progress,
-                             read_jsonl, shard_items)
+from data_gen.common import (stage_parser, add_shard_args, check_shard_args, progress,
+                             shard_items)
+from synthclip_jax.data.jpeg import encode_jpeg
+from synthclip_jax.files import atomic_path, read_jsonl
 
 # runwayml/stable-diffusion-v1-5 was taken down from the hub; this is its official mirror.
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -98,9 +100,7 @@ def to_jpeg(image, save_size: int, quality: int) -> bytes:
     image = image.convert("RGB")
     if save_size and image.size != (save_size, save_size):
         image = image.resize((save_size, save_size), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+    return encode_jpeg(image, quality)
 
 
 class Procedural:

@@ -30,8 +30,9 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from data_gen.common import atomic_path, file_sha256, progress, stage_parser
+from data_gen.common import file_sha256, progress, stage_parser
 from data_gen.concepts import load_bank
+from synthclip_jax.files import atomic_path
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
 

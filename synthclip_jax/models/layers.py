@@ -95,7 +95,8 @@ class StackedBlocks(nnx.Module):
         self.in_proj_bias = const_param((depth, 3, heads, head_dim), (*L, None, "heads", "kv"), 0.0,
                                         kind="bias")
         self.out_proj_kernel = normal_param(
-            rngs, (depth, heads, head_dim, width), (*L, "heads", "kv", "embed"), proj_std, kind="weight")
+            rngs, (depth, heads, head_dim, width), (*L, "heads", "kv", "embed"), proj_std,
+            kind="weight")
         self.out_proj_bias = const_param((depth, width), (*L, "embed"), 0.0, kind="bias")
         self.ln_2 = LayerNorm(width, eps, stack=(depth,))
         self.c_fc_kernel = normal_param(rngs, (depth, width, mlp_dim), (*L, "embed", "mlp"), fc_std,

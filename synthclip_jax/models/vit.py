@@ -24,8 +24,8 @@ class VisionTransformer(nnx.Module):
         num_patches = (image_size // patch) ** 2
         scale = width**-0.5
         self.conv1_kernel = layers.normal_param(
-            rngs, (patch, patch, 3, width), (None, None, None, "embed"), (patch * patch * 3) ** -0.5,
-            kind="weight")
+            rngs, (patch, patch, 3, width), (None, None, None, "embed"),
+            (patch * patch * 3) ** -0.5, kind="weight")
         self.class_embedding = layers.normal_param(rngs, (width,), ("embed",), scale,
                                                    kind="embedding")
         self.positional_embedding = layers.normal_param(

@@ -141,8 +141,9 @@ class Peer:
         hf = CLIPConfig(
             text_config=dict(hidden_size=m.text.width, intermediate_size=int(m.text.width * 4),
                              num_hidden_layers=m.text.depth, num_attention_heads=m.text.heads,
-                             max_position_embeddings=CONTEXT, vocab_size=VOCAB_SIZE, hidden_act=act,
-                             layer_norm_eps=m.layernorm_eps, eos_token_id=EOT_ID, bos_token_id=SOT_ID),
+                             max_position_embeddings=CONTEXT, vocab_size=VOCAB_SIZE,
+                             hidden_act=act, layer_norm_eps=m.layernorm_eps,
+                             eos_token_id=EOT_ID, bos_token_id=SOT_ID),
             vision_config=dict(hidden_size=m.image.width,
                                intermediate_size=int(m.image.width * 4),
                                num_hidden_layers=m.image.depth, num_attention_heads=m.image.heads,
