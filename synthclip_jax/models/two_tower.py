@@ -52,7 +52,8 @@ class TwoTower(nnx.Module):
         return self.logit_bias is not None
 
     def clamp_logit_scale(self, max_log: float):
-        """CLIP/OpenCLIP clamp the temperature to [0, ln 100] after every update."""
+        """As CLIP/OpenCLIP after every update: the temperature's log to [0, max_log]
+        (`model.logit_scale_max`, ln 100)."""
         self.logit_scale[...] = jnp.clip(self.logit_scale[...], 0.0, max_log)
 
     def __call__(self, images, tokens) -> ContrastiveOutputs:

@@ -22,6 +22,7 @@ from flax import nnx
 
 from synthclip_jax.models.param_kinds import DECAYED_KINDS, WEIGHT_DECAY_POLICIES
 
+
 def weight_decay_mask(param_state: nnx.State, policy: str):
     """Pure-dict tree of bools, True where `policy` decays the parameter's declared kind."""
     if policy not in DECAYED_KINDS:
