@@ -23,6 +23,7 @@ def get_config():
     c.warmup_steps = EPOCH_STEPS
     c.lr = 5e-4
     c.weight_decay = 0.5
+    c.optim.weight_decay_policy = "synthclip"  # also decays positional and class embeddings
     c.optim.update(b1=0.9, b2=0.98, eps=1e-8, lr_warmup_init=1e-6, lr_end=1e-5)
     c.model.embed_dim = 512
     c.model.image.update(vit_size("B/16"))

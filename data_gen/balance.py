@@ -43,9 +43,10 @@ from pathlib import Path
 from data_gen import fingerprint
 from data_gen.caption_rows import caption_rows
 from data_gen.captions import clean_llm_caption
-from data_gen.common import (stage_parser, add_worker_args, atomic_path, check_worker_args, progress,
+from data_gen.common import (stage_parser, add_worker_args, check_worker_args, progress,
                              worker_suffix)
 from data_gen.concepts import load_bank
+from synthclip_jax.files import atomic_path, read_jsonl
 
 PUNCTS_TO_WRAP = [",", ".", ";", ":", "?", "!", "`"]
 CHARS_TO_SPACE = ["\t", "\n", "\r"]

@@ -31,9 +31,10 @@ import sys
 from pathlib import Path
 
 from data_gen import fingerprint
-from data_gen.common import (add_worker_args, atomic_path, progress, stage_parser, worker_items,
+from data_gen.common import (add_worker_args, progress, stage_parser, worker_items,
                              worker_suffix, write_jsonl_atomic)
 from data_gen.concepts import load_bank
+from synthclip_jax.files import atomic_path
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
 PROMPT = ("Your task is to write me an image caption that includes and visually describes a scene "

@@ -1,4 +1,5 @@
 """What every data_gen stage shares: work splitting across machines, atomic outputs, progress.
+(Atomic writing and JSON lines themselves are `synthclip_jax.files`, shared with the trainer.)
 
 A stage runs as N independent workers (`--worker-index I --num-workers N`, e.g. a SLURM array),
 with no coordinator: worker I takes items I, I+N, I+2N, ... of the stage's input, writes its own
@@ -8,15 +9,14 @@ counts output shards, in write and import_pairs; the stages that used `--shard-i
 --num-shards` for workers still accept them, as deprecated aliases.)
 """
 import argparse
-import contextlib
-import glob
 import hashlib
 import json
-import os
 import sys
 import time
-from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
+
+# Standard library only, like this module: the vLLM stage imports both in its own environment.
+from synthclip_jax.files import atomic_path
 
 
 def stage_parser(stage: str, doc: str) -> argparse.ArgumentParser:
@@ -62,24 +62,6 @@ def worker_suffix(worker_index: int, num_workers: int) -> str:
     return f"{worker_index:05d}-of-{num_workers:05d}"
 
 
-@contextlib.contextmanager
-def atomic_path(path) -> Iterator[Path]:
-    """Yields a temporary path beside `path`; renamed to `path` only if the block succeeds.
-    Temporaries of `path` left by an earlier, killed worker are removed first (each output has
-    one worker). Stdlib only, like this module: the vLLM stage runs in its own environment."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def file_sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -95,16 +77,6 @@ def write_jsonl_atomic(path, rows: Iterable[dict]) -> int:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
     return count
-
-
-def read_jsonl(path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SystemExit(f"{path} line {line_number}: not JSON ({e})") from e
 
 
 def progress(items: Iterable, total: int | None, desc: str, every_seconds: float = 5.0):

@@ -20,7 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from data_gen.common import stage_parser, add_worker_args, atomic_path, check_worker_args
+from data_gen.common import stage_parser, add_worker_args, check_worker_args
+from synthclip_jax.files import atomic_path
 
 BUILTIN = Path(__file__).with_name("concept_bank.txt")
 

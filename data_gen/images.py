@@ -44,8 +44,10 @@ from pathlib import Path
 
 from data_gen import fingerprint
 from data_gen.caption_rows import caption_rows
-from data_gen.common import (stage_parser, add_worker_args, atomic_path, check_worker_args, progress,
+from data_gen.common import (stage_parser, add_worker_args, check_worker_args, progress,
                              worker_items)
+from synthclip_jax.data.jpeg import encode_jpeg
+from synthclip_jax.files import atomic_path
 
 # runwayml/stable-diffusion-v1-5 was taken down from the hub; this is its official mirror.
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -99,9 +101,7 @@ def to_jpeg(image, save_size: int, quality: int) -> bytes:
     image = image.convert("RGB")
     if save_size and image.size != (save_size, save_size):
         image = image.resize((save_size, save_size), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+    return encode_jpeg(image, quality)
 
 
 class Shapes:

@@ -42,9 +42,11 @@ from typing import Iterator, NamedTuple
 from PIL import Image, ImageOps
 
 from data_gen import fingerprint
-from data_gen.common import atomic_path, file_sha256
+from data_gen.common import file_sha256
 from data_gen.tars import TarCutShort, check_ended, read_member
+from synthclip_jax.data.jpeg import encode_jpeg
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
+from synthclip_jax.files import atomic_path
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # priority order inside a webdataset sample
 PROGRESS_EVERY = 1000
@@ -224,9 +226,7 @@ def to_jpeg(data: bytes, max_side: int, quality: int) -> bytes:
         if max(w, h) > max_side:
             s = max_side / max(w, h)
             im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=quality)  # no EXIF/ICC/timestamps: same pixels, same bytes
-        return buf.getvalue()
+        return encode_jpeg(im, quality)
 
 
 def process(item: Item, *, source, max_side, quality):

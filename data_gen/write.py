@@ -37,10 +37,10 @@ from collections import Counter
 from pathlib import Path
 
 from data_gen import fingerprint
-from data_gen.common import (add_worker_args, atomic_path, check_worker_args, file_sha256, progress,
-                            stage_parser)
+from data_gen.common import add_worker_args, check_worker_args, file_sha256, progress, stage_parser
 from data_gen.concepts import load_bank
 from data_gen.tars import TarCutShort, check_ended, read_member
+from synthclip_jax.files import atomic_path
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
 

@@ -24,8 +24,10 @@ def base() -> ml_collections.ConfigDict:
     c.warmup_steps = 100
     c.weight_decay = 0.2
 
+    # weight_decay_policy: which declared parameter kinds are decayed (models/param_kinds.py):
+    # "openclip" weights only; "synthclip" also positional/class embeddings; "all" (SimCLIP).
     c.optim = dict(b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0, lr_warmup_init=0.0,
-                   lr_end=0.0, max_nonfinite_in_a_row=10)
+                   lr_end=0.0, max_nonfinite_in_a_row=10, weight_decay_policy="openclip")
     # accum_negatives: "full" = whole-batch contrastive loss (OpenCLIP --accum-freq, one extra
     # forward per micro-batch); "micro" = each micro-batch its own batch of negatives.
     c.train = dict(grad_accum_steps=1, accum_negatives="full")

@@ -15,6 +15,7 @@ from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data.text_reduction import MODES as TEXT_REDUCTIONS
 from synthclip_jax.data.tfrecord import glob_shards
 from synthclip_jax.evaluate.templates import TEMPLATE_SETS
+from synthclip_jax.models.param_kinds import WEIGHT_DECAY_POLICIES
 
 
 def validate(config, check_paths: bool = True, training: bool = True) -> None:
@@ -49,6 +50,7 @@ CHOICES = {
     "data.source": choices.SOURCES,
     "data.text_reduction": TEXT_REDUCTIONS,
     "eval.templates": tuple(TEMPLATE_SETS),
+    "optim.weight_decay_policy": WEIGHT_DECAY_POLICIES,
 }
 
 
@@ -85,6 +87,9 @@ def check_relations(config, training: bool = True) -> None:
 def check_schedule(config) -> None:
     at_least(config, "total_steps", 0)
     at_least(config, "warmup_steps", 0)
+    if not config.lr > 0:  # a negative rate is gradient ascent: it trains, to nonsense
+        fail("lr", config.lr, "must be > 0", "set --config.lr to a positive learning rate")
+    at_least(config, "weight_decay", 0.0)
     total, warmup = config.total_steps, config.warmup_steps
     # the cosine decay after the warmup needs at least one step (train/optimizer.py)
     if warmup >= total and not warmup == total == 0:

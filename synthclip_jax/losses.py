@@ -20,6 +20,7 @@ Every loss returns the same float32 scalar on all devices, whatever the input dt
 """
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,15 @@ from jax.sharding import PartitionSpec as P
 from synthclip_jax.choices import LOSS_NAMES
 from synthclip_jax.sharding import BATCH_AXES
 
+
+
+class ContrastiveOutputs(NamedTuple):
+    """What a two-tower model gives a contrastive loss (a pytree, so it is also the shape of the
+    loss's gradient). Row i of `image` and `text` is a positive pair."""
+    image: jax.Array  # (B, E) features
+    text: jax.Array  # (B, E) features
+    logit_scale: jax.Array  # () log of the temperature scale
+    logit_bias: jax.Array  # () 0 where the model has none; ignored by 'softmax'
 
 
 def _local_labels(local_b, batch_axes):
@@ -149,11 +159,9 @@ def _sigmoid_ring_local(img, txt, logit_scale, logit_bias, *, batch_axes,
 
 def make_contrastive_loss(name: str, mesh: jax.sharding.Mesh,
                           batch_axes=BATCH_AXES):
-    """Returns loss_fn(image_features, text_features, logit_scale, logit_bias) -> scalar float32.
+    """Returns loss_fn(outputs: ContrastiveOutputs) -> scalar float32.
 
-    Features are (global_batch, embed), row i of each a positive pair, sharded
-    (or shardable) as P(batch_axes, None). `logit_scale` is the log of the
-    temperature scale; `logit_bias` is ignored by 'softmax'.
+    Features are (global_batch, embed), sharded (or shardable) as P(batch_axes, None).
     """
     if name not in LOSS_NAMES:
         raise ValueError(f'unknown contrastive loss {name!r}; expected one of {LOSS_NAMES}')
@@ -161,7 +169,8 @@ def make_contrastive_loss(name: str, mesh: jax.sharding.Mesh,
     n = math.prod(mesh.shape[a] for a in batch_axes)
     feat_spec = P(batch_axes, None)
 
-    def loss_fn(image_features, text_features, logit_scale, logit_bias):
+    def loss_fn(outputs: ContrastiveOutputs):
+        image_features, text_features, logit_scale, logit_bias = outputs
         global_b = image_features.shape[0]
         if text_features.shape[0] != global_b:
             raise ValueError(f'image batch {global_b} != text batch {text_features.shape[0]}')

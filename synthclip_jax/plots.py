@@ -1,24 +1,23 @@
 """WORKDIR/curves.png: training loss and evaluation metrics against steps."""
-import json
-
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 from etils import epath  # noqa: E402
 
+from synthclip_jax.files import read_jsonl  # noqa: E402
+
 EVAL_KEYS = ("zeroshot/top1", "zeroshot/top5", "retrieval/i2t_R@1", "retrieval/t2i_R@1")
 
 
-def read_jsonl(path):
+def rows_of(path) -> list[dict]:
     path = epath.Path(path)
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() \
-        else []
+    return list(read_jsonl(path)) if path.exists() else []
 
 
 def plot_curves(workdir) -> epath.Path | None:
     workdir = epath.Path(workdir)
-    train, evals = read_jsonl(workdir / "metrics.jsonl"), read_jsonl(workdir / "eval.jsonl")
+    train, evals = rows_of(workdir / "metrics.jsonl"), rows_of(workdir / "eval.jsonl")
     if not train:
         return None
     fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(11 if evals else 5.5, 4),

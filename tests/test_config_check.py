@@ -80,6 +80,9 @@ RULES = {
     "checkpoint_every": ("checkpoint.every_steps", {"checkpoint.every_steps": -5}),
     "log_every": ("log.every_steps", {"log.every_steps": -1}),
     "checkpoint_keep": ("checkpoint.keep", {"checkpoint.keep": 0}),
+    "decay_policy": ("optim.weight_decay_policy", {"optim.weight_decay_policy": "simclip"}),
+    "negative_lr": ("lr", {"lr": -1e-3}),
+    "negative_weight_decay": ("weight_decay", {"weight_decay": -0.1}),
 }
 
 

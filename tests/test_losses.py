@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from synthclip_jax.losses import BATCH_AXES, LOSS_NAMES, make_contrastive_loss
+from synthclip_jax.losses import BATCH_AXES, LOSS_NAMES, ContrastiveOutputs, make_contrastive_loss
 
 B, E = 16, 8
 LOGIT_SCALE = float(np.log(10.0))
@@ -67,10 +67,16 @@ def reference(name, img, txt, logit_scale, logit_bias):
     return loss, s * dl @ txt, s * dl.T @ img, s * np.sum(dl * sim), d_bias
 
 
+def _positional(name, mesh):
+    """The loss as a function of (image, text, logit_scale, logit_bias), for argnums."""
+    loss_fn = make_contrastive_loss(name, mesh)
+    return lambda *outputs: loss_fn(ContrastiveOutputs(*outputs))
+
+
 @functools.lru_cache(maxsize=None)
 def _jitted(name, shape):
     """(value_fn, grad_fn), cached so each (loss, mesh) compiles once."""
-    loss_fn = make_contrastive_loss(name, _mesh(shape))
+    loss_fn = _positional(name, _mesh(shape))
     return jax.jit(loss_fn), jax.jit(jax.grad(loss_fn, argnums=(0, 1, 2, 3)))
 
 
@@ -137,7 +143,7 @@ def test_unknown_name_raises():
 
 @pytest.mark.parametrize('name', LOSS_NAMES)
 def test_indivisible_batch_raises(name):
-    loss_fn = make_contrastive_loss(name, _mesh((2, 4, 1)))
+    loss_fn = _positional(name, _mesh((2, 4, 1)))
     img, txt = _features(seed=3, b=12)
     with pytest.raises(ValueError, match='not divisible'):
         jax.jit(loss_fn)(jnp.asarray(img), jnp.asarray(txt), LOGIT_SCALE, LOGIT_BIAS)
@@ -148,7 +154,7 @@ def _temp_bytes(name, shape, b, e):
     sharding = NamedSharding(mesh, P(BATCH_AXES, None))
     feats = jax.ShapeDtypeStruct((b, e), jnp.float32, sharding=sharding)
     scalar = jax.ShapeDtypeStruct((), jnp.float32)
-    grad_fn = jax.jit(jax.grad(make_contrastive_loss(name, mesh), argnums=(0, 1, 2, 3)))
+    grad_fn = jax.jit(jax.grad(_positional(name, mesh), argnums=(0, 1, 2, 3)))
     stats = grad_fn.lower(feats, feats, scalar, scalar).compile().memory_analysis()
     if stats is None:
         pytest.skip('memory_analysis unavailable on this backend')

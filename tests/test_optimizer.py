@@ -2,9 +2,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import nnx
 
 from synthclip_jax.config_base import base
-from synthclip_jax.train.optimizer import make_optimizer, make_schedule
+from synthclip_jax.models import layers
+from synthclip_jax.models.two_tower import build_model
+from synthclip_jax.train.optimizer import make_optimizer, make_schedule, weight_decay_mask
 
 
 def numpy_step(p, g, m, v, t, lr, o, wd, mask, clip):
@@ -28,7 +32,7 @@ def test_matches_numpy_adamw_with_clipping_and_skips_nonfinite():
     params = {"w": rng.normal(size=(4, 3)).astype(np.float32),
               "bias": rng.normal(size=(3,)).astype(np.float32)}
     mask = {"w": 1.0, "bias": 0.0}  # biases are not decayed
-    opt = make_optimizer(config, params)
+    opt = make_optimizer(config, {"w": True, "bias": False})
     apply = jax.jit(opt.apply)
     state = opt.init(params)
     ours = jax.tree.map(jnp.asarray, params)
@@ -56,3 +60,61 @@ def test_matches_numpy_adamw_with_clipping_and_skips_nonfinite():
         for k in ref:
             np.testing.assert_allclose(np.asarray(ours[k]), ref[k], rtol=1e-5, atol=1e-6)
     assert int(state.nonfinite_in_a_row) == 0 and int(state.nonfinite_total) == 1
+
+
+# ---- which parameters each weight-decay policy decays ------------------------------------
+def tiny_model_param_state():
+    c = base()
+    c.data.image_size = 16
+    c.model.embed_dim, c.model.logit_bias_init = 8, -10.0
+    c.model.image.update(width=16, depth=2, heads=2, patch_size=4)
+    c.model.text.update(width=16, depth=2, heads=2, context_length=7, vocab_size=50)
+    return nnx.state(nnx.eval_shape(lambda: build_model(c, 0)), nnx.Param)
+
+
+def decayed_paths(policy):
+    mask = weight_decay_mask(tiny_model_param_state(), policy)
+    flat = jax.tree_util.tree_flatten_with_path(mask)[0]
+    return {"/".join(str(k.key) for k in path) for path, decays in flat if decays}
+
+
+BLOCKS = tuple("transformer/resblocks/" + name
+          for name in ("in_proj_kernel", "out_proj_kernel", "c_fc_kernel", "c_proj_kernel"))
+WEIGHTS = {f"{tower}/{name}" for tower in ("visual", "text") for name in BLOCKS} | {
+    "visual/conv1_kernel", "visual/proj", "text/token_embedding", "text/text_projection"}
+EMBEDDINGS = {"visual/class_embedding", "visual/positional_embedding", "text/positional_embedding"}
+BIASES = {f"{tower}/transformer/resblocks/{name}" for tower in ("visual", "text")
+          for name in ("in_proj_bias", "out_proj_bias", "c_fc_bias", "c_proj_bias")}
+NORMS = {f"{tower}/{ln}/{p}" for tower, ln in (
+    ("visual", "ln_pre"), ("visual", "ln_post"), ("text", "ln_final"),
+    *((tower, f"transformer/resblocks/{ln}") for tower in ("visual", "text")
+      for ln in ("ln_1", "ln_2"))) for p in ("scale", "bias")}
+SCALARS = {"logit_scale", "logit_bias"}
+
+
+@pytest.mark.parametrize("policy,expected", [
+    ("openclip", WEIGHTS),
+    ("synthclip", WEIGHTS | EMBEDDINGS),
+    ("all", WEIGHTS | EMBEDDINGS | BIASES | NORMS | SCALARS),
+])
+def test_policy_decays_exactly_these_parameters(policy, expected):
+    assert decayed_paths(policy) == expected
+
+
+def test_every_parameter_is_in_one_expected_group():
+    all_paths = decayed_paths("all")
+    groups = (WEIGHTS, EMBEDDINGS, BIASES, NORMS, SCALARS)
+    assert sum(map(len, groups)) == len(all_paths)
+
+
+def test_parameter_without_kind_fails_clearly():
+    class Stray(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.zeros((2, 2)), logical_axes=(None, None))
+
+    with pytest.raises(ValueError, match="parameter w declares no param_kind"):
+        weight_decay_mask(nnx.state(Stray(), nnx.Param), "openclip")
+    with pytest.raises(ValueError, match="param_kind='kernel'; declare one of"):
+        layers.const_param((2,), (None,), 0.0, kind="kernel")
+    with pytest.raises(ValueError, match="weight_decay_policy='simclip'; choose one of"):
+        weight_decay_mask(tiny_model_param_state(), "simclip")

@@ -11,8 +11,13 @@ position), so the batches are a pure function of the config and the step: the it
 
 Bad records (CRC mismatch, truncation, undecodable image, bad caption) raise an error naming
 file and offset. With `data.skip_corrupt`, a bad record is replaced by the next good one in the
-shuffled order and counted (`corrupt` in each batch; the trainer logs the total and stops once
-it exceeds `data.max_corrupt_fraction` of this process's share of the dataset).
+shuffled order and counted; the trainer logs the total (`GrainSource.stats()`), and the source
+stops once it exceeds `data.max_corrupt_fraction` of this process's share of the dataset.
+
+The count rides in each example as its number of replaced records, summed by `GrainSource` in
+the main process and saved with the iterator state. It cannot be a counter kept where records
+are read: with `data.num_workers` > 0 that runs in Grain's worker processes, whose counts would
+neither reach the trainer nor follow a checkpoint restore.
 """
 import dataclasses
 
@@ -105,10 +110,9 @@ def ordered_indices(path: str, num_records: int, batch_size: int) -> grain.MapDa
 
 def train_dataset(config, shards: TFRecordShards, process_index: int,
                   process_count: int) -> grain.IterDataset:
+    """This process's batches (batch_size / process_count rows; the trainer has checked that it
+    divides, `sharding.check_batch_size`, before making any source)."""
     d = config.data
-    if config.batch_size % process_count:
-        raise ValueError(f"batch_size={config.batch_size} does not divide over "
-                         f"{process_count} processes")
     load = LoadExample(shards, d.image_size, config.model.text.context_length,
                        np.array(d.mean, np.float32), np.array(d.std, np.float32),
                        rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
@@ -135,8 +139,8 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
 
 
 class GrainSource:
-    """The trainer's source interface over a Grain dataset: host-local numpy batches plus
-    `get_state`/`set_state` for checkpoints; counts skipped corrupt records."""
+    """The trainer's source interface over a Grain dataset: host-local numpy batches,
+    `get_state`/`set_state` for checkpoints, and `stats()`: the skipped corrupt records."""
 
     def __init__(self, dataset: grain.IterDataset, max_corrupt: float):
         self.iterator = iter(dataset)
@@ -154,6 +158,9 @@ class GrainSource:
                 f"{self.corrupt} corrupt records skipped, more than data.max_corrupt_fraction "
                 f"allows ({self.max_corrupt:.0f} for this process)")
         return {"image": np.asarray(batch["image"]), "text": np.asarray(batch["text"])}
+
+    def stats(self) -> dict:
+        return {"data_corrupt_skipped": self.corrupt}
 
     def get_state(self) -> dict:
         return {"grain": self.iterator.get_state(), "corrupt": self.corrupt}

@@ -9,7 +9,6 @@ the folder complete and records the settings: an interrupted render is redone, a
 with the same settings is reused, and one with other settings is deleted and rendered again
 (the log says which settings changed), so old images never mix with new ones.
 """
-import io
 import json
 
 import jax
@@ -20,6 +19,7 @@ from etils import epath
 from PIL import Image
 
 from synthclip_jax.data import shapes
+from synthclip_jax.data.jpeg import encode_jpeg
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
 HELD_OUT = frozenset((color, shapes.SHAPES[i % len(shapes.SHAPES)])
@@ -43,19 +43,13 @@ def render_pair(index: int, seed: int, image_size: int, held_out: bool):
     return shapes.render(*attrs, background, image_size, rng), attrs
 
 
-def jpeg_bytes(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "JPEG", quality=95)
-    return buf.getvalue()
-
-
 def write_shards(folder, prefix, first_index, count, num_shards, seed, image_size):
     writers = [ShardWriter(str(folder / shard_name(prefix, s, num_shards)))
                for s in range(num_shards)]
     for i in range(first_index, first_index + count):
         image, attrs = render_pair(i, seed, image_size, held_out=False)
         writers[i % num_shards].write(encode_example(
-            image=jpeg_bytes(image), captions=[shapes.caption_of(*attrs)], key=str(i),
+            image=encode_jpeg(image, quality=95), captions=[shapes.caption_of(*attrs)], key=str(i),
             source="shapes"))
     for w in writers:
         w.close()

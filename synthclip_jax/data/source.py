@@ -2,8 +2,8 @@
 
 A source is an iterator of host-local batches {'image': float32 (b, H, W, 3) normalised,
 'text': int32 (b, context_length)} with `get_state()` / `set_state(dict)` for exact resume
-(the state is saved in every checkpoint). A source may count skipped corrupt records in
-`corrupt`; the trainer logs it.
+(the state is saved in every checkpoint). A source may have `stats() -> {name: number}`, e.g.
+the count of skipped corrupt records, which the trainer logs with its metrics.
 """
 import jax
 

@@ -14,7 +14,6 @@ GCS backend: `pip install gcsfs`, or TensorFlow's gfile when TF is installed); w
 Rebuild a missing index: python -m synthclip_jax.data.tfrecord SHARD [SHARD ...]
 """
 import collections
-import contextlib
 import glob
 import os
 import struct
@@ -27,6 +26,8 @@ import numpy as np
 from etils import epath
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
+
+from synthclip_jax.files import atomic_path, temp_path
 
 
 def _example_class():
@@ -172,24 +173,11 @@ def shard_name(prefix: str, index: int, num_shards: int) -> str:
     return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
-def temp_name(path) -> str:
-    """This process's temporary name for writing `path`: hidden and suffixed, so a `*.tfrecord`
-    glob never picks up a half-written file. Temporaries of `path` that an earlier, killed
-    writer left are removed: every output has one writer (the worker that owns its shard)."""
-    d, base = os.path.split(os.fspath(path))
-    for stale in glob.glob(os.path.join(glob.escape(d), f".{glob.escape(base)}.tmp-*")):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(stale)
-    return os.path.join(d, f".{base}.tmp-{os.getpid()}")
-
-
 def _write_index_atomic(index_path: str, rows) -> None:
-    tmp = temp_name(index_path)
-    with open(tmp, "w") as f:
+    with atomic_path(index_path) as tmp, open(tmp, "w") as f:
         f.writelines(f"{o} {n}\n" for o, n in rows)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, index_path)
 
 
 class ShardWriter:
@@ -199,7 +187,7 @@ class ShardWriter:
     """
 
     def __init__(self, path: str):
-        self.path, self._tmp = path, temp_name(path)
+        self.path, self._tmp = path, str(temp_path(path))
         self._file = open(self._tmp, "wb")
         self._rows, self._offset = [], 0
 

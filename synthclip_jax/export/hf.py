@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from synthclip_jax.data.tokenizer import EOT_ID
+from synthclip_jax.data.tokenizer import EOT_ID, PAD_ID, SOT_ID
 from synthclip_jax.export.openclip import ExportError, check_openclip, openclip_state_dict, refuse
 
 HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
@@ -49,7 +49,7 @@ def hf_config(config):
                 intermediate_size=int(m.text.width * m.text.mlp_ratio),
                 num_hidden_layers=m.text.depth, num_attention_heads=m.text.heads,
                 max_position_embeddings=m.text.context_length,
-                bos_token_id=EOT_ID - 1, eos_token_id=EOT_ID, pad_token_id=0, **common)
+                bos_token_id=SOT_ID, eos_token_id=EOT_ID, pad_token_id=PAD_ID, **common)
     vision = dict(hidden_size=m.image.width, intermediate_size=int(m.image.width * m.image.mlp_ratio),
                   num_hidden_layers=m.image.depth, num_attention_heads=m.image.heads,
                   image_size=int(config.data.image_size), patch_size=m.image.patch_size,

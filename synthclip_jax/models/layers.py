@@ -1,8 +1,9 @@
 """Transformer pieces shared by the image and text towers.
 
 Every parameter is one `nnx.Param` whose shape maps onto exactly one OpenCLIP tensor (see the
-rule tables in `synthclip_jax/export/openclip.py`) and whose `logical_axes` metadata names each
-dimension, so that `sharding.py` can place it on the mesh by rules from the config.
+rule tables in `synthclip_jax/export/openclip.py`), whose `logical_axes` metadata names each
+dimension, so that `sharding.py` can place it on the mesh by rules from the config, and whose
+`param_kind` metadata (see `param_kinds.py`) decides whether weight decay applies to it.
 
 The residual blocks of a tower are stored stacked (leading 'layers' axis) and run with
 `jax.lax.scan`: compile time stays flat in depth, and `jax.checkpoint` on the scanned body gives
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from synthclip_jax import sharding
+from synthclip_jax.models.param_kinds import PARAM_KINDS
 
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),  # PyTorch nn.GELU()
@@ -29,15 +31,19 @@ def activation(name: str):
     return ACTIVATIONS[name]
 
 
-def normal_param(rngs: nnx.Rngs, shape, axes, std: float) -> nnx.Param:
-    assert len(shape) == len(axes), (shape, axes)
-    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
-    return nnx.Param(value, logical_axes=tuple(axes))
+def _param(value, axes, kind: str) -> nnx.Param:
+    assert value.ndim == len(axes), (value.shape, axes)
+    if kind not in PARAM_KINDS:
+        raise ValueError(f"param_kind={kind!r}; declare one of {PARAM_KINDS}")
+    return nnx.Param(value, logical_axes=tuple(axes), param_kind=kind)
 
 
-def const_param(shape, axes, value: float) -> nnx.Param:
-    assert len(shape) == len(axes), (shape, axes)
-    return nnx.Param(jnp.full(shape, value, jnp.float32), logical_axes=tuple(axes))
+def normal_param(rngs: nnx.Rngs, shape, axes, std: float, *, kind: str) -> nnx.Param:
+    return _param(std * jax.random.normal(rngs.params(), shape, jnp.float32), axes, kind)
+
+
+def const_param(shape, axes, value: float, *, kind: str) -> nnx.Param:
+    return _param(jnp.full(shape, value, jnp.float32), axes, kind)
 
 
 def read(param: nnx.Param, dtype=jnp.float32):
@@ -54,8 +60,8 @@ class LayerNorm(nnx.Module):
 
     def __init__(self, width: int, eps: float, stack: tuple = ()):
         lead = ("layers",) * len(stack)
-        self.scale = const_param((*stack, width), (*lead, "embed"), 1.0)
-        self.bias = const_param((*stack, width), (*lead, "embed"), 0.0)
+        self.scale = const_param((*stack, width), (*lead, "embed"), 1.0, kind="norm")
+        self.bias = const_param((*stack, width), (*lead, "embed"), 0.0, kind="norm")
         self.eps = eps
 
     def __call__(self, x):
@@ -84,17 +90,21 @@ class StackedBlocks(nnx.Module):
         fc_std = (2 * width) ** -0.5
         self.ln_1 = LayerNorm(width, eps, stack=(depth,))
         self.in_proj_kernel = normal_param(
-            rngs, (depth, width, 3, heads, head_dim), (*L, "embed", None, "heads", "kv"), attn_std)
-        self.in_proj_bias = const_param((depth, 3, heads, head_dim), (*L, None, "heads", "kv"), 0.0)
+            rngs, (depth, width, 3, heads, head_dim), (*L, "embed", None, "heads", "kv"), attn_std,
+            kind="weight")
+        self.in_proj_bias = const_param((depth, 3, heads, head_dim), (*L, None, "heads", "kv"), 0.0,
+                                        kind="bias")
         self.out_proj_kernel = normal_param(
-            rngs, (depth, heads, head_dim, width), (*L, "heads", "kv", "embed"), proj_std)
-        self.out_proj_bias = const_param((depth, width), (*L, "embed"), 0.0)
+            rngs, (depth, heads, head_dim, width), (*L, "heads", "kv", "embed"), proj_std,
+            kind="weight")
+        self.out_proj_bias = const_param((depth, width), (*L, "embed"), 0.0, kind="bias")
         self.ln_2 = LayerNorm(width, eps, stack=(depth,))
-        self.c_fc_kernel = normal_param(rngs, (depth, width, mlp_dim), (*L, "embed", "mlp"), fc_std)
-        self.c_fc_bias = const_param((depth, mlp_dim), (*L, "mlp"), 0.0)
-        self.c_proj_kernel = normal_param(
-            rngs, (depth, mlp_dim, width), (*L, "mlp", "embed"), proj_std)
-        self.c_proj_bias = const_param((depth, width), (*L, "embed"), 0.0)
+        self.c_fc_kernel = normal_param(rngs, (depth, width, mlp_dim), (*L, "embed", "mlp"), fc_std,
+                                        kind="weight")
+        self.c_fc_bias = const_param((depth, mlp_dim), (*L, "mlp"), 0.0, kind="bias")
+        self.c_proj_kernel = normal_param(rngs, (depth, mlp_dim, width), (*L, "mlp", "embed"),
+                                          proj_std, kind="weight")
+        self.c_proj_bias = const_param((depth, width), (*L, "embed"), 0.0, kind="bias")
         self.act = act
         self.dtype = dtype
 

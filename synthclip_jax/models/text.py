@@ -12,9 +12,8 @@ from flax import nnx
 
 from synthclip_jax import sharding
 from synthclip_jax.choices import TEXT_POOL_TYPES as POOL_TYPES
+from synthclip_jax.data.tokenizer import PAD_ID
 from synthclip_jax.models import layers
-
-PAD_ID = 0
 
 
 class TextTransformer(nnx.Module):
@@ -23,15 +22,15 @@ class TextTransformer(nnx.Module):
             raise ValueError(f"model.text.pool_type={cfg.pool_type!r}; choose one of {POOL_TYPES}")
         width = cfg.width
         self.token_embedding = layers.normal_param(
-            rngs, (cfg.vocab_size, width), ("vocab", "embed"), 0.02)
+            rngs, (cfg.vocab_size, width), ("vocab", "embed"), 0.02, kind="weight")
         self.positional_embedding = layers.normal_param(
-            rngs, (cfg.context_length, width), (None, "embed"), 0.01)
+            rngs, (cfg.context_length, width), (None, "embed"), 0.01, kind="embedding")
         self.transformer = layers.Transformer(
             width, cfg.depth, cfg.heads, cfg.mlp_ratio, eps=eps, act=act, dtype=dtype, remat=remat,
             rngs=rngs)
         self.ln_final = layers.LayerNorm(width, eps)
         self.text_projection = layers.normal_param(rngs, (width, embed_dim), ("embed", None),
-                                                   width**-0.5)
+                                                   width**-0.5, kind="weight")
         self.causal = cfg.causal
         self.pool_type = cfg.pool_type
         self.dtype = dtype

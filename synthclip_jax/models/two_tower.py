@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from synthclip_jax.losses import ContrastiveOutputs
 from synthclip_jax.models import layers
 from synthclip_jax.models.text import TextTransformer
 from synthclip_jax.models.vit import VisionTransformer
@@ -29,9 +30,9 @@ class TwoTower(nnx.Module):
                       remat=cfg.remat, rngs=rngs)
         self.visual = VisionTransformer(cfg.image, image_size=image_size, **common)
         self.text = TextTransformer(cfg.text, **common)
-        self.logit_scale = layers.const_param((), (), cfg.logit_scale_init)
+        self.logit_scale = layers.const_param((), (), cfg.logit_scale_init, kind="scalar")
         self.logit_bias = (None if cfg.logit_bias_init is None
-                           else layers.const_param((), (), cfg.logit_bias_init))
+                           else layers.const_param((), (), cfg.logit_bias_init, kind="scalar"))
 
     def encode_image(self, images):
         return l2_normalize(self.visual(images))
@@ -39,10 +40,25 @@ class TwoTower(nnx.Module):
     def encode_text(self, tokens):
         return l2_normalize(self.text(tokens))
 
-    def __call__(self, images, tokens):
-        """-> (image_features, text_features, logit_scale (log), logit_bias or 0)."""
+    def contrastive_scalars(self):
+        """(logit_scale (log), logit_bias or 0): what the loss takes besides the features, and
+        the only way the train step reaches these parameters (a gradient through this method
+        lands on them whatever they are named)."""
         bias = jnp.zeros((), jnp.float32) if self.logit_bias is None else self.logit_bias[...]
-        return self.encode_image(images), self.encode_text(tokens), self.logit_scale[...], bias
+        return self.logit_scale[...], bias
+
+    @property
+    def has_logit_bias(self) -> bool:
+        return self.logit_bias is not None
+
+    def clamp_logit_scale(self, max_log: float):
+        """As CLIP/OpenCLIP after every update: the temperature's log to [0, max_log]
+        (`model.logit_scale_max`, ln 100)."""
+        self.logit_scale[...] = jnp.clip(self.logit_scale[...], 0.0, max_log)
+
+    def __call__(self, images, tokens) -> ContrastiveOutputs:
+        return ContrastiveOutputs(self.encode_image(images), self.encode_text(tokens),
+                                  *self.contrastive_scalars())
 
 
 def build_model(config, seed: int) -> TwoTower:

@@ -23,16 +23,19 @@ class VisionTransformer(nnx.Module):
         num_patches = (image_size // patch) ** 2
         scale = width**-0.5
         self.conv1_kernel = layers.normal_param(
-            rngs, (patch, patch, 3, width), (None, None, None, "embed"), (patch * patch * 3) ** -0.5)
-        self.class_embedding = layers.normal_param(rngs, (width,), ("embed",), scale)
+            rngs, (patch, patch, 3, width), (None, None, None, "embed"),
+            (patch * patch * 3) ** -0.5, kind="weight")
+        self.class_embedding = layers.normal_param(rngs, (width,), ("embed",), scale,
+                                                   kind="embedding")
         self.positional_embedding = layers.normal_param(
-            rngs, (num_patches + 1, width), (None, "embed"), scale)
+            rngs, (num_patches + 1, width), (None, "embed"), scale, kind="embedding")
         self.ln_pre = layers.LayerNorm(width, eps) if cfg.ln_pre else None
         self.transformer = layers.Transformer(
             width, cfg.depth, cfg.heads, cfg.mlp_ratio, eps=eps, act=act, dtype=dtype, remat=remat,
             rngs=rngs)
         self.ln_post = layers.LayerNorm(width, eps)
-        self.proj = layers.normal_param(rngs, (width, embed_dim), ("embed", None), scale)
+        self.proj = layers.normal_param(rngs, (width, embed_dim), ("embed", None), scale,
+                                        kind="weight")
         self.patch_size = patch
         self.pool_type = cfg.pool_type
         self.dtype = dtype

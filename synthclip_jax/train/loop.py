@@ -110,8 +110,7 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
         nonlocal last
         clock["data_wait"] += data_wait
         last = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-        if hasattr(data, "corrupt"):
-            last["data_corrupt_skipped"] = data.corrupt
+        last.update(data.stats())
         if last["nonfinite_in_a_row"] >= config.optim.max_nonfinite_in_a_row:
             raise NonFiniteError(
                 f"step {step}: {int(last['nonfinite_in_a_row'])} steps in a row had non-finite "

@@ -1,8 +1,9 @@
 """AdamW with decoupled, masked weight decay; linear warmup + cosine; global-norm clipping;
 non-finite steps skipped.
 
-Weight decay skips biases, LayerNorm scales, position/class embeddings and the logit
-scale/bias (decided by parameter name, so stacked per-layer tensors are treated right).
+Which parameters are decayed is `optim.weight_decay_policy` applied to the kind each parameter
+declares where it is created (`models/param_kinds.py`); the default, 'openclip', decays only
+weights (kernels, projections, the token embedding).
 
 A step whose gradients hold a NaN/Inf leaves parameters and moments untouched and is counted;
 the trainer stops after `optim.max_nonfinite_in_a_row` such steps in a row. The test is one
@@ -17,20 +18,30 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from synthclip_jax.config_error import ConfigError
-
-NO_DECAY_NAMES = ("bias", "scale", "positional_embedding", "class_embedding", "logit_scale",
-                  "logit_bias")
+from synthclip_jax.models.param_kinds import DECAYED_KINDS, WEIGHT_DECAY_POLICIES
 
 
-def decays(path) -> bool:
-    name = str(getattr(path[-1], "key", path[-1]))
-    return not any(name == n or name.endswith("_" + n) for n in NO_DECAY_NAMES)
+def weight_decay_mask(param_state: nnx.State, policy: str):
+    """Pure-dict tree of bools, True where `policy` decays the parameter's declared kind."""
+    if policy not in DECAYED_KINDS:
+        raise ValueError(f"optim.weight_decay_policy={policy!r}; choose one of "
+                         f"{WEIGHT_DECAY_POLICIES}")
+    decayed = DECAYED_KINDS[policy]
 
+    def decays(path, variable):
+        kind = variable.get_metadata().get("param_kind")
+        if kind is None:
+            name = "/".join(str(getattr(k, "key", k)) for k in path)
+            raise ValueError(f"parameter {name} declares no param_kind; create it with "
+                             "layers.normal_param/const_param(..., kind=...)")
+        return kind in decayed
 
-def weight_decay_mask(params):
-    return jax.tree_util.tree_map_with_path(lambda path, _: decays(path), params)
+    tree = jax.tree_util.tree_map_with_path(
+        decays, param_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.to_pure_dict(tree)
 
 
 def make_schedule(config) -> optax.Schedule:
@@ -80,8 +91,9 @@ class Optimizer:
         return params, OptState(adamw_state, in_a_row, total), grad_norm
 
 
-def make_optimizer(config, params) -> Optimizer:
+def make_optimizer(config, decay_mask) -> Optimizer:
+    """`decay_mask`: the params' tree of bools (`weight_decay_mask`)."""
     o = config.optim
     adamw = optax.adamw(make_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
-                        weight_decay=config.weight_decay, mask=weight_decay_mask(params))
+                        weight_decay=config.weight_decay, mask=decay_mask)
     return Optimizer(adamw, o.grad_clip_norm)

@@ -12,7 +12,8 @@ from flax import nnx
 
 from synthclip_jax import sharding
 from synthclip_jax.models.two_tower import build_model
-from synthclip_jax.train.optimizer import Optimizer, OptState, make_optimizer
+from synthclip_jax.train.optimizer import (Optimizer, OptState, make_optimizer,
+                                          weight_decay_mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +29,9 @@ def make_train_setup(config, mesh) -> TrainSetup:
     abstract_model = nnx.eval_shape(lambda: build_model(config, config.seed))
     graphdef, abstract_params = nnx.split(abstract_model)
     param_sh = sharding.param_shardings(abstract_params, mesh, config.mesh.rules)
+    optimizer = make_optimizer(
+        config, weight_decay_mask(abstract_params, config.optim.weight_decay_policy))
     abstract_params = nnx.to_pure_dict(abstract_params)
-    optimizer = make_optimizer(config, abstract_params)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     rep = sharding.replicated(mesh)
     # Moments mirror the params' shardings; counters are replicated.

@@ -30,11 +30,14 @@ def make_train_step(config, setup, mesh):
         raise ValueError(f"train.accum_negatives={config.train.accum_negatives!r}; "
                          f"expected one of {ACCUM_NEGATIVES}")
 
-    def features_of(params, batch):
-        return nnx.merge(setup.graphdef, params)(batch["image"], batch["text"])
+    def model_of(params):
+        return nnx.merge(setup.graphdef, params)
+
+    def outputs_of(params, batch):
+        return model_of(params)(batch["image"], batch["text"])
 
     def loss_of(params, batch):
-        return loss_fn(*features_of(params, batch))
+        return loss_fn(outputs_of(params, batch))
 
     grad_of = jax.value_and_grad(loss_of)
 
@@ -56,30 +59,25 @@ def make_train_step(config, setup, mesh):
 
     def full_negatives_grads(params, micro):
         def features(_, batch):
-            image, text, _, _ = features_of(params, batch)
-            return None, (image, text)
+            outputs = outputs_of(params, batch)
+            return None, (outputs.image, outputs.text)
 
         _, (image, text) = jax.lax.scan(features, None, micro)
-        has_bias = "logit_bias" in params
-        logit_bias = params["logit_bias"] if has_bias else jnp.zeros((), jnp.float32)
-        loss, (d_image, d_text, d_scale, d_bias) = jax.value_and_grad(loss_fn, (0, 1, 2, 3))(
-            merge(image), merge(text), params["logit_scale"], logit_bias)
-        d_image, d_text = split(d_image), split(d_text)
+        # The temperature and bias enter the loss directly, not through the towers: their
+        # gradient is the whole-batch loss's, taken once through the model's own accessor.
+        scalars, scalars_vjp = jax.vjp(lambda p: model_of(p).contrastive_scalars(), params)
+        loss, d = jax.value_and_grad(loss_fn)(
+            losses.ContrastiveOutputs(merge(image), merge(text), *scalars))
+        (grads,) = scalars_vjp((d.logit_scale, d.logit_bias))
+        zero = jnp.zeros((), jnp.float32)
 
         def backprop(grads, xs):
             batch, d_img, d_txt = xs
-            # The temperature and bias enter the loss directly, not through the towers: a zero
-            # cotangent here; their gradient is the whole-batch loss's, added below.
-            _, vjp = jax.vjp(lambda p: features_of(p, batch), params)
-            zero = jnp.zeros((), jnp.float32)
-            (g,) = vjp((d_img, d_txt, zero, zero))
+            _, vjp = jax.vjp(lambda p: outputs_of(p, batch), params)
+            (g,) = vjp(losses.ContrastiveOutputs(d_img, d_txt, zero, zero))
             return jax.tree.map(jnp.add, grads, g), None
 
-        grads, _ = jax.lax.scan(backprop, jax.tree.map(jnp.zeros_like, params),
-                                (micro, d_image, d_text))
-        grads["logit_scale"] = grads["logit_scale"] + d_scale
-        if has_bias:
-            grads["logit_bias"] = grads["logit_bias"] + d_bias
+        grads, _ = jax.lax.scan(backprop, grads, (micro, split(d.image), split(d.text)))
         return loss, grads
 
     def accumulated_grads(params, batch):
@@ -95,19 +93,21 @@ def make_train_step(config, setup, mesh):
         with sharding.compute_layout(mesh, config.mesh.rules):
             loss, grads = accumulated_grads(params, batch)
         params, opt_state, grad_norm = setup.optimizer.apply(params, grads, state["opt_state"])
-        # The temperature is clamped after every update, as CLIP/OpenCLIP (at most 100).
-        params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, scale_max)
+        model = model_of(params)
+        model.clamp_logit_scale(scale_max)
+        params = nnx.to_pure_dict(nnx.state(model))
+        logit_scale, logit_bias = model.contrastive_scalars()
         metrics = {
             "loss": loss,
             "lr": schedule(state["step"]),
             "grad_norm": grad_norm,
             "param_norm": optax.tree.norm(params),
-            "logit_scale": jnp.exp(params["logit_scale"]),
+            "logit_scale": jnp.exp(logit_scale),
             "nonfinite_in_a_row": opt_state.nonfinite_in_a_row,
             "nonfinite_total": opt_state.nonfinite_total,
         }
-        if "logit_bias" in params:
-            metrics["logit_bias"] = params["logit_bias"]
+        if model.has_logit_bias:
+            metrics["logit_bias"] = logit_bias
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
     rep = sharding.replicated(mesh)

@@ -10,7 +10,6 @@ tokenize, batch) for each worker count, and one jitted train step of the config'
 workers exceeds the trainer's examples/s.
 """
 import importlib.util
-import io
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ def load_config(path):
 
 
 def write_records(folder: Path, n: int):
+    from synthclip_jax.data.jpeg import encode_jpeg
     from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
     rng = np.random.default_rng(0)
@@ -45,9 +45,7 @@ def write_records(folder: Path, n: int):
             small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
             image = np.asarray(Image.fromarray(small).resize((256, 256), Image.Resampling.BICUBIC))
             image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(image).save(buf, "JPEG", quality=90)
-            writer.write(encode_example(image=buf.getvalue(), key=str(i), captions=[
+            writer.write(encode_example(image=encode_jpeg(image, 90), key=str(i), captions=[
                 f"a synthetic photo number {i} of a colourful scene with some noise"]))
     return str(folder / "*.tfrecord")
 

@@ -90,6 +90,7 @@ def step_point(loss, batch, embed_dim, steps):
     import jax
 
     from synthclip_jax import sharding
+    from synthclip_jax.data.tokenizer import EOT_ID
     from synthclip_jax.train.state import make_train_setup
     from synthclip_jax.train.step import make_train_step
 
@@ -98,8 +99,8 @@ def step_point(loss, batch, embed_dim, steps):
     setup = make_train_setup(c, mesh)
     state = setup.init()
     rng = np.random.default_rng(0)
-    tokens = rng.integers(1, 49407, (batch, 77)).astype(np.int32)
-    tokens[:, -1] = 49407
+    tokens = rng.integers(1, EOT_ID, (batch, 77)).astype(np.int32)
+    tokens[:, -1] = EOT_ID
     data = sharding.global_batch({
         "image": rng.normal(size=(batch, 32, 32, 3)).astype(np.float32), "text": tokens}, mesh)
     compiled = make_train_step(c, setup, mesh).lower(state, data).compile()
@@ -125,7 +126,9 @@ def loss_point(loss, batch, embed_dim, steps, timed):
     mesh = sharding.make_mesh(base().mesh)
     feat = NamedSharding(mesh, P(sharding.BATCH_AXES, None))
     rep = sharding.replicated(mesh)
-    fn = jax.jit(jax.value_and_grad(losses.make_contrastive_loss(loss, mesh), argnums=(0, 1, 2, 3)),
+    loss_fn = losses.make_contrastive_loss(loss, mesh)
+    fn = jax.jit(jax.value_and_grad(lambda *outputs: loss_fn(losses.ContrastiveOutputs(*outputs)),
+                                    argnums=(0, 1, 2, 3)),
                  in_shardings=(feat, feat, rep, rep))
     shapes = (jax.ShapeDtypeStruct((batch, embed_dim), jnp.float32, sharding=feat),) * 2 + (
         jax.ShapeDtypeStruct((), jnp.float32, sharding=rep),) * 2

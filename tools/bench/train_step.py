@@ -40,6 +40,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from synthclip_jax.data.tokenizer import EOT_ID, PAD_ID, SOT_ID, VOCAB_SIZE  # noqa: E402
 from tools.bench.flops import clip_step_flops, measure_peak_flops
 
 # name -> image tower (width, depth, heads, patch), image size, text tower (width, depth, heads),
@@ -51,7 +52,7 @@ SIZES = {
     "B16": dict(image=(768, 12, 12, 16), image_size=224, text=(512, 12, 8), embed_dim=512,
                 batch=64),
 }
-CONTEXT, VOCAB, SOT, EOT = 77, 49408, 49406, 49407
+CONTEXT = 77
 
 
 def parse_args(argv=None):
@@ -74,15 +75,15 @@ def parse_args(argv=None):
 
 
 def make_inputs(batch: int, image_size: int, seed: int = 0):
-    """Images (B, H, W, 3) float32 and tokens (B, 77) int32: SOT, random ids, EOT, zero padding."""
+    """Images (B, H, W, 3) float32 and tokens (B, 77) int32: SOT, random ids, EOT, padding."""
     rng = np.random.default_rng(seed)
     images = rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32)
-    tokens = np.zeros((batch, CONTEXT), np.int32)
+    tokens = np.full((batch, CONTEXT), PAD_ID, np.int32)
     for i in range(batch):
         n = int(rng.integers(5, CONTEXT - 1))
-        tokens[i, 0] = SOT
-        tokens[i, 1:n] = rng.integers(1, SOT, n - 1)
-        tokens[i, n] = EOT
+        tokens[i, 0] = SOT_ID
+        tokens[i, 1:n] = rng.integers(1, SOT_ID, n - 1)
+        tokens[i, n] = EOT_ID
     return images, tokens
 
 
@@ -140,8 +141,9 @@ class Peer:
         hf = CLIPConfig(
             text_config=dict(hidden_size=m.text.width, intermediate_size=int(m.text.width * 4),
                              num_hidden_layers=m.text.depth, num_attention_heads=m.text.heads,
-                             max_position_embeddings=CONTEXT, vocab_size=VOCAB, hidden_act=act,
-                             layer_norm_eps=m.layernorm_eps, eos_token_id=EOT, bos_token_id=SOT),
+                             max_position_embeddings=CONTEXT, vocab_size=VOCAB_SIZE,
+                             hidden_act=act, layer_norm_eps=m.layernorm_eps,
+                             eos_token_id=EOT_ID, bos_token_id=SOT_ID),
             vision_config=dict(hidden_size=m.image.width,
                                intermediate_size=int(m.image.width * 4),
                                num_hidden_layers=m.image.depth, num_attention_heads=m.image.heads,
