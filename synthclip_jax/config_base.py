@@ -83,4 +83,9 @@ def base() -> ml_collections.ConfigDict:
     )
     c.checkpoint = dict(every_steps=1000, keep=3)
     c.log = dict(every_steps=50)
+    # Starting in a workdir that already has a run (synthclip_jax/resume_check.py,
+    # synthclip_jax/workdir_lock.py): keys allowed to differ from the stored config.json beyond
+    # the safe ones (comma-separated keys or groups, e.g. "lr,warmup_steps"), and after how long
+    # without a heartbeat another host's workdir lock counts as left by a dead run.
+    c.resume = dict(allow_changes="", stale_lock_minutes=15.0)
     return c

@@ -82,6 +82,7 @@ def check_relations(config, training: bool = True) -> None:
         at_least(config, key, 0)  # 0 turns it off
     at_least(config, "checkpoint.keep", 1)
     at_least(config, "eval.batch_size", 1)
+    at_least(config, "resume.stale_lock_minutes", 1)  # the heartbeat comes every few seconds
 
 
 def check_schedule(config) -> None:

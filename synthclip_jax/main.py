@@ -8,16 +8,20 @@ W/metrics.jsonl, W/eval.jsonl, W/tensorboard/ and W/checkpoints/. --mode=eval ev
 latest checkpoint in W on eval.zeroshot / eval.retrieval and appends to W/eval.jsonl.
 
 A bad config (unknown key, bad choice, impossible relation) exits with status 2 and one line on
-stderr naming the key, the value and the fix, before any device work.
+stderr naming the key, the value and the fix, before any device work; so does a resume with a
+config that describes another run (resume_check.py). A workdir in use by another live trainer
+(WORKDIR/lock.json, workdir_lock.py) exits with status 1 and one line naming it.
 """
+import sys
 import logging as pylogging
 
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from synthclip_jax import config_check, config_exit
+from synthclip_jax import config_check, config_exit, resume_check
 from synthclip_jax.config_error import ConfigError
+from synthclip_jax.workdir_lock import WorkdirBusy, WorkdirLock
 
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).",
                                 lock_config=True)
@@ -35,10 +39,33 @@ class _QuietLibraries:
         return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
 
 
+def take_workdir(config, workdir):
+    """Process 0 takes the workdir lock (None elsewhere); every process stops if it could not."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    lock, busy = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = WorkdirLock(workdir, config.resume.stale_lock_minutes)
+            lock.acquire()
+        except WorkdirBusy as error:
+            busy = error
+    if jax.process_count() > 1:
+        taken = multihost_utils.broadcast_one_to_all(int(busy is None))
+        if not taken and busy is None:
+            busy = WorkdirBusy(f"process 0 found {workdir} in use by another trainer")
+    if busy is not None:
+        raise busy
+    return lock
+
+
 def main(argv):
     del argv
-    config_check.validate(flags.FLAGS.config,  # before any device work
-                          training=flags.FLAGS.mode == "train")
+    training = flags.FLAGS.mode == "train"
+    config_check.validate(flags.FLAGS.config, training=training)  # before any device work
+    # Reads only: the new config.json is written once this run holds the workdir.
+    resume = resume_check.check(flags.FLAGS.config, flags.FLAGS.workdir) if training else None
     logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
     from synthclip_jax import distributed
     distributed.maybe_initialize()  # first JAX call: joins the other hosts' processes
@@ -50,17 +77,22 @@ def main(argv):
 
     config = flags.FLAGS.config
     workdir = epath.Path(flags.FLAGS.workdir)
-    shapes_demo.prepare(config, workdir)  # no-op unless data.procedural asks for it
-    if flags.FLAGS.mode == "eval":
+    if not training:
+        shapes_demo.prepare(config, workdir)  # no-op unless data.procedural asks for it
         results = evaluate_latest(config, workdir)
         logging.info("eval: %s", {k: round(v, 4) for k, v in results.items()})
         return
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    logging.info("devices: %d x %s, processes: %d", jax.device_count(),
-                 jax.devices()[0].device_kind, jax.process_count())
-    last = loop.train(config, workdir)
+    lock = take_workdir(config, workdir)
+    try:
+        if lock is not None:
+            resume.write_config()
+        shapes_demo.prepare(config, workdir)  # under the lock: it may re-render WORKDIR/data
+        logging.info("devices: %d x %s, processes: %d", jax.device_count(),
+                     jax.devices()[0].device_kind, jax.process_count())
+        last = loop.train(config, workdir)
+    finally:  # also after SIGTERM: the loop saves, stops and returns
+        if lock is not None:
+            lock.release()
     logging.info("done: %s", {k: round(v, 5) for k, v in last.items()})
     if jax.process_index() == 0:
         print(f"\nTrained model in {workdir}. Export it to OpenCLIP (PyTorch) with:\n"
@@ -73,3 +105,6 @@ if __name__ == "__main__":
         app.run(main, flags_parser=config_exit.parse_flags)
     except ConfigError as bad:  # from the door check or from the checks that need the devices
         config_exit.exit_bad_config(str(bad))
+    except WorkdirBusy as busy:
+        print(f"workdir busy: {busy}", file=sys.stderr, flush=True)
+        sys.exit(1)
