@@ -26,6 +26,7 @@ import numpy as np
 from absl import flags
 from etils import epath
 
+from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data import text_reduction
 from synthclip_jax.data.text_reduction import tokenize_reduced
 from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
@@ -172,5 +173,11 @@ class GrainSource:
 
 def make_grain_source(config, process_index: int, process_count: int) -> GrainSource:
     shards = TFRecordShards(config.data.train)
+    if len(shards) < config.batch_size:
+        # Fewer records than one batch: every batch would hold the same pair more than once,
+        # a false negative of itself for the contrastive loss.
+        raise ConfigError("batch_size", f"data.train={config.data.train!r} holds {len(shards)} "
+                          f"records, fewer than one batch (batch_size={config.batch_size}); add "
+                          "data or lower --config.batch_size")
     ds = train_dataset(config, shards, process_index, process_count)
     return GrainSource(ds, config.data.max_corrupt_fraction * len(shards) / process_count)

@@ -18,21 +18,26 @@ class Evaluator:
                                    tensorboard=False) if self.enabled else None
         self._zeroshot = self._retrieval = None
 
+    def load(self):
+        """Reads and decodes the evaluation sets (once). The trainer calls it before the first
+        step, so a bad set fails at start-up, not at the first evaluation hours later."""
+        c = self.config
+        size, ctx = c.data.image_size, c.model.text.context_length
+        if c.eval.zeroshot and self._zeroshot is None:
+            self._zeroshot = zeroshot.ZeroShotSet(c.eval.zeroshot, size, c.data.mean, c.data.std)
+        if c.eval.retrieval and self._retrieval is None:
+            self._retrieval = retrieval.RetrievalSet(c.eval.retrieval, size, c.data.mean,
+                                                     c.data.std, ctx)
+
     def __call__(self, params, step: int) -> dict:
         if not self.enabled:
             return {}
+        self.load()
         c, results = self.config, {}
-        size, ctx = c.data.image_size, c.model.text.context_length
         if c.eval.zeroshot:
-            if self._zeroshot is None:
-                self._zeroshot = zeroshot.ZeroShotSet(c.eval.zeroshot, size, c.data.mean,
-                                                      c.data.std)
             results.update(zeroshot.evaluate(self.encoder, params, self._zeroshot,
-                                             c.eval.templates, ctx))
+                                             c.eval.templates, c.model.text.context_length))
         if c.eval.retrieval:
-            if self._retrieval is None:
-                self._retrieval = retrieval.RetrievalSet(c.eval.retrieval, size, c.data.mean,
-                                                         c.data.std, ctx)
             results.update(retrieval.evaluate(self.encoder, params, self._retrieval))
         self.writer.write(step, results)
         logging.info("eval at step %d: %s", step,

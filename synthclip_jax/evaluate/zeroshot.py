@@ -39,9 +39,16 @@ class ZeroShotSet:
         if not paths:
             raise FileNotFoundError(f"eval.zeroshot={str(root)!r}: no images in class folders")
         mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        self.images = np.stack([decode_crop_normalize(p.read_bytes(), center_crop_box,
-                                                      image_size, mean, std) for p in paths])
+        self.images = np.stack([load_image(p, image_size, mean, std) for p in paths])
         self.labels = np.asarray(labels)
+
+
+def load_image(path, image_size: int, mean, std) -> np.ndarray:
+    try:
+        return decode_crop_normalize(path.read_bytes(), center_crop_box, image_size, mean, std)
+    except (OSError, ValueError) as bad:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"eval.zeroshot: cannot decode {path}: {bad}; remove or replace the "
+                         "file") from bad
 
 
 def classifier(encoder, params, classnames, template_set: str, context_length: int):

@@ -96,6 +96,8 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     writer = MetricWriter(workdir, resume_step=start)
     evaluator = Evaluator(config, setup.graphdef, mesh, workdir, resume_step=start)
     eval_every = config.eval.every_steps
+    if eval_every:
+        evaluator.load()
     train_step = make_train_step(config, setup, mesh)
 
     total, log_every = config.total_steps, config.log.every_steps
@@ -157,7 +159,14 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
                 logging.warning("SIGTERM: checkpoint saved at step %d; exiting", step)
                 break
             if eval_every and (step % eval_every == 0 or step == total):
-                evaluator(state["params"], step)
+                try:
+                    evaluator(state["params"], step)
+                except Exception:
+                    # Keep the steps trained since the last checkpoint before the error leaves.
+                    if checkpointer.latest_step() != step:
+                        checkpointer.save(step, state, data.get_state())
+                        logging.error("evaluation failed at step %d; checkpoint saved", step)
+                    raise
         flush()
         if checkpointer.latest_step() != step:
             checkpointer.save(step, state, data.get_state())
