@@ -16,6 +16,7 @@ import json
 from absl import logging
 from etils import epath
 
+from synthclip_jax.config_base import base
 from synthclip_jax.config_error import ConfigError
 
 ALLOW_KEY = "resume.allow_changes"
@@ -129,8 +130,12 @@ def check(config, workdir) -> ResumePlan:
                         "configs", workdir)
         return ResumePlan(workdir, config_json, steps[-1], {})
     changed = differences(json.loads(stored.read_text()), json.loads(config_json))
-    refused = {k: v for k, v in changed.items()
-               if not covered(k, SAFE_TO_CHANGE) and not covered(k, patterns)}
+    # A key added to the code since the run started, at its default: new keys come with the
+    # default that keeps the old behaviour, so runs from before the key can resume.
+    defaults = flatten(json.loads(base().to_json_best_effort()))
+    refused = {k: (old, new) for k, (old, new) in changed.items()
+               if not covered(k, SAFE_TO_CHANGE) and not covered(k, patterns)
+               and not (old is MISSING and k in defaults and new == defaults[k])}
     if refused:
         keys = ",".join(refused)
         raise ConfigError(next(iter(refused)), (

@@ -105,11 +105,13 @@ def test_a_fresh_or_unchanged_workdir_passes(tmp_path):
     assert not list(tmp_path.glob("config.step*.json"))
 
 
-def test_a_key_the_stored_config_lacks_refuses(tmp_path):
-    """A key added to the code since the run started may change what it computes."""
+def test_a_key_the_stored_config_lacks_refuses_unless_at_its_default(tmp_path):
+    """A key added to the code since the run started passes at its default (new keys keep the
+    old behaviour by default), and refuses set to anything else."""
     started_run(tmp_path, base())
     stored = json.loads((tmp_path / "config.json").read_text())
     del stored["model"]["dtype"]
     (tmp_path / "config.json").write_text(json.dumps(stored))
-    with pytest.raises(ConfigError, match="<absent> ->"):
-        resume_check.check(base(), tmp_path)
+    resume_check.check(base(), tmp_path)
+    with pytest.raises(ConfigError, match="model.dtype: <absent> -> 'bfloat16'"):
+        resume_check.check(changed(model__dtype="bfloat16"), tmp_path)

@@ -51,7 +51,7 @@ def size_config(name: str):
         c.batch_size = 64
     else:
         raise ValueError(f"--sizes: unknown size {name!r}; choose demo, vit or b16")
-    c.data.source = "synthetic_shapes"
+    c.data.source = "shapes"
     return c
 
 
