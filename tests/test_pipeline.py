@@ -159,6 +159,17 @@ def test_corrupt_record_skipped_and_counted_within_fraction(tmp_path):
         batches(pipeline.make_grain_source(config, 0, 1), 6)
 
 
+def test_corrupt_fraction_is_of_the_records_read_not_one_epoch(tmp_path):
+    """The same bad record meets every epoch: 1 per 48 is within 5 % for any number of epochs
+    (counting against one epoch's allowance stopped the run in the third epoch)."""
+    pattern = write_dataset(tmp_path)
+    corrupt_one_record(pattern)
+    source = pipeline.make_grain_source(
+        data_config(pattern, skip_corrupt=True, max_corrupt_fraction=0.05), 0, 1)
+    batches(source, 6 * 4)  # 4 epochs: the record was skipped 4 times, 2.4 allowed per epoch
+    assert source.stats() == {"data_corrupt_skipped": 4}
+
+
 def test_undecodable_image_is_a_corrupt_record(tmp_path):
     with ShardWriter(str(tmp_path / shard_name("bad", 0, 1))) as w:
         w.write(encode_example(image=b"not a jpeg", captions=["x"], key="0"))

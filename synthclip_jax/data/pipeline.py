@@ -20,6 +20,7 @@ are read: with `data.num_workers` > 0 that runs in Grain's worker processes, who
 neither reach the trainer nor follow a checkpoint restore.
 """
 import dataclasses
+import math
 
 import grain
 import numpy as np
@@ -143,10 +144,13 @@ class GrainSource:
     """The trainer's source interface over a Grain dataset: host-local numpy batches,
     `get_state`/`set_state` for checkpoints, and `stats()`: the skipped corrupt records."""
 
-    def __init__(self, dataset: grain.IterDataset, max_corrupt: float):
+    def __init__(self, dataset: grain.IterDataset, max_corrupt_fraction: float,
+                 records_per_epoch: float):
         self.iterator = iter(dataset)
-        self.max_corrupt = max_corrupt
+        self.max_corrupt_fraction = max_corrupt_fraction
+        self.records_per_epoch = records_per_epoch  # this process's share of data.train
         self.corrupt = 0
+        self.examples = 0
 
     def __iter__(self):
         return self
@@ -154,21 +158,27 @@ class GrainSource:
     def __next__(self) -> dict:
         batch = dict(next(self.iterator))
         self.corrupt += int(np.sum(batch.pop("corrupt")))
-        if self.corrupt > self.max_corrupt:
+        self.examples += len(batch["text"])
+        # The fraction is of the records read: every epoch meets the same bad records again.
+        epochs = math.ceil(self.examples / self.records_per_epoch)
+        allowed = self.max_corrupt_fraction * self.records_per_epoch * epochs
+        if self.corrupt > allowed:
             raise CorruptRecordError(
-                f"{self.corrupt} corrupt records skipped, more than data.max_corrupt_fraction "
-                f"allows ({self.max_corrupt:.0f} for this process)")
+                f"{self.corrupt} corrupt records skipped in {epochs} epoch(s), more than "
+                f"data.max_corrupt_fraction allows ({allowed:.1f} for this process)")
         return {"image": np.asarray(batch["image"]), "text": np.asarray(batch["text"])}
 
     def stats(self) -> dict:
         return {"data_corrupt_skipped": self.corrupt}
 
     def get_state(self) -> dict:
-        return {"grain": self.iterator.get_state(), "corrupt": self.corrupt}
+        return {"grain": self.iterator.get_state(), "corrupt": self.corrupt,
+                "examples": self.examples}
 
     def set_state(self, state: dict):
         self.iterator.set_state(state["grain"])
         self.corrupt = int(state["corrupt"])
+        self.examples = int(state.get("examples", 0))  # absent in checkpoints before 0.3.0
 
 
 def make_grain_source(config, process_index: int, process_count: int) -> GrainSource:
@@ -180,4 +190,4 @@ def make_grain_source(config, process_index: int, process_count: int) -> GrainSo
                           f"records, fewer than one batch (batch_size={config.batch_size}); add "
                           "data or lower --config.batch_size")
     ds = train_dataset(config, shards, process_index, process_count)
-    return GrainSource(ds, config.data.max_corrupt_fraction * len(shards) / process_count)
+    return GrainSource(ds, config.data.max_corrupt_fraction, len(shards) / process_count)
