@@ -73,6 +73,9 @@ class StopAfter:
     def get_state(self):
         return self.inner.get_state()
 
+    def stats(self):
+        return self.inner.stats()
+
     def set_state(self, state):
         self.inner.set_state(state)
 

@@ -28,6 +28,9 @@ class SlowSource:
     def get_state(self):
         return self.inner.get_state()
 
+    def stats(self):
+        return self.inner.stats()
+
     def set_state(self, state):
         self.inner.set_state(state)
 
