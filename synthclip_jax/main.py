@@ -71,7 +71,7 @@ def main(argv):
     distributed.maybe_initialize()  # first JAX call: joins the other hosts' processes
     import jax  # after absl parsed flags: jax reads its own flags/env at import
 
-    from synthclip_jax.data import shapes_demo
+    from synthclip_jax.data import shapes_demo, worker_cleanup
     from synthclip_jax.evaluate.latest import evaluate_latest
     from synthclip_jax.train import loop
 
@@ -83,6 +83,8 @@ def main(argv):
         logging.info("eval: %s", {k: round(v, 4) for k, v in results.items()})
         return
     lock = take_workdir(config, workdir)
+    worker_cleanup.reap_orphans(workdir)  # workers of a killed trainer of this workdir
+    worker_cleanup.tag_children(workdir)
     try:
         if lock is not None:
             resume.write_config()

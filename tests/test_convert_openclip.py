@@ -246,3 +246,35 @@ def test_cli_help_and_refusal(tmp_path, capsys):
     assert cli.main(["--workdir", str(work), "--out", str(tmp_path / "out")]) == 2
     assert "model.text.pool_type='mean'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_reads_the_newest_when_a_live_run_deletes_the_checkpoint(
+        trained_workdir, tmp_path, monkeypatch, caplog):
+    """keep=1: the run saves step 4 and deletes step 3 while the exporter is reading step 3."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+    workdir = tmp_path / "live"
+    shutil.copytree(trained_workdir, workdir)
+    real_restore = ocp.CheckpointManager.restore
+    deletions = []
+
+    def run_saves_and_deletes(self, step, *args, **kwargs):
+        if not deletions:  # once: the live run moves on under the reader
+            ckpts = workdir / "checkpoints"
+            shutil.copytree(ckpts / str(step), ckpts / str(step + 1))
+            shutil.rmtree(ckpts / str(step))
+            deletions.append(step)
+        return real_restore(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", run_saves_and_deletes)
+    _, params, step = load_params(workdir)
+    assert deletions == [3] and step == 4
+    _, expected, _ = load_params(trained_workdir)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params),
+                                                     jax.tree.leaves(expected)))
+    assert "was deleted while it was read" in caplog.text
+
+    deletions.clear()
+    with pytest.raises(FileNotFoundError, match="checkpoint 4 .* was deleted while it was read"):
+        load_params(workdir, step=4)

@@ -20,7 +20,9 @@ are read: with `data.num_workers` > 0 that runs in Grain's worker processes, who
 neither reach the trainer nor follow a checkpoint restore.
 """
 import dataclasses
+import functools
 import math
+import os
 
 import grain
 import numpy as np
@@ -32,6 +34,7 @@ from synthclip_jax.data import text_reduction
 from synthclip_jax.data.text_reduction import tokenize_reduced
 from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
 from synthclip_jax.data.transforms import decode_crop_normalize, random_resized_crop_box
+from synthclip_jax.data.worker_cleanup import die_with_parent
 
 MAX_REPLACEMENTS = 100  # consecutive bad records tolerated while looking for a good one
 
@@ -136,7 +139,8 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
     if d.num_workers > 0:
         ensure_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=d.num_workers, per_worker_buffer_size=d.prefetch_per_worker))
+            num_workers=d.num_workers, per_worker_buffer_size=d.prefetch_per_worker),
+            worker_init_fn=functools.partial(die_with_parent, os.getpid()))
     return ds
 
 

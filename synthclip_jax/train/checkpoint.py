@@ -33,34 +33,61 @@ class Checkpointer:
         self.manager.close()
 
 
-def load_params(workdir, step=None):
+def load_params(workdir, step=None, attempts: int = 3):
     """(config, params, step) of a training workdir: `config.json` and the params of checkpoint
     `step` (default: the latest) as a pure dict of float32 numpy arrays, restored on one host
     device whatever mesh trained it. Only the params are read (orbax partial restore), not the
-    optimizer moments, so exporting a large model needs ~1x its size in host memory."""
+    optimizer moments, so exporting a large model needs ~1x its size in host memory.
+
+    Orbax lists only finalized checkpoints, but a live run may delete the one being read (with
+    `checkpoint.keep=1` the previous step goes as soon as the next is saved). Then the latest
+    is listed again and read, up to `attempts` times; an explicitly asked `step` that vanished
+    is an error saying so."""
     import json
 
-    import jax
     import ml_collections
-    import numpy as np
-    from flax import nnx
-
-    from synthclip_jax.models.two_tower import build_model
 
     workdir = epath.Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=(STATE, DATA))
-    try:
-        steps = manager.all_steps()
+    directory = workdir / "checkpoints"
+    for attempt in range(1, attempts + 1):
+        steps = ocp.utils.checkpoint_steps(directory) if directory.exists() else []
         if not steps:
-            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-        step = max(steps) if step is None else int(step)
-        if step not in steps:
-            raise ValueError(f"no checkpoint for step {step} in {workdir / 'checkpoints'}; "
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        chosen = max(steps) if step is None else int(step)
+        if chosen not in steps:
+            raise ValueError(f"no checkpoint for step {chosen} in {directory}; "
                              f"have {sorted(steps)}")
+        try:
+            return config, _restore_params(directory, config, chosen), chosen
+        except Exception as error:  # whatever orbax raises on files vanishing mid-read
+            if (directory / str(chosen)).exists():
+                raise  # not a deletion: a real error
+            if step is not None:
+                raise FileNotFoundError(
+                    f"checkpoint {chosen} in {directory} was deleted while it was read (a live "
+                    f"run keeps only the last checkpoint.keep steps); ask for a newer --step"
+                ) from error
+            if attempt == attempts:
+                raise
+            from absl import logging
+            logging.warning("checkpoint %d was deleted while it was read (a live run keeps only "
+                            "its last checkpoint.keep steps); reading the newest again", chosen)
+
+
+def _restore_params(directory, config, step: int):
+    """The params of checkpoint `step` as float32 numpy arrays, on one host device."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from synthclip_jax.models.two_tower import build_model
+
+    manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA))
+    try:
         device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
         abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(config, 0))))
         target = jax.tree.map(
@@ -72,5 +99,4 @@ def load_params(workdir, step=None):
             partial_restore=True)}))
     finally:
         manager.close()
-    params = jax.tree.map(lambda x: np.asarray(x, np.float32), restored[STATE]["params"])
-    return config, params, step
+    return jax.tree.map(lambda x: np.asarray(x, np.float32), restored[STATE]["params"])
