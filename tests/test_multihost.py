@@ -44,23 +44,22 @@ from synthclip_jax.data import source as source_lib
 from synthclip_jax.train import loop
 from synthclip_jax.train.checkpoint import Checkpointer
 from tests.test_multihost import make_config
+from tests.source_wrappers import ForwardingSource
 
 args = json.loads(sys.argv[1])
 config = make_config()
 workdir = args["workdir"]
 
 
-class StopAfter:
+class StopAfter(ForwardingSource):
     """The data source, but process 0 sends itself SIGTERM once `n` batches are drawn (a
     preemption notice reaching one host first). Later batches take 0.5 s, as real steps do, so
     the notice reaches the other process (in the background) well before step TOTAL even on a
     loaded CI machine; tiny steps would otherwise race past it."""
 
     def __init__(self, inner, n):
-        self.inner, self.n = inner, n
-
-    def __iter__(self):
-        return self
+        super().__init__(inner)
+        self.n = n
 
     def __next__(self):
         batch = next(self.inner)
@@ -69,15 +68,6 @@ class StopAfter:
         if self.inner.next_batch > self.n:
             time.sleep(0.5)
         return batch
-
-    def get_state(self):
-        return self.inner.get_state()
-
-    def stats(self):
-        return self.inner.stats()
-
-    def set_state(self, state):
-        self.inner.set_state(state)
 
 
 if args["stop_at"]:

@@ -7,32 +7,18 @@ import jax
 
 from synthclip_jax import device_memory
 from synthclip_jax.train import loop
+from tests.source_wrappers import ForwardingSource
 from tests.test_train_parallel import tiny_train_config
 
 SLOW_BATCH_SEC = 0.3
 
 
-class SlowSource:
+class SlowSource(ForwardingSource):
     """The data source, but each batch takes SLOW_BATCH_SEC more: an input-bound run."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __iter__(self):
-        return self
 
     def __next__(self):
         time.sleep(SLOW_BATCH_SEC)
         return next(self.inner)
-
-    def get_state(self):
-        return self.inner.get_state()
-
-    def stats(self):
-        return self.inner.stats()
-
-    def set_state(self, state):
-        self.inner.set_state(state)
 
 
 def test_metrics_rows_carry_data_wait_and_step_time(tmp_path, monkeypatch):
