@@ -8,8 +8,9 @@ file's folder): a file under it, or a member of one of its *.zip archives.
 
 Images: a JPEG already RGB, upright (no EXIF rotation) and at most --max-side, with its
 start-of-image and end-of-image markers (a truncated file lacks the latter), is stored as it is;
-any other image is decoded, converted to RGB (transparency over white), downscaled with LANCZOS
-to at most --max-side (never upscaled) and re-encoded as JPEG at --jpeg-quality.
+any other image is decoded (a large JPEG at a reduced scale, by DCT scaling, never below the
+target size), converted to RGB (transparency over white), downscaled with LANCZOS to at most
+--max-side (never upscaled) and re-encoded as JPEG at --jpeg-quality.
 
 Sharding: input item j (counting every row read, good or bad) goes to shard j % --num-shards,
 so the same input and settings give byte-identical shards. --worker-index I --num-workers N
@@ -36,6 +37,7 @@ import glob
 import hashlib
 import io
 import json
+import math
 import multiprocessing
 import os
 import resource
@@ -58,6 +60,12 @@ EXIF_ORIENTATION = 0x0112
 
 def to_jpeg(data: bytes, max_side: int, quality: int) -> bytes:
     with Image.open(io.BytesIO(data)) as im:
+        w, h = im.size
+        if im.format == "JPEG" and max(w, h) >= 2 * max_side:
+            # decode at 1/2, 1/4 or 1/8 scale (DCT scaling), never below the target size: the
+            # LANCZOS resize below then has less to do, at a fraction of the decode cost
+            s = max_side / max(w, h)
+            im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
         im = ImageOps.exif_transpose(im)  # photos are often stored rotated + an EXIF flag
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
@@ -271,7 +279,8 @@ def run(args) -> None:
     settings = {k: getattr(args, k) for k in ("num_shards", "prefix", "max_side", "jpeg_quality",
                                               "skip_bad", "max_bad_fraction", "sep")}
     settings.update(image_root=args.image_root and os.path.abspath(args.image_root),
-                    resample="LANCZOS", sharding="round-robin by input item",
+                    resample="LANCZOS after a JPEG draft decode at >= the target size",
+                    sharding="round-robin by input item",
                     pass_through="upright RGB JPEG within max_side, with its EOI marker")
     out = Output(args.out)
     try:
