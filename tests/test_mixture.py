@@ -7,7 +7,7 @@ import pytest
 
 from synthclip_jax import config_check
 from synthclip_jax.config_error import ConfigError
-from synthclip_jax.data import mixture_spec, pipeline
+from synthclip_jax.data import mixture_spec
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 from synthclip_jax.data.tokenizer import tokenize
 from tests.test_pipeline import assert_same, batches, data_config, jpeg
@@ -55,6 +55,12 @@ def test_config_check(two_sources, tmp_path):
         config_check.check_data(config)
 
 
+def mixture_source(config):
+    """What the trainer gets (data/source.py: make_train_source, one process)."""
+    from synthclip_jax.data.source import make_train_source
+    return make_train_source(config)
+
+
 def _sources_of(batch_list):
     """Which source each example came from, read from its caption's first word."""
     alpha, beta = tokenize(["alpha", "beta"])[:, 1]
@@ -65,7 +71,7 @@ def _sources_of(batch_list):
 
 def test_proportions_match_weights(two_sources):
     syn, real = two_sources
-    source = pipeline.make_grain_source(data_config(f"{syn}:0.75,{real}:0.25"), 0, 1)
+    source = mixture_source(data_config(f"{syn}:0.75,{real}:0.25"))
     got = batches(source, 20)  # 160 examples: 120 + 40, i.e. two epochs of the small source
     ids, numbers = _sources_of(got)
     assert ids.mean() == pytest.approx(0.25, abs=0.01)
@@ -82,12 +88,12 @@ def test_proportions_match_weights(two_sources):
 def test_resume_mid_epoch_reproduces_the_batches(two_sources):
     syn, real = two_sources
     config = data_config(f"{syn}:0.6,{real}:0.4")
-    straight_source = pipeline.make_grain_source(config, 0, 1)
+    straight_source = mixture_source(config)
     straight = batches(straight_source, 9)
-    first = pipeline.make_grain_source(config, 0, 1)
+    first = mixture_source(config)
     batches(first, 4)
     state = first.get_state()
-    resumed = pipeline.make_grain_source(config, 0, 1)
+    resumed = mixture_source(config)
     resumed.set_state(state)
     assert_same(straight[4:], batches(resumed, 5))
     assert resumed.stats() == straight_source.stats()

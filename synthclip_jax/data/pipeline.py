@@ -182,9 +182,6 @@ class GrainSource:
 
 
 def make_grain_source(config, process_index: int, process_count: int) -> GrainSource:
-    from synthclip_jax.data import mixture, mixture_spec  # "GLOB1:0.8,GLOB2:0.2"
-    if (mix := mixture_spec.parse(config.data.train)) is not None:
-        return mixture.make_mixture_source(config, mix, process_index, process_count)
     shards = TFRecordShards(config.data.train)
     if len(shards) < config.batch_size:
         # Fewer records than one batch: every batch would hold the same pair more than once,

@@ -89,9 +89,11 @@ def main(argv=None):
     p.add_argument("--captions", type=int, default=1_000_000)
     p.add_argument("--files", type=int, default=4)
     p.add_argument("--project", type=int, default=30_000_000)
+    p.add_argument("--digests", type=int, default=2_000_000,
+                   help="digests inserted to measure the duplicate set's bytes per digest")
     args = p.parse_args(argv)
-    ours, peer = bytes_per_digest("digest_set", 2_000_000), bytes_per_digest("set", 2_000_000)
-    print(f"duplicate set, 2M digests: {ours:.1f} B/digest (data_gen.digest_set) vs "
+    ours, peer = (bytes_per_digest(kind, args.digests) for kind in ("digest_set", "set"))
+    print(f"duplicate set, {args.digests} digests: {ours:.1f} B/digest (data_gen.digest_set) vs "
           f"{peer:.1f} B/digest (Python set); ratio ours/peer = {ours / peer:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
