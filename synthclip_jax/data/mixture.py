@@ -19,8 +19,7 @@ import numpy as np
 
 from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data import text_reduction
-from synthclip_jax.data.pipeline import (GrainSource, LoadExample, ensure_flags_parsed,
-                                         shuffled_indices)
+from synthclip_jax.data.pipeline import GrainSource, LoadExample, batched, shuffled_indices
 from synthclip_jax.data.tfrecord import TFRecordShards
 
 @dataclasses.dataclass
@@ -54,17 +53,8 @@ def mixture_dataset(config, sources: list, weights: list, process_index: int,
              for s in sources]
     parts = [shuffled_indices(len(s), config.seed + k).map(Tag(k))
              for k, s in enumerate(sources)]
-    read = grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.read_ahead)
-    ds = (grain.MapDataset.mix(parts, weights)
-          .random_map(LoadTagged(loads), seed=config.seed)
-          [process_index::process_count]
-          .to_iter_dataset(read)
-          .batch(config.batch_size // process_count, drop_remainder=True))
-    if d.num_workers > 0:
-        ensure_flags_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=d.num_workers, per_worker_buffer_size=d.prefetch_per_worker))
-    return ds
+    return batched(config, grain.MapDataset.mix(parts, weights), LoadTagged(loads),
+                   process_index, process_count)
 
 
 class CountingIterator:
