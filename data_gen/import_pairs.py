@@ -36,6 +36,7 @@ import functools
 import glob
 import hashlib
 import io
+import itertools
 import json
 import math
 import multiprocessing
@@ -219,8 +220,8 @@ def import_shards(args, kind, out: Output, names: list) -> dict:
     try:
         if args.workers > 1:  # spawn: forking a process that may hold JAX threads is unsafe
             with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-                counts = consume(args, pool.imap(fn, owned(), chunksize=16), writers, bar,
-                                 position)
+                counts = consume(args, bounded_imap(pool, fn, owned(), args.workers), writers,
+                                 bar, position)
         else:
             counts = consume(args, map(fn, owned()), writers, bar, position)
         read, written, skipped = counts
@@ -244,6 +245,22 @@ def import_shards(args, kind, out: Output, names: list) -> dict:
         out.publish(names[s])
     return {"counts": {"read": read, "written": written, "skipped": len(skipped)},
             "shards": shards, "skipped": skipped}
+
+
+def bounded_imap(pool, fn, jobs, workers: int, chunk: int = 16):
+    """pool.imap(fn, jobs) in input order, with at most 4 chunks per worker in flight. (imap
+    itself queues the whole input as fast as it can read it: 30M rows would sit in memory.)"""
+    pending = collections.deque()
+    for batch in iter(lambda: list(itertools.islice(jobs, chunk)), []):
+        pending.append(pool.apply_async(process_chunk, (fn, batch)))
+        if len(pending) >= 4 * workers:
+            yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
+
+
+def process_chunk(fn, jobs):
+    return [fn(job) for job in jobs]
 
 
 def process_job(job, **settings):
