@@ -19,9 +19,10 @@ Rules (SynthCLIP TextGen/substr_matching.py + balancing.py, from MetaCLIP):
   depends on neither file order nor the worker count (SynthCLIP's `random` was unseeded).
 
 Streaming and memory: two passes over the files (count, then sample; matches are recomputed
-rather than stored). Duplicates are found with a Python set of 8-byte blake2b digests of the
-captions (~70 bytes per unique caption in CPython, e.g. ~2 GB for 30M; the chance of a false
-duplicate is ~n^2/2^65, 2e-5 at 30M).
+rather than stored). Duplicates are found with a set of 8-byte blake2b digests of the
+captions (data_gen.digest_set: 16-32 bytes per unique caption, ~0.5 GB for 30M; the chance of
+a false duplicate is ~n^2/2^65, 2e-5 at 30M). Memory is then that set, plus the bank's matcher
+(~0.3 KB an entry) and its counts; tools/bench/balance.py measures it.
 Workers without a coordinator: worker I owns the captions whose digest % N == I (duplicates
 share a digest, so dedup stays exact). Phase `count` writes `counts-IIIII-of-NNNNN.json`;
 phase `sample` needs all N of them (sums them) and writes `kept-IIIII-of-NNNNN.jsonl` and
@@ -43,9 +44,10 @@ from pathlib import Path
 from data_gen import fingerprint
 from data_gen.caption_rows import caption_rows
 from data_gen.captions import clean_llm_caption
-from data_gen.common import (stage_parser, add_worker_args, check_worker_args, progress,
-                             worker_suffix)
+from data_gen.common import stage_parser, add_worker_args, check_worker_args, worker_suffix
 from data_gen.concepts import load_bank
+from data_gen.digest_set import DigestSet
+from data_gen.progress import Progress
 from synthclip_jax.files import atomic_path, read_jsonl
 
 PUNCTS_TO_WRAP = [",", ".", ";", ":", "?", "!", "`"]
@@ -87,12 +89,14 @@ def digest(caption: str) -> int:
     return int.from_bytes(hashlib.blake2b(caption.encode(), digest_size=8).digest(), "little")
 
 
-def unique_captions(files, stats, worker_index, num_workers, desc):
+def unique_captions(files, stats, worker_index, num_workers, desc, quiet=False):
     """Yields (row, cleaned caption) of this worker's first copies; counts what it drops."""
-    seen = set()
-    for path in progress(files, len(files), desc):
+    seen = DigestSet()
+    bar = Progress(desc, None, "captions", quiet)
+    for k, path in enumerate(files):
         for row in caption_rows(path):
             stats["read"] += 1
+            bar.update(fraction=k / len(files) or None)
             caption = clean_llm_caption(row["caption"])
             if caption is None:
                 stats["multiline"] += 1
@@ -100,11 +104,11 @@ def unique_captions(files, stats, worker_index, num_workers, desc):
             h = digest(caption)
             if h % num_workers != worker_index:
                 continue
-            if h in seen:
+            if not seen.add(h):
                 stats["duplicates"] += 1
                 continue
-            seen.add(h)
             yield row, caption
+    bar.close()
 
 
 def keep(caption: str, matched, counts, t: float, seed: int) -> bool:
@@ -119,7 +123,7 @@ def new_stats():
 def count_phase(files, matcher, bank, args, path):
     stats, counts = new_stats(), [0] * len(bank)
     for _, caption in unique_captions(files, stats, args.worker_index, args.num_workers,
-                                      "balance count (files)"):
+                                      "balance count", args.quiet):
         stats["unique"] += 1
         for e in matcher.match(caption):
             counts[e] += 1
@@ -145,7 +149,7 @@ def sample_phase(files, matcher, bank, args, out, suffix):
 
     def rows():
         for row, caption in unique_captions(files, stats, args.worker_index, args.num_workers,
-                                            "balance sample (files)"):
+                                            "balance sample", args.quiet):
             stats["unique"] += 1
             matched = matcher.match(caption)
             if not matched:
@@ -175,6 +179,8 @@ def main(argv=None):
     p.add_argument("--t", type=float, default=10, help="Balancing threshold (SynthCLIP 10).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--phase", choices=["all", "count", "sample"], default="all")
+    p.add_argument("--quiet", action="store_true",
+                   help="no live progress line: a line every 10 s (as when not on a terminal)")
     add_worker_args(p)
     args = p.parse_args(argv)
     check_worker_args(args.worker_index, args.num_workers)

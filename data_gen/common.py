@@ -11,8 +11,6 @@ counts output shards, in write and import_pairs; the stages that used `--shard-i
 import argparse
 import hashlib
 import json
-import sys
-import time
 from typing import Iterable, Sequence
 
 # Standard library only, like this module: the vLLM stage imports both in its own environment.
@@ -79,20 +77,9 @@ def write_jsonl_atomic(path, rows: Iterable[dict]) -> int:
     return count
 
 
-def progress(items: Iterable, total: int | None, desc: str, every_seconds: float = 5.0):
-    """Yields items, printing 'desc: done/total (rate/s)' to stderr now and then and at the end."""
-    start = last = time.perf_counter()
-    done = 0
-    for item in items:
-        yield item
-        done += 1
-        now = time.perf_counter()
-        if now - last >= every_seconds:
-            last = now
-            _report(desc, done, total, now - start)
-    _report(desc, done, total, time.perf_counter() - start)
-
-
-def _report(desc, done, total, elapsed):
-    of = f"/{total}" if total is not None else ""
-    print(f"{desc}: {done}{of} ({done / max(elapsed, 1e-9):.1f}/s)", file=sys.stderr, flush=True)
+def progress(items: Iterable, total: int | None, desc: str, every_seconds: float = 5.0,
+             quiet: bool = False):
+    """Yields items, reporting progress to stderr (data_gen.progress: a live line on a terminal,
+    a line every `every_seconds` otherwise, and one at the end)."""
+    from data_gen.progress import progress as report
+    yield from report(items, total, desc, quiet=quiet, every_seconds=every_seconds)

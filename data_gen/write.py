@@ -305,7 +305,7 @@ def run(args) -> int:
     writers = {s: ShardWriter(str(out / names[s])) for s in todo}
     counts, total, unmapped = Counter(), 0, 0
     try:  # every worker walks all samples (headers only) to number them; reads only its own
-        for sample, tar in progress(iter_samples(paths), None, "write"):
+        for sample, tar in progress(iter_samples(paths), None, "write", quiet=args.quiet):
             if total % args.num_shards in writers:
                 example = load(sample, tar, bank_ids)
                 unmapped += example.pop("unmapped")
@@ -347,6 +347,8 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="redo an OUT whose shards were written from other pairs files or "
                         "settings (without it, such an OUT is refused); one worker only")
+    p.add_argument("--quiet", action="store_true",
+                   help="no live progress line: a line every 5 s (as when not on a terminal)")
     add_worker_args(p, old_aliases=False)  # here --num-shards counts output shards
     return p.parse_args(argv)
 

@@ -12,6 +12,7 @@ from etils import epath
 from synthclip_jax import choices
 from synthclip_jax.axis_rules import MESH_AXES
 from synthclip_jax.config_error import ConfigError
+from synthclip_jax.data import mixture_spec
 from synthclip_jax.data.text_reduction import MODES as TEXT_REDUCTIONS
 from synthclip_jax.data.tfrecord import glob_shards
 from synthclip_jax.evaluate.templates import TEMPLATE_SETS
@@ -156,6 +157,11 @@ def check_data(config, training: bool = True) -> None:
         fail("data.train", d.train, "is empty: no training shards (and data.procedural.num_train "
              "is 0, so no demo data is rendered)", "set --config.data.train to a glob of "
              "TFRecord shards")
+    mixture = mixture_spec.parse(d.train) if source == "tfrecord" else None  # bad syntax: raises
+    if training and mixture and d.batch_order:
+        fail("data.batch_order", d.batch_order, "orders the records of one source, but "
+             "data.train is a weighted mixture", "set --config.data.batch_order='' or give "
+             "data.train one glob")
     low, high = d.rrc_scale
     if not 0 < low <= high <= 1:
         fail("data.rrc_scale", tuple(d.rrc_scale), "must satisfy 0 < low <= high <= 1",
@@ -176,10 +182,12 @@ def is_remote(path: str) -> bool:
 
 def check_paths_exist(config, training: bool = True) -> None:
     d, e = config.data, config.eval
-    if (training and choices.canonical_source(d.source) == "tfrecord" and d.train and not is_remote(d.train)
-            and not glob_shards(d.train)):
-        fail("data.train", d.train, "matches no file", "point --config.data.train at existing "
-             "TFRecord shards (a glob such as DIR/*.tfrecord)")
+    tfrecord = training and choices.canonical_source(d.source) == "tfrecord"
+    for pattern, _ in (tfrecord and mixture_spec.parse(d.train)) or [(d.train, 1)]:  # each source
+        if tfrecord and pattern and not is_remote(pattern) and not glob_shards(pattern):
+            where = "" if pattern == d.train else f" in {pattern!r}"
+            fail("data.train", d.train, f"matches no file{where}", "point --config.data.train at "
+                 "existing TFRecord shards (a glob such as DIR/*.tfrecord)")
     if e.retrieval and not is_remote(e.retrieval) and not glob_shards(e.retrieval):
         fail("eval.retrieval", e.retrieval, "matches no file", "point --config.eval.retrieval at "
              "existing TFRecord shards, or set it to '' (off)")

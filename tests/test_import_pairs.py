@@ -147,10 +147,11 @@ def test_deterministic_and_idempotent(tmp_path, capsys):
 
 
 def test_progress_lines(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(import_pairs, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(import_pairs, "PROGRESS_SECONDS", 0)  # not a terminal: a line each time
     _run("--input", make_csv(tmp_path), "--out", tmp_path / "o", "--num-shards", 1)
     err = capsys.readouterr().err
-    assert "import_pairs: 2 read, 2 written, 0 skipped" in err and "4 read" in err
+    assert "import_pairs: 2 pairs (" in err and "(2 written, 0 skipped)" in err
+    assert "import_pairs: 4 pairs (" in err and " ETA 0:00:00" in err
 
 
 def _bad_csv(tmp_path, bad_row):

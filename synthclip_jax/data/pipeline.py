@@ -122,6 +122,16 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
                        np.array(d.mean, np.float32), np.array(d.std, np.float32),
                        rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
                        text_reduction=text_reduction.check_mode(d.text_reduction))
+    indices = (ordered_indices(d.batch_order, len(shards), config.batch_size) if d.batch_order
+               else shuffled_indices(len(shards), config.seed))
+    return batched(config, indices, load, process_index, process_count)
+
+
+def batched(config, indices: grain.MapDataset, load: grain.transforms.RandomMap,
+            process_index: int, process_count: int) -> grain.IterDataset:
+    """This process's batches of `load` over `indices` (record indices, or the (source,
+    record) pairs of a weighted mixture: data/mixture.py)."""
+    d = config.data
     # Random choices are seeded by the global position, so that the examples do not depend
     # on the number of processes. Element k of process p = global element k*P + p (lazily:
     # only this process's elements are ever read).
@@ -129,8 +139,6 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
     # elements (default 500, sized for 1-10 KiB records), which for whole decoded batches
     # would hold up to 500 batches (~150 GB at 512 x 224 px) in host memory.
     read = grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.read_ahead)
-    indices = (ordered_indices(d.batch_order, len(shards), config.batch_size) if d.batch_order
-               else shuffled_indices(len(shards), config.seed))
     ds = (indices
           .random_map(load, seed=config.seed)
           [process_index::process_count]

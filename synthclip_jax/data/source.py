@@ -8,6 +8,7 @@ the count of skipped corrupt records, which the trainer logs with its metrics.
 import jax
 
 from synthclip_jax.config_error import ConfigError
+from synthclip_jax.data import mixture_spec
 from synthclip_jax.data.shapes import ShapesSource
 from synthclip_jax.choices import SOURCES, canonical_source
 
@@ -27,6 +28,9 @@ def make_train_source(config):
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
     if name == "tfrecord":
+        if (mix := mixture_spec.parse(config.data.train)) is not None:  # "GLOB1:0.8,GLOB2:0.2"
+            from synthclip_jax.data.mixture import make_mixture_source
+            return make_mixture_source(config, mix, jax.process_index(), jax.process_count())
         from synthclip_jax.data.pipeline import make_grain_source  # grain only when used
         return make_grain_source(config, jax.process_index(), jax.process_count())
     raise ConfigError("data.source", f"data.source={config.data.source!r}; choose one of {SOURCES}")

@@ -111,7 +111,8 @@ def _check_payload(payload, crc: bytes, length: int, path: str, offset: int) -> 
 
 
 def encode_example(*, image: bytes, captions: Sequence[str], key: str,
-                   concepts: Sequence[int] = (), source: str = "") -> bytes:
+                   concepts: Sequence[int] = (), source: str = "",
+                   web_caption: str = "") -> bytes:
     if isinstance(captions, (str, bytes)) or not captions or not all(
             isinstance(c, str) and c.strip() for c in captions):
         raise ValueError(f"captions must be a non-empty list of non-empty str, got {captions!r}")
@@ -126,6 +127,8 @@ def encode_example(*, image: bytes, captions: Sequence[str], key: str,
         f["concept"].int64_list.value.extend(int(c) for c in concepts)
     if source:
         f["source"].bytes_list.value.append(source.encode("utf-8"))
+    if web_caption:  # CLIPS's second caption role; absent when empty
+        f["web_caption"].bytes_list.value.append(web_caption.encode("utf-8"))
     # Features is a map: deterministic=True sorts keys, so equal inputs give equal bytes.
     return ex.SerializeToString(deterministic=True)
 
