@@ -15,6 +15,7 @@ IMAGE_POOL_TYPES = ("tok", "avg")  # model.image.pool_type; models/vit.py
 TEXT_POOL_TYPES = ("argmax", "last", "mean")  # model.text.pool_type; models/text.py
 
 SOURCES = ("shapes", "tfrecord")  # data.source; data/source.py
+CLUSTER_MODALITIES = ("text", "image")  # data.clusters.modality; evaluate/record_features.py
 # Old names still accepted: configs and command lines written before the rename keep working.
 SOURCE_ALIASES = {"synthetic_shapes": "shapes"}
 

@@ -59,6 +59,15 @@ def base() -> ml_collections.ConfigDict:
         # A .npy of record indices, batch after batch (tools/similarity_order.py: SimCLIP's
         # similarity-cluster batches); "" = seeded shuffle, epoch after epoch.
         batch_order="",
+        # SimCLIP's similarity-cluster batches built during training (train/online_clusters.py):
+        # per batch int(batch_size * p) examples in clusters of `cluster_size` similar ones, each
+        # drawn among a pivot's cluster_size * `neighborhood` nearest; p starts at `proportion`
+        # and doubles at each of `warmup_epochs` (SimCLIP's default list). The bank (`modality`
+        # text | image) is re-embedded with the current model every `every_steps` steps (0 =
+        # every epoch) when `online`, else once at the run's first step.
+        clusters=dict(enabled=False, online=True, modality="text", proportion=1.0,
+                      warmup_epochs=(4, 6, 8, 10, 12, 14, 16, 18), cluster_size=16,
+                      neighborhood=1, every_steps=0),
         mean=CLIP_MEAN,
         std=CLIP_STD,
         num_workers=4,  # Grain worker processes (0 = decode in the training process)
