@@ -5,6 +5,8 @@ that implement each choice import the names from here, so the lists exist once.
 """
 
 LOSS_NAMES = ("softmax", "sigmoid", "sigmoid_ring")  # loss.name; losses.py
+OPTIMIZERS = ("adamw", "adam_l2")  # optim.name; train/optimizer.py
+PROJECTIONS = ("linear", "mlp")  # model.projection; models/two_tower.py
 # train.accum_negatives: "full" = whole-batch contrastive loss over the micro-batches;
 # "micro" = each micro-batch its own batch of negatives (train/step.py).
 ACCUM_NEGATIVES = ("full", "micro")

@@ -50,6 +50,8 @@ CHOICES = {
     "data.source": choices.SOURCES,
     "data.text_reduction": TEXT_REDUCTIONS,
     "data.clusters.modality": choices.CLUSTER_MODALITIES,
+    "optim.name": choices.OPTIMIZERS,
+    "model.projection": choices.PROJECTIONS,
     "eval.templates": tuple(TEMPLATE_SETS),
     "optim.weight_decay_policy": WEIGHT_DECAY_POLICIES,
 }
@@ -165,6 +167,7 @@ def check_data(config, training: bool = True) -> None:
     at_least(config, "data.num_workers", 0)
     at_least(config, "data.prefetch_per_worker", 1)
     check_clusters(config)
+    check_loss_options(config)
     fraction = d.max_corrupt_fraction
     if not 0 <= fraction <= 1:
         fail("data.max_corrupt_fraction", fraction, "must lie in [0, 1]",
@@ -215,3 +218,18 @@ def check_clusters(config) -> None:
         fail("data.clusters.enabled", True, f"conflicts with data.batch_order={d.batch_order!r} "
              "(both set the record order)", "set --config.data.batch_order='' or "
              "--config.data.clusters.enabled=False")
+
+
+def check_loss_options(config) -> None:
+    """loss.label_smoothing and loss.softmax_bias (softmax loss options, losses.py)."""
+    loss = config.loss
+    if not 0 <= loss.label_smoothing < 1:
+        fail("loss.label_smoothing", loss.label_smoothing, "must lie in [0, 1)",
+             "set --config.loss.label_smoothing to e.g. 0.1, or 0 (off)")
+    if loss.name != "softmax" and (loss.label_smoothing or loss.softmax_bias):
+        key = "loss.label_smoothing" if loss.label_smoothing else "loss.softmax_bias"
+        fail(key, get(config, key), f"is an option of the softmax loss, not loss.name="
+             f"{loss.name!r}", f"set --config.{key} to its default or --config.loss.name=softmax")
+    if loss.softmax_bias and config.model.logit_bias_init is None:
+        fail("loss.softmax_bias", True, "needs a logit bias parameter (model.logit_bias_init is "
+             "unset)", "set --config.model.logit_bias_init=0.0 (simple-clip's init)")
