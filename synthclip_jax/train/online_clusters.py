@@ -3,12 +3,12 @@
 Training is cut into periods of `data.clusters.every_steps` steps (0: one epoch, records //
 batch_size steps). At the start of each period the current model embeds every training record
 (`data.clusters.modality`: first caption or center crop; evaluate/record_features.py), sharded
-over the mesh like evaluation; the top-k neighbour index is built on the devices
-(data/neighbours.py), and the period's record order is drawn from it (data/clusters.py): per
+over the mesh like evaluation, in batches of `eval.batch_size`; the top-k neighbour index is
+built on the devices (data/neighbours.py), and the period's record order is drawn from it (data/clusters.py): per
 batch, int(batch_size * p) examples in clusters of `cluster_size` similar ones, the rest from
 seeded permutations. p starts at `proportion` and doubles at each epoch of `warmup_epochs`
 (SimCLIP's --warmup-prop / --upweight-epochs). With `online=False` the bank is embedded once, at
-the run's first period (SimCLIP's offline mode: the initial or `init_from` model), and its
+the run's first period (SimCLIP's offline mode: the model the run starts from), and its
 neighbour index is kept in WORKDIR/clusters/neighbours.npz for later periods.
 
 Exact resume: the order of every period is stored, WORKDIR/clusters/order-STEP.npy (+ .json:
@@ -76,6 +76,10 @@ class ClusterSource:
                 **self.inner.get_state()}
 
     def set_state(self, state: dict):
+        if "clusters_start" not in state:
+            raise ValueError("the checkpoint's data state is not a cluster source's (was "
+                             "data.clusters.enabled switched on for a resume?); train it in a "
+                             "new workdir")
         start = int(state["clusters_start"])
         order = self.load_order(start)
         self.counts["filled"] = int(state.get("filled", 0))
