@@ -142,3 +142,24 @@ def test_resume_mid_epoch_reproduces_the_batches(tmp_path, online):
         f.unlink()
     with pytest.raises(FileNotFoundError, match="order-000000004.npy"):
         ClusterSource(config, graphdef, mesh, tmp_path / "b").set_state(state)
+
+
+def test_record_features_equal_evaluation_inputs(tmp_path):
+    from synthclip_jax.data.tfrecord import TFRecordShards
+    from synthclip_jax.evaluate.encode import Encoder
+    from synthclip_jax.evaluate.record_features import record_features
+    from synthclip_jax.evaluate.retrieval import RetrievalSet
+
+    pattern = write_captions(tmp_path)
+    config = config_for(pattern)
+    graphdef, state = nnx.split(build_model(config, 0))
+    mesh = sharding.make_mesh(config.mesh, jax.devices())
+    encoder = Encoder(graphdef, mesh, 24)  # 64 records: a padded last batch
+    d = config.data
+    ref = RetrievalSet(pattern, d.image_size, d.mean, d.std, 16)  # center crops, captions
+    common = dict(context_length=16, image_size=d.image_size, mean=d.mean, std=d.std, chunk=40)
+    images, bad = record_features(encoder, state, TFRecordShards(pattern), "image", **common)
+    np.testing.assert_allclose(images, encoder.images(state, ref.images), atol=1e-6)
+    texts, _ = record_features(encoder, state, TFRecordShards(pattern), "text", **common)
+    np.testing.assert_allclose(texts, encoder.texts(state, tokenize(CAPTIONS, 16)), atol=1e-6)
+    assert bad == 0 and images.shape == (64, 16)
