@@ -5,6 +5,8 @@ that implement each choice import the names from here, so the lists exist once.
 """
 
 LOSS_NAMES = ("softmax", "sigmoid", "sigmoid_ring")  # loss.name; losses.py
+OPTIMIZERS = ("adamw", "adam_l2")  # optim.name; train/optimizer.py
+PROJECTIONS = ("linear", "mlp")  # model.projection; models/two_tower.py
 # train.accum_negatives: "full" = whole-batch contrastive loss over the micro-batches;
 # "micro" = each micro-batch its own batch of negatives (train/step.py).
 ACCUM_NEGATIVES = ("full", "micro")
@@ -15,6 +17,7 @@ IMAGE_POOL_TYPES = ("tok", "avg")  # model.image.pool_type; models/vit.py
 TEXT_POOL_TYPES = ("argmax", "last", "mean")  # model.text.pool_type; models/text.py
 
 SOURCES = ("shapes", "tfrecord")  # data.source; data/source.py
+CLUSTER_MODALITIES = ("text", "image")  # data.clusters.modality; evaluate/record_features.py
 # Old names still accepted: configs and command lines written before the rename keep working.
 SOURCE_ALIASES = {"synthetic_shapes": "shapes"}
 

@@ -26,16 +26,24 @@ def base() -> ml_collections.ConfigDict:
 
     # weight_decay_policy: which declared parameter kinds are decayed (models/param_kinds.py):
     # "openclip" weights only; "synthclip" also positional/class embeddings; "all" (SimCLIP).
-    c.optim = dict(b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0, lr_warmup_init=0.0,
+    # name: adamw (decoupled decay) | adam_l2 (simple-clip's torch Adam(weight_decay=wd): L2
+    # decay added to the gradient before the moments).
+    c.optim = dict(name="adamw", b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0, lr_warmup_init=0.0,
                    lr_end=0.0, max_nonfinite_in_a_row=10, weight_decay_policy="openclip")
     # accum_negatives: "full" = whole-batch contrastive loss (OpenCLIP --accum-freq, one extra
     # forward per micro-batch); "micro" = each micro-batch its own batch of negatives.
     c.train = dict(grad_accum_steps=1, accum_negatives="full")
     c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES)
-    c.loss = dict(name="softmax")
+    # softmax loss options: label_smoothing as SimCLIP's clip_loss (torch cross_entropy); with
+    # softmax_bias the model's logit bias (model.logit_bias_init) is added to the logits, as
+    # simple-clip does (a constant shift: it changes neither the loss nor any gradient).
+    c.loss = dict(name="softmax", label_smoothing=0.0, softmax_bias=False)
 
     c.model = dict(
         embed_dim=512,
+        # linear: one matrix per tower (CLIP); mlp: Linear(d, d) - ReLU - Linear(d, embed_dim),
+        # no biases, d the tower width (simple-clip; OpenCLIP export refuses it).
+        projection="linear",
         layernorm_eps=1e-6,
         activation="gelu",  # gelu (exact) | gelu_tanh | quick_gelu
         dtype="float32",  # compute dtype; params stay float32 (bfloat16 on TPU/GPU)
@@ -59,6 +67,15 @@ def base() -> ml_collections.ConfigDict:
         # A .npy of record indices, batch after batch (tools/similarity_order.py: SimCLIP's
         # similarity-cluster batches); "" = seeded shuffle, epoch after epoch.
         batch_order="",
+        # SimCLIP's similarity-cluster batches built during training (train/online_clusters.py):
+        # per batch int(batch_size * p) examples in clusters of `cluster_size` similar ones, each
+        # drawn among a pivot's cluster_size * `neighborhood` nearest; p starts at `proportion`
+        # and doubles at each of `warmup_epochs` (SimCLIP's default list). The bank (`modality`
+        # text | image) is re-embedded with the current model every `every_steps` steps (0 =
+        # every epoch) when `online`, else once at the run's first step.
+        clusters=dict(enabled=False, online=True, modality="text", proportion=1.0,
+                      warmup_epochs=(4, 6, 8, 10, 12, 14, 16, 18), cluster_size=16,
+                      neighborhood=1, every_steps=0),
         mean=CLIP_MEAN,
         std=CLIP_STD,
         num_workers=4,  # Grain worker processes (0 = decode in the training process)

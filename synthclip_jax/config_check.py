@@ -50,6 +50,9 @@ CHOICES = {
     "model.text.pool_type": choices.TEXT_POOL_TYPES,
     "data.source": choices.SOURCES,
     "data.text_reduction": TEXT_REDUCTIONS,
+    "data.clusters.modality": choices.CLUSTER_MODALITIES,
+    "optim.name": choices.OPTIMIZERS,
+    "model.projection": choices.PROJECTIONS,
     "eval.templates": tuple(TEMPLATE_SETS),
     "optim.weight_decay_policy": WEIGHT_DECAY_POLICIES,
 }
@@ -169,6 +172,8 @@ def check_data(config, training: bool = True) -> None:
     at_least(config, "data.image_size", 1)
     at_least(config, "data.num_workers", 0)
     at_least(config, "data.prefetch_per_worker", 1)
+    check_clusters(config)
+    check_loss_options(config)
     fraction = d.max_corrupt_fraction
     if not 0 <= fraction <= 1:
         fail("data.max_corrupt_fraction", fraction, "must lie in [0, 1]",
@@ -197,3 +202,42 @@ def check_paths_exist(config, training: bool = True) -> None:
     if training and d.batch_order and not is_remote(d.batch_order) and not epath.Path(d.batch_order).is_file():
         fail("data.batch_order", d.batch_order, "is not a file", "point --config.data.batch_order "
              "at a .npy from tools/similarity_order.py, or set it to '' (seeded shuffle)")
+
+
+def check_clusters(config) -> None:
+    """data.clusters (SimCLIP cluster batches, train/online_clusters.py)."""
+    d, c = config.data, config.data.clusters
+    at_least(config, "data.clusters.cluster_size", 2)
+    at_least(config, "data.clusters.neighborhood", 1)
+    at_least(config, "data.clusters.every_steps", 0)
+    if not 0 < c.proportion <= 1:
+        fail("data.clusters.proportion", c.proportion, "must lie in (0, 1]",
+             "set --config.data.clusters.proportion to the clustered share of a batch, e.g. 1.0")
+    epochs = tuple(c.warmup_epochs)
+    if any(not isinstance(e, int) or e < 1 for e in epochs):
+        fail("data.clusters.warmup_epochs", epochs, "must be epochs >= 1 (ints)",
+             "set --config.data.clusters.warmup_epochs='(4, 6, 8)' or '()' (no warmup)")
+    if not c.enabled:
+        return
+    if choices.canonical_source(d.source) != "tfrecord":
+        fail("data.clusters.enabled", True, f"needs data.source='tfrecord' (data.source="
+             f"{d.source!r} has no records to embed)", "set --config.data.source=tfrecord")
+    if d.batch_order:
+        fail("data.clusters.enabled", True, f"conflicts with data.batch_order={d.batch_order!r} "
+             "(both set the record order)", "set --config.data.batch_order='' or "
+             "--config.data.clusters.enabled=False")
+
+
+def check_loss_options(config) -> None:
+    """loss.label_smoothing and loss.softmax_bias (softmax loss options, losses.py)."""
+    loss = config.loss
+    if not 0 <= loss.label_smoothing < 1:
+        fail("loss.label_smoothing", loss.label_smoothing, "must lie in [0, 1)",
+             "set --config.loss.label_smoothing to e.g. 0.1, or 0 (off)")
+    if loss.name != "softmax" and (loss.label_smoothing or loss.softmax_bias):
+        key = "loss.label_smoothing" if loss.label_smoothing else "loss.softmax_bias"
+        fail(key, get(config, key), f"is an option of the softmax loss, not loss.name="
+             f"{loss.name!r}", f"set --config.{key} to its default or --config.loss.name=softmax")
+    if loss.softmax_bias and config.model.logit_bias_init is None:
+        fail("loss.softmax_bias", True, "needs a logit bias parameter (model.logit_bias_init is "
+             "unset)", "set --config.model.logit_bias_init=0.0 (simple-clip's init)")

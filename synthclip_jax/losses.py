@@ -46,22 +46,42 @@ def _local_labels(local_b, batch_axes):
     return jax.lax.axis_index(batch_axes) * local_b + jnp.arange(local_b)
 
 
-def _softmax_local(img, txt, logit_scale, *, batch_axes, global_b):
+def _softmax_local(img, txt, logit_scale, logit_bias=None, weights=None, *, batch_axes,
+                   global_b, label_smoothing=0.0):
     img, txt = img.astype(jnp.float32), txt.astype(jnp.float32)
     scale = jnp.exp(logit_scale.astype(jnp.float32))
+    # simple-clip adds its learnable bias under softmax too: a constant shift of every logit,
+    # so it changes neither the loss nor any gradient (its own is zero).
+    bias = 0.0 if logit_bias is None else logit_bias.astype(jnp.float32)
     all_img = jax.lax.all_gather(img, batch_axes, tiled=True)
     all_txt = jax.lax.all_gather(txt, batch_axes, tiled=True)
     labels = _local_labels(img.shape[0], batch_axes)
+    if weights is None:
+        local_w = all_w = None
+    else:
+        local_w = weights.astype(jnp.float32)
+        all_w = jax.lax.all_gather(local_w, batch_axes, tiled=True)
 
     def ce_sum(logits):
+        # SimCLIP's torch cross_entropy(weight=w, label_smoothing=a) with labels arange(B):
+        # row i costs (1 - a) w_i CE(i, i) + a / B sum_c w_c CE(i, c).
         logz = jax.nn.logsumexp(logits, axis=1)
         pos = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
-        return jnp.sum(logz - pos)
+        own = logz - pos
+        if local_w is not None:
+            own = own * local_w
+        if not label_smoothing:
+            return jnp.sum(own)
+        ce = logz[:, None] - logits
+        spread = jnp.sum(ce if all_w is None else ce * all_w[None, :], axis=1) / global_b
+        return jnp.sum((1 - label_smoothing) * own + label_smoothing * spread)
 
     # Row i of L.T is text i against all images, so the text->image CE over
     # local text rows covers exactly this device's columns of L.
-    local = ce_sum(scale * img @ all_txt.T) + ce_sum(scale * txt @ all_img.T)
-    return jax.lax.psum(local, batch_axes) / (2 * global_b)
+    local = ce_sum(scale * img @ all_txt.T + bias) + ce_sum(scale * txt @ all_img.T + bias)
+    # torch's weighted mean divides by the sum of the targets' weights
+    total = global_b if local_w is None else jax.lax.psum(jnp.sum(local_w), batch_axes)
+    return jax.lax.psum(local, batch_axes) / (2 * total)
 
 
 def _sigmoid_local(img, txt, logit_scale, logit_bias, *, batch_axes, global_b):
@@ -158,10 +178,14 @@ def _sigmoid_ring_local(img, txt, logit_scale, logit_bias, *, batch_axes,
 
 
 def make_contrastive_loss(name: str, mesh: jax.sharding.Mesh,
-                          batch_axes=BATCH_AXES):
-    """Returns loss_fn(outputs: ContrastiveOutputs) -> scalar float32.
+                          batch_axes=BATCH_AXES, *, label_smoothing: float = 0.0,
+                          softmax_bias: bool = False):
+    """Returns loss_fn(outputs: ContrastiveOutputs, weights=None) -> scalar float32.
 
     Features are (global_batch, embed), sharded (or shardable) as P(batch_axes, None).
+    'softmax' only (SimCLIP's loss options): `weights` (global_batch,) per-sample weights and
+    `label_smoothing` as torch's cross_entropy(weight=, label_smoothing=); `softmax_bias` adds
+    the model's logit bias to the logits (simple-clip; no effect on loss or gradients).
     """
     if name not in LOSS_NAMES:
         raise ValueError(f'unknown contrastive loss {name!r}; expected one of {LOSS_NAMES}')
@@ -169,7 +193,13 @@ def make_contrastive_loss(name: str, mesh: jax.sharding.Mesh,
     n = math.prod(mesh.shape[a] for a in batch_axes)
     feat_spec = P(batch_axes, None)
 
-    def loss_fn(outputs: ContrastiveOutputs):
+    if name != 'softmax' and (label_smoothing or softmax_bias):
+        raise ValueError(f'label smoothing and the softmax bias are options of the softmax loss, '
+                         f'not {name!r}')
+
+    def loss_fn(outputs: ContrastiveOutputs, weights=None):
+        if weights is not None and name != 'softmax':
+            raise ValueError(f'per-sample weights are an option of the softmax loss, not {name!r}')
         image_features, text_features, logit_scale, logit_bias = outputs
         global_b = image_features.shape[0]
         if text_features.shape[0] != global_b:
@@ -180,10 +210,14 @@ def make_contrastive_loss(name: str, mesh: jax.sharding.Mesh,
         logit_scale = jnp.asarray(logit_scale)
         logit_bias = jnp.asarray(logit_bias)
         if name == 'softmax':
+            bias = logit_bias if softmax_bias else None
+            w_spec = P() if weights is None else P(batch_axes)
             f = jax.shard_map(
-                lambda i, t, s: _softmax_local(i, t, s, batch_axes=batch_axes, global_b=global_b),
-                mesh=mesh, in_specs=(feat_spec, feat_spec, P()), out_specs=P())
-            return f(image_features, text_features, logit_scale)
+                lambda i, t, s, b, w: _softmax_local(
+                    i, t, s, b, w, batch_axes=batch_axes, global_b=global_b,
+                    label_smoothing=label_smoothing),
+                mesh=mesh, in_specs=(feat_spec, feat_spec, P(), P(), w_spec), out_specs=P())
+            return f(image_features, text_features, logit_scale, bias, weights)
         local = _sigmoid_local if name == 'sigmoid' else _sigmoid_ring_local
         kwargs = dict(batch_axes=batch_axes, global_b=global_b)
         if name == 'sigmoid_ring':

@@ -12,43 +12,36 @@ shuffled). Train with `--config.data.batch_order=order.npy` and the same batch s
 repeats if training runs longer. A sidecar ORDER.json records the settings.
 
 Scale: the features (N x E float32) stay in host memory and every cluster scans all N, as in
-SimCLIP (COCO's 118k captions: 240 MB at E = 512). Millions of captions need an ANN index,
-which this does not build. SimCLIP's online mode (re-embedding every epoch) is not provided:
-rerun this tool on a newer checkpoint and resume with the new order instead.
+SimCLIP (COCO's 118k captions: 240 MB at E = 512). For millions of captions, and for SimCLIP's
+online mode (re-embedding every epoch with the current model), train with `data.clusters`
+instead: it builds a top-k neighbour index on the devices (synthclip_jax/data/neighbours.py).
 """
 import argparse
 import json
 import sys
-import time
 
 import numpy as np
 
 
-def caption_features(config, params, pattern: str, chunk: int = 8192) -> np.ndarray:
+def caption_features(config, params, pattern: str) -> np.ndarray:
     """(N, E) L2-normalised text features of every record's first caption, with `params`."""
     import jax
     from flax import nnx
 
     from synthclip_jax import sharding
-    from synthclip_jax.data.tfrecord import TFRecordShards, decode_example
-    from synthclip_jax.data.tokenizer import tokenize
+    from synthclip_jax.data.tfrecord import TFRecordShards
     from synthclip_jax.evaluate.encode import Encoder
+    from synthclip_jax.evaluate.record_features import record_features
     from synthclip_jax.models.two_tower import build_model
 
     graphdef, state = nnx.split(build_model(config, 0))
     nnx.replace_by_pure_dict(state, params)
     mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), jax.local_devices())
     encoder = Encoder(graphdef, mesh, batch_size=256)
-    shards = TFRecordShards(pattern)
-    features, start = [], time.perf_counter()
-    for lo in range(0, len(shards), chunk):
-        captions = [decode_example(shards[i])["captions"][0]
-                    for i in range(lo, min(lo + chunk, len(shards)))]
-        features.append(encoder.texts(state, tokenize(captions,
-                                                      config.model.text.context_length)))
-        print(f"  {lo + len(captions)}/{len(shards)} captions, "
-              f"{time.perf_counter() - start:.0f}s", flush=True)
-    return np.concatenate(features).astype(np.float32)
+    features, _ = record_features(encoder, state, TFRecordShards(pattern), "text",
+                                  context_length=config.model.text.context_length,
+                                  log=lambda line: print(line, flush=True))
+    return features
 
 
 def main(argv=None) -> int:

@@ -114,23 +114,29 @@ def ordered_indices(path: str, num_records: int, batch_size: int) -> grain.MapDa
 
 
 def train_dataset(config, shards: TFRecordShards, process_index: int,
-                  process_count: int) -> grain.IterDataset:
+                  process_count: int, indices: grain.MapDataset | None = None,
+                  seed: int | None = None) -> grain.IterDataset:
     """This process's batches (batch_size / process_count rows; the trainer has checked that it
-    divides, `sharding.check_batch_size`, before making any source)."""
+    divides, `sharding.check_batch_size`, before making any source). `indices` (global record
+    order) and `seed` (of the per-example random choices) replace the config's: SimCLIP's
+    cluster orders (train/online_clusters.py)."""
     d = config.data
     load = LoadExample(shards, d.image_size, config.model.text.context_length,
                        np.array(d.mean, np.float32), np.array(d.std, np.float32),
                        rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
                        text_reduction=text_reduction.check_mode(d.text_reduction))
-    indices = (ordered_indices(d.batch_order, len(shards), config.batch_size) if d.batch_order
-               else shuffled_indices(len(shards), config.seed))
-    return batched(config, indices, load, process_index, process_count)
+    if indices is None:
+        indices = (ordered_indices(d.batch_order, len(shards), config.batch_size)
+                   if d.batch_order else shuffled_indices(len(shards), config.seed))
+    return batched(config, indices, load, process_index, process_count, seed)
 
 
 def batched(config, indices: grain.MapDataset, load: grain.transforms.RandomMap,
-            process_index: int, process_count: int) -> grain.IterDataset:
+            process_index: int, process_count: int,
+            seed: int | None = None) -> grain.IterDataset:
     """This process's batches of `load` over `indices` (record indices, or the (source,
-    record) pairs of a weighted mixture: data/mixture.py)."""
+    record) pairs of a weighted mixture: data/mixture.py); `seed` of the random choices
+    (default: the config's)."""
     d = config.data
     # Random choices are seeded by the global position, so that the examples do not depend
     # on the number of processes. Element k of process p = global element k*P + p (lazily:
@@ -140,7 +146,7 @@ def batched(config, indices: grain.MapDataset, load: grain.transforms.RandomMap,
     # would hold up to 500 batches (~150 GB at 512 x 224 px) in host memory.
     read = grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.read_ahead)
     ds = (indices
-          .random_map(load, seed=config.seed)
+          .random_map(load, seed=config.seed if seed is None else seed)
           [process_index::process_count]
           .to_iter_dataset(read)
           .batch(config.batch_size // process_count, drop_remainder=True))
@@ -195,11 +201,15 @@ class GrainSource:
 
 def make_grain_source(config, process_index: int, process_count: int) -> GrainSource:
     shards = TFRecordShards(config.data.train)
+    check_enough_records(config, shards)
+    ds = train_dataset(config, shards, process_index, process_count)
+    return GrainSource(ds, config.data.max_corrupt_fraction, len(shards) / process_count)
+
+
+def check_enough_records(config, shards: TFRecordShards):
     if len(shards) < config.batch_size:
         # Fewer records than one batch: every batch would hold the same pair more than once,
         # a false negative of itself for the contrastive loss.
         raise ConfigError("batch_size", f"data.train={config.data.train!r} holds {len(shards)} "
                           f"records, fewer than one batch (batch_size={config.batch_size}); add "
                           "data or lower --config.batch_size")
-    ds = train_dataset(config, shards, process_index, process_count)
-    return GrainSource(ds, config.data.max_corrupt_fraction, len(shards) / process_count)

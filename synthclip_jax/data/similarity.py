@@ -25,14 +25,22 @@ def cluster_batch(features: np.ndarray, size: int, num_clusters: int, neighborho
         taken[pivot] = True
         if per_cluster == 1:
             continue
-        sim = features @ features[pivot]
-        # Duplicates of the pivot (float32 rounding allowed): only if nothing else is left.
-        sim[sim >= max_sim - 1e-6] = -1.0
-        sim[taken] = -np.inf
-        candidates = np.argsort(-sim, kind="stable")[:per_cluster * neighborhood]
-        candidates = candidates[~taken[candidates]]
+        candidates = brute_force_candidates(features, pivot, taken,
+                                            per_cluster * neighborhood, max_sim)
         taken[rng.choice(candidates, per_cluster - 1, replace=False)] = True
     return np.flatnonzero(taken)
+
+
+def brute_force_candidates(features: np.ndarray, pivot: int, taken: np.ndarray, count: int,
+                           max_sim: float = 1.0) -> np.ndarray:
+    """The `count` examples most similar to `pivot` among those not `taken` (a bool mask),
+    best first, ties by lower index; duplicates of the pivot (>= max_sim) rank last."""
+    sim = features @ features[pivot]
+    # Duplicates of the pivot (float32 rounding allowed): only if nothing else is left.
+    sim[sim >= max_sim - 1e-6] = -1.0
+    sim[taken] = -np.inf
+    candidates = np.argsort(-sim, kind="stable")[:count]
+    return candidates[~taken[candidates]]
 
 
 def batch_order(features: np.ndarray, *, batch_size: int, proportion: float, num_clusters: int,
@@ -44,15 +52,25 @@ def batch_order(features: np.ndarray, *, batch_size: int, proportion: float, num
     """
     clustered = int(batch_size * proportion)
     rng = np.random.default_rng(seed)
-    shuffled, used = rng.permutation(len(features)), 0
+    return mixed_order(
+        lambda: cluster_batch(features, clustered, num_clusters, neighborhood, rng),
+        num_records=len(features), batch_size=batch_size, clustered=clustered,
+        num_batches=num_batches, rng=rng)
+
+
+def mixed_order(cluster_part, *, num_records: int, batch_size: int, clustered: int,
+                num_batches: int, rng: np.random.Generator) -> np.ndarray:
+    """`num_batches` batches of `cluster_part()` (`clustered` indices) then the next
+    batch_size - clustered indices of seeded permutations of all records, epoch after epoch."""
+    shuffled, used = rng.permutation(num_records), 0
     order = []
     for _ in range(num_batches):
         if clustered:
-            order.append(cluster_batch(features, clustered, num_clusters, neighborhood, rng))
+            order.append(cluster_part())
         need = batch_size - clustered
         while need:
             if used == len(shuffled):
-                shuffled, used = rng.permutation(len(features)), 0
+                shuffled, used = rng.permutation(num_records), 0
             take = shuffled[used:used + need]
             order.append(take)
             used, need = used + len(take), need - len(take)

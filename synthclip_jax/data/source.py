@@ -3,7 +3,9 @@
 A source is an iterator of host-local batches {'image': float32 (b, H, W, 3) normalised,
 'text': int32 (b, context_length)} with `get_state()` / `set_state(dict)` for exact resume
 (the state is saved in every checkpoint). A source may have `stats() -> {name: number}`, e.g.
-the count of skipped corrupt records, which the trainer logs with its metrics.
+the count of skipped corrupt records, which the trainer logs with its metrics. A source may
+have `prepare(step, params)`, called before every step with the current parameters: SimCLIP's
+cluster batches (train/online_clusters.py, `data.clusters`) re-embed the data with them.
 """
 import jax
 

@@ -40,6 +40,9 @@ def check_openclip(config):
                "OpenCLIP's TextTransformer has no mean pooling (it has argmax, last, first, eos)")
     if m.image.pool_type not in ("tok", "avg"):
         refuse("model.image.pool_type", m.image.pool_type, "OpenCLIP's ViT supports tok and avg")
+    if m.get("projection", "linear") != "linear":
+        refuse("model.projection", m.projection, "OpenCLIP's towers project with one matrix "
+               "(no Linear-ReLU-Linear head)")
     if m.activation not in ("gelu", "gelu_tanh", "quick_gelu"):
         refuse("model.activation", m.activation, "unknown activation")
     if m.text.vocab_size < VOCAB_SIZE:

@@ -10,6 +10,7 @@ from flax import nnx
 
 from synthclip_jax.losses import ContrastiveOutputs
 from synthclip_jax.models import layers
+from synthclip_jax.models.heads import apply_head, projection_heads
 from synthclip_jax.models.text import TextTransformer
 from synthclip_jax.models.vit import VisionTransformer
 
@@ -28,17 +29,23 @@ class TwoTower(nnx.Module):
         common = dict(embed_dim=cfg.embed_dim, eps=cfg.layernorm_eps,
                       act=layers.activation(cfg.activation), dtype=DTYPES[cfg.dtype],
                       remat=cfg.remat, rngs=rngs)
-        self.visual = VisionTransformer(cfg.image, image_size=image_size, **common)
-        self.text = TextTransformer(cfg.text, **common)
+        # 'mlp' (simple-clip): the tower's own projection is the first Linear(d, d), the head
+        # (ReLU, then Linear(d, embed_dim)) follows.
+        mlp = projection_heads(cfg)
+        self.visual = VisionTransformer(
+            cfg.image, image_size=image_size, **{**common, **mlp.tower_dim(cfg.image)})
+        self.text = TextTransformer(cfg.text, **{**common, **mlp.tower_dim(cfg.text)})
+        self.visual_head = mlp.head(cfg.image.width, cfg.embed_dim, rngs)
+        self.text_head = mlp.head(cfg.text.width, cfg.embed_dim, rngs)
         self.logit_scale = layers.const_param((), (), cfg.logit_scale_init, kind="scalar")
         self.logit_bias = (None if cfg.logit_bias_init is None
                            else layers.const_param((), (), cfg.logit_bias_init, kind="scalar"))
 
     def encode_image(self, images):
-        return l2_normalize(self.visual(images))
+        return l2_normalize(apply_head(self.visual_head, self.visual(images)))
 
     def encode_text(self, tokens):
-        return l2_normalize(self.text(tokens))
+        return l2_normalize(apply_head(self.text_head, self.text(tokens)))
 
     def contrastive_scalars(self):
         """(logit_scale (log), logit_bias or 0): what the loss takes besides the features, and

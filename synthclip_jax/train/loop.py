@@ -87,7 +87,11 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     sharding.check_batch_size(config.batch_size, mesh, config.train.grad_accum_steps)
     setup = make_train_setup(config, mesh)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
-    data = make_train_source(config)
+    if config.data.clusters.enabled:  # SimCLIP cluster batches: their own source
+        from synthclip_jax.train.online_clusters import ClusterSource
+        data = ClusterSource(config, setup.graphdef, mesh, workdir)
+    else:
+        data = make_train_source(config)
 
     state = restore_or_init(config, mesh, setup, checkpointer, data)
     start = int(state["step"])
@@ -143,6 +147,8 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     try:
         while step < total:
             waiting = time.perf_counter()
+            if hasattr(data, "prepare"):  # a source whose order depends on the model
+                data.prepare(step, state["params"])
             host_batch = next(data)
             data_wait = time.perf_counter() - waiting
             batch = sharding.global_batch(host_batch, mesh)

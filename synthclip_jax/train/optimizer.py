@@ -1,4 +1,4 @@
-"""AdamW with decoupled, masked weight decay; linear warmup + cosine; global-norm clipping;
+"""AdamW with decoupled, masked weight decay (or Adam with coupled L2 decay, `optim.name`); linear warmup + cosine; global-norm clipping;
 non-finite steps skipped.
 
 Which parameters are decayed is `optim.weight_decay_policy` applied to the kind each parameter
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from synthclip_jax.choices import OPTIMIZERS
 from synthclip_jax.config_error import ConfigError
 from synthclip_jax.models.param_kinds import DECAYED_KINDS, WEIGHT_DECAY_POLICIES
 
@@ -92,8 +93,17 @@ class Optimizer:
 
 
 def make_optimizer(config, decay_mask) -> Optimizer:
-    """`decay_mask`: the params' tree of bools (`weight_decay_mask`)."""
+    """`decay_mask`: the params' tree of bools (`weight_decay_mask`). `optim.name`: 'adamw'
+    (decoupled decay) or 'adam_l2' (simple-clip's torch Adam(weight_decay=wd): wd * param
+    added to the gradient, then Adam's moments; the decay is scaled by Adam like the loss)."""
     o = config.optim
-    adamw = optax.adamw(make_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
-                        weight_decay=config.weight_decay, mask=decay_mask)
+    name = o.name
+    if name == "adamw":
+        adamw = optax.adamw(make_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
+                            weight_decay=config.weight_decay, mask=decay_mask)
+    elif name == "adam_l2":
+        adamw = optax.chain(optax.add_decayed_weights(config.weight_decay, decay_mask),
+                            optax.adam(make_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps))
+    else:
+        raise ConfigError("optim.name", f"optim.name={name!r}; choose one of {OPTIMIZERS}")
     return Optimizer(adamw, o.grad_clip_norm)

@@ -20,7 +20,9 @@ from synthclip_jax.train.optimizer import make_schedule
 
 
 def make_train_step(config, setup, mesh):
-    loss_fn = losses.make_contrastive_loss(config.loss.name, mesh)
+    loss_fn = losses.make_contrastive_loss(config.loss.name, mesh,
+                                           label_smoothing=config.loss.label_smoothing,
+                                           softmax_bias=config.loss.softmax_bias)
     schedule = make_schedule(config)
     accum = config.train.grad_accum_steps
     scale_max = config.model.logit_scale_max
