@@ -157,6 +157,10 @@ def check_model(config) -> None:
                  "model.text.tokenizer='clips_wordpiece' needs a WordPiece vocab.txt",
                  "set --config.model.text.vocab_path to a bert-base-uncased style vocab.txt")
         at_least(config, "model.text.context_length", 4)  # bos, eos, [CLS] and one token
+        if choices.canonical_source(config.data.source) == "shapes":
+            fail("model.text.tokenizer", m.text.tokenizer, "does not apply to data.source="
+                 f"{config.data.source!r} (the shapes data carries its own word ids)",
+                 "set --config.model.text.tokenizer=openclip_bpe or use data.source=tfrecord")
 
 
 def check_tower_options(m) -> None:
@@ -216,9 +220,15 @@ def check_paths_exist(config, training: bool = True) -> None:
         fail("eval.zeroshot", e.zeroshot, "is not a folder", "point --config.eval.zeroshot at a "
              "folder of class sub-folders, or set it to '' (off)")
     vocab = config.model.text.vocab_path
-    if vocab and not is_remote(vocab) and not epath.Path(vocab).is_file():
-        fail("model.text.vocab_path", vocab, "is not a file", "point --config.model.text."
-             "vocab_path at a WordPiece vocab.txt (one token per line)")
+    if vocab and not is_remote(vocab):
+        if not epath.Path(vocab).is_file():
+            fail("model.text.vocab_path", vocab, "is not a file", "point --config.model.text."
+                 "vocab_path at a WordPiece vocab.txt (one token per line)")
+        entries = len(epath.Path(vocab).read_text().splitlines())
+        if entries > config.model.text.vocab_size:
+            fail("model.text.vocab_path", vocab, f"has {entries} tokens, more than "
+                 f"model.text.vocab_size={config.model.text.vocab_size}",
+                 "raise --config.model.text.vocab_size or use a smaller vocab")
     if training and d.batch_order and not is_remote(d.batch_order) and not epath.Path(d.batch_order).is_file():
         fail("data.batch_order", d.batch_order, "is not a file", "point --config.data.batch_order "
              "at a .npy from tools/similarity_order.py, or set it to '' (seeded shuffle)")
