@@ -177,7 +177,8 @@ def test_causal_text_ignores_later_tokens_and_pools_at_eot():
 
 
 def test_init_values_and_logical_axes():
-    cfg = tiny_config(logit_scale_init=math.log(10.0), logit_bias_init=-10.0)
+    cfg = tiny_config(logit_scale_init=math.log(10.0), logit_bias_init=-10.0,
+                      **{"image.patch_bias": True})
     model = build_model(cfg, seed=0)
     assert float(model.logit_scale[...]) == pytest.approx(math.log(10.0))
     assert float(model.logit_bias[...]) == -10.0
