@@ -30,6 +30,7 @@ def caption_features(config, params, pattern: str) -> np.ndarray:
 
     from synthclip_jax import sharding
     from synthclip_jax.data.tfrecord import TFRecordShards
+    from synthclip_jax.data.text_tokenizer import tokenizer_of
     from synthclip_jax.evaluate.encode import Encoder
     from synthclip_jax.evaluate.record_features import record_features
     from synthclip_jax.models.two_tower import build_model
@@ -40,6 +41,7 @@ def caption_features(config, params, pattern: str) -> np.ndarray:
     encoder = Encoder(graphdef, mesh, batch_size=256)
     features, _ = record_features(encoder, state, TFRecordShards(pattern), "text",
                                   context_length=config.model.text.context_length,
+                                  tokenize=tokenizer_of(config.model.text),
                                   log=lambda line: print(line, flush=True))
     return features
 

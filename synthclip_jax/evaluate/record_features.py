@@ -13,14 +13,16 @@ import numpy as np
 
 from synthclip_jax.choices import CLUSTER_MODALITIES as MODALITIES
 from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
-from synthclip_jax.data.tokenizer import tokenize
+from synthclip_jax.data.tokenizer import tokenize as tokenize_bpe
 from synthclip_jax.data.transforms import center_crop_box, decode_crop_normalize
 
 
 def record_features(encoder, params, shards: TFRecordShards, modality: str, *,
                     context_length: int, image_size: int = 0, mean=(0, 0, 0), std=(1, 1, 1),
-                    skip_corrupt: bool = False, chunk: int = 4096, log=print) -> tuple:
-    """-> ((N, E) float32 L2-normalised features, number of corrupt records given zeros)."""
+                    skip_corrupt: bool = False, chunk: int = 4096, log=print,
+                    tokenize=tokenize_bpe) -> tuple:
+    """-> ((N, E) float32 L2-normalised features, number of corrupt records given zeros).
+    `tokenize(texts, context_length)`: the model's tokenizer (`text_tokenizer.tokenizer_of`)."""
     if modality not in MODALITIES:
         raise ValueError(f"modality={modality!r}; choose one of {MODALITIES}")
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)

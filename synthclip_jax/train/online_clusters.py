@@ -32,6 +32,7 @@ from synthclip_jax.data import pipeline
 from synthclip_jax.data.clusters import (ClusterStats, cluster_layout, cluster_order,
                                          neighbours_needed, proportion_at)
 from synthclip_jax.data.neighbours import top_k_neighbours
+from synthclip_jax.data.text_tokenizer import tokenizer_of
 from synthclip_jax.data.tfrecord import TFRecordShards
 from synthclip_jax.evaluate.encode import Encoder
 from synthclip_jax.evaluate.record_features import record_features
@@ -135,7 +136,7 @@ class ClusterSource:
             self.encoder, params, self.shards, c.modality,
             context_length=config.model.text.context_length, image_size=config.data.image_size,
             mean=config.data.mean, std=config.data.std, skip_corrupt=config.data.skip_corrupt,
-            log=logging.info)
+            log=logging.info, tokenize=tokenizer_of(config.model.text))
         self.counts["embed_corrupt"] += bad
         k = neighbours_needed(config.batch_size, proportion, c.cluster_size, c.neighborhood)
         if not c.online:  # kept for every later period: the largest proportion's k
