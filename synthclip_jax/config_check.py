@@ -186,6 +186,10 @@ def check_paths_exist(config, training: bool = True) -> None:
     if e.zeroshot and not is_remote(e.zeroshot) and not epath.Path(e.zeroshot).is_dir():
         fail("eval.zeroshot", e.zeroshot, "is not a folder", "point --config.eval.zeroshot at a "
              "folder of class sub-folders, or set it to '' (off)")
+    if training and config.init_from and not is_remote(config.init_from) \
+            and not epath.Path(config.init_from).exists():
+        fail("init_from", config.init_from, "does not exist", "point --config.init_from at a "
+             "workdir, an OpenCLIP dir, a CLIPModel dir or a weights file, or set it to ''")
     if training and d.batch_order and not is_remote(d.batch_order) and not epath.Path(d.batch_order).is_file():
         fail("data.batch_order", d.batch_order, "is not a file", "point --config.data.batch_order "
              "at a .npy from tools/similarity_order.py, or set it to '' (seeded shuffle)")

@@ -22,10 +22,9 @@ import ml_collections
 from synthclip_jax.config_base import base
 from synthclip_jax.export import fit, load_hf, load_openclip, load_synthclip
 from synthclip_jax.export.torch_files import WeightsError
-from synthclip_jax.resume_check import flatten
+from synthclip_jax.resume_check import IMPORTED, flatten
 
 FORMATS = ("openclip", "hf", "synthclip")
-IMPORTED = "imported.json"
 # Keys that neither shape the parameters nor change the function the weights compute.
 FREE_MODEL_KEYS = ("model.dtype", "model.remat", "model.logit_scale_init",
                    "model.logit_scale_max", "model.logit_bias_init")
