@@ -404,3 +404,24 @@ def test_init_from_mismatch_and_imported_workdir_refusals(tmp_path):
     # training in the imported workdir itself is refused at the door, with the fix
     with pytest.raises(ConfigError, match=r"--config\.init_from=.*imported --workdir=NEW"):
         resume_check.check(config, tmp_path / "imported")
+
+
+def test_mode_eval_on_imported_workdir(tmp_path):
+    """--mode=eval's path (evaluate_latest) with the workdir's own config.py."""
+    from PIL import Image
+    from synthclip_jax.evaluate.latest import evaluate_latest
+    cfg = openclip_cfg()
+    save_local_dir(openclip_model(cfg), cfg, tmp_path / "src")
+    run_cli("--format", "openclip", "--src", tmp_path / "src", "--out", tmp_path / "w")
+    rng = np.random.default_rng(0)
+    for name in ("circle", "square"):
+        (tmp_path / "zs" / name).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "zs" / name / f"{i}.png")
+    config = imp.read_config(tmp_path / "w" / "config.py")  # what --config=W/config.py loads
+    config.eval.zeroshot, config.eval.templates, config.mesh.data = str(tmp_path / "zs"), "simple", 1
+    results = evaluate_latest(config, tmp_path / "w", devices=jax.devices()[:1])
+    assert 0 <= results["zeroshot/top1"] <= 1
+    row = json.loads((tmp_path / "w" / "eval.jsonl").read_text().splitlines()[-1])
+    assert row["step"] == 0
