@@ -65,10 +65,14 @@ def load_params(workdir, step=None):
         abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(config, 0))))
         target = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-        params = restore_params(manager, step, target)
+        restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+            item={"params": target},
+            restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device),
+                                      {"params": target}),
+            partial_restore=True)}))
     finally:
         manager.close()
-    params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), restored[STATE]["params"])
     return config, params, step
 
 
