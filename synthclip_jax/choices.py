@@ -21,3 +21,6 @@ SOURCE_ALIASES = {"synthetic_shapes": "shapes"}
 
 def canonical_source(name: str) -> str:
     return SOURCE_ALIASES.get(name, name)
+
+TOKENIZERS = ("openclip_bpe", "clips_wordpiece")  # model.text.tokenizer; data/text_tokenizer.py
+LR_SCHEDULES = ("cosine", "constant")  # optim.lr_schedule (after warmup); train/optimizer.py

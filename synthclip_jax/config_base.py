@@ -32,6 +32,9 @@ def base() -> ml_collections.ConfigDict:
     # "openclip" weights only; "synthclip" also positional/class embeddings; "all" (SimCLIP).
     c.optim = dict(b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0, lr_warmup_init=0.0,
                    lr_end=0.0, max_nonfinite_in_a_row=10, weight_decay_policy="openclip")
+    # After the linear warmup: "cosine" decay to lr_end, or "constant" at lr (SimCLIP's
+    # fine-tuning: GradualWarmupScheduler then constant).
+    c.optim.lr_schedule = "cosine"
     # accum_negatives: "full" = whole-batch contrastive loss (OpenCLIP --accum-freq, one extra
     # forward per micro-batch); "micro" = each micro-batch its own batch of negatives.
     c.train = dict(grad_accum_steps=1, accum_negatives="full")
@@ -47,9 +50,23 @@ def base() -> ml_collections.ConfigDict:
         logit_scale_init=math.log(1 / 0.07),
         logit_bias_init=config_dict.placeholder(float),  # set for the sigmoid losses
         logit_scale_max=math.log(100.0),
-        image=dict(**vit_size("B/16"), mlp_ratio=4.0, pool_type="tok", ln_pre=True),
+        logit_scale_min=0.0,  # CLIP clamps the log-scale to [0, max]; SimCLIP to [-ln 100, ..]
+        image=dict(**vit_size("B/16"), mlp_ratio=4.0, pool_type="tok", ln_pre=True,
+                   # Per-tower eps/activation: unset = the shared model.layernorm_eps /
+                   # model.activation (models/tower_config.py); the seeds differ per tower
+                   # (SynthCLIP: timm image 1e-6 exact GELU, OpenAI text 1e-5 QuickGELU).
+                   layernorm_eps=config_dict.placeholder(float),
+                   activation=config_dict.placeholder(str),
+                   patch_bias=False,  # bias on the patch conv (timm ViTs have one)
+                   final_ln_after_pool=False),  # ln_post after pooling (CLIPA/CLIPS avg pool)
         text=dict(**text_size("B"), mlp_ratio=4.0, context_length=77, vocab_size=49408,
-                  causal=True, pool_type="argmax"),
+                  causal=True, pool_type="argmax",
+                  layernorm_eps=config_dict.placeholder(float),
+                  activation=config_dict.placeholder(str),
+                  final_ln_after_pool=False,  # ln_final after pooling (differs only for mean)
+                  # openclip_bpe (OpenAI BPE, data/tokenizer.py) | clips_wordpiece (CLIPS's
+                  # BERT layout, data/clips_tokenizer.py; needs vocab_path, a WordPiece vocab.txt)
+                  tokenizer="openclip_bpe", vocab_path=""),
     )
     c.data = dict(
         source="tfrecord",  # tfrecord (data.train shards) | shapes (in memory; old name

@@ -16,6 +16,7 @@ from synthclip_jax.data.text_reduction import MODES as TEXT_REDUCTIONS
 from synthclip_jax.data.tfrecord import glob_shards
 from synthclip_jax.evaluate.templates import TEMPLATE_SETS
 from synthclip_jax.models.param_kinds import WEIGHT_DECAY_POLICIES
+from synthclip_jax.models.tower_config import TOWERS, tower_key, tower_option
 
 
 def validate(config, check_paths: bool = True, training: bool = True) -> None:
@@ -51,6 +52,8 @@ CHOICES = {
     "data.text_reduction": TEXT_REDUCTIONS,
     "eval.templates": tuple(TEMPLATE_SETS),
     "optim.weight_decay_policy": WEIGHT_DECAY_POLICIES,
+    "optim.lr_schedule": choices.LR_SCHEDULES,
+    "model.text.tokenizer": choices.TOKENIZERS,
 }
 
 
@@ -143,6 +146,36 @@ def check_model(config) -> None:
         at_least(config, f"model.{tower}.depth", 1)
     at_least(config, "model.embed_dim", 1)
     at_least(config, "model.text.context_length", 3)  # SOT, EOT and one token
+    check_tower_options(m)
+    if not m.logit_scale_min <= m.logit_scale_max:
+        fail("model.logit_scale_min", m.logit_scale_min,
+             f"must be <= model.logit_scale_max={m.logit_scale_max}",
+             "lower --config.model.logit_scale_min (CLIP: 0; SimCLIP: -ln 100)")
+    if m.text.tokenizer == "clips_wordpiece":
+        if not m.text.vocab_path:
+            fail("model.text.vocab_path", m.text.vocab_path, "is empty but "
+                 "model.text.tokenizer='clips_wordpiece' needs a WordPiece vocab.txt",
+                 "set --config.model.text.vocab_path to a bert-base-uncased style vocab.txt")
+        at_least(config, "model.text.context_length", 4)  # bos, eos, [CLS] and one token
+        if choices.canonical_source(config.data.source) == "shapes":
+            fail("model.text.tokenizer", m.text.tokenizer, "does not apply to data.source="
+                 f"{config.data.source!r} (the shapes data carries its own word ids)",
+                 "set --config.model.text.tokenizer=openclip_bpe or use data.source=tfrecord")
+
+
+def check_tower_options(m) -> None:
+    """Each tower's LayerNorm eps and activation: its own key, or the shared one if unset."""
+    for tower in TOWERS:
+        act = tower_option(m, tower, "activation")
+        if act not in choices.ACTIVATIONS:
+            key = tower_key(m, tower, "activation")
+            fail(key, act, "is not a valid choice",
+                 f"set --config.{key} to one of {', '.join(choices.ACTIVATIONS)}")
+        eps = tower_option(m, tower, "layernorm_eps")
+        if not eps > 0:
+            key = tower_key(m, tower, "layernorm_eps")
+            fail(key, eps, "must be > 0", f"set --config.{key} to e.g. 1e-6 (timm, Flax) or "
+                 "1e-5 (PyTorch)")
 
 
 def check_data(config, training: bool = True) -> None:
@@ -190,6 +223,16 @@ def check_paths_exist(config, training: bool = True) -> None:
             and not epath.Path(config.init_from).exists():
         fail("init_from", config.init_from, "does not exist", "point --config.init_from at a "
              "workdir, an OpenCLIP dir, a CLIPModel dir or a weights file, or set it to ''")
+    vocab = config.model.text.vocab_path
+    if vocab and not is_remote(vocab):
+        if not epath.Path(vocab).is_file():
+            fail("model.text.vocab_path", vocab, "is not a file", "point --config.model.text."
+                 "vocab_path at a WordPiece vocab.txt (one token per line)")
+        entries = len(epath.Path(vocab).read_text().splitlines())
+        if entries > config.model.text.vocab_size:
+            fail("model.text.vocab_path", vocab, f"has {entries} tokens, more than "
+                 f"model.text.vocab_size={config.model.text.vocab_size}",
+                 "raise --config.model.text.vocab_size or use a smaller vocab")
     if training and d.batch_order and not is_remote(d.batch_order) and not epath.Path(d.batch_order).is_file():
         fail("data.batch_order", d.batch_order, "is not a file", "point --config.data.batch_order "
              "at a .npy from tools/similarity_order.py, or set it to '' (seeded shuffle)")

@@ -41,6 +41,9 @@ def test_config_builds_and_places(path):
 def test_vitb16_matches_openclip_parameter_count():
     # open_clip.create_model('ViT-B-16') has 149,620,737 parameters (incl. logit_scale).
     config = load(Path(__file__).parents[1] / "configs" / "vitb16_synthci30m.py")
+    # SynthCLIP's timm image tower: no ln_pre (-2 x 768), a patch-embedding bias (+768)
+    assert num_params(config) == 149_620_737 - 768
+    config.model.image.update(ln_pre=True, patch_bias=False)  # OpenCLIP's native ViT-B-16
     assert num_params(config) == 149_620_737
     config.model.image.patch_size = 32  # ViT-B-32: 151,277,313
     assert num_params(config) == 151_277_313

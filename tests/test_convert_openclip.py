@@ -120,6 +120,14 @@ CASES = {
     "causal_last": {"text.pool_type": "last"},
     "eps_1e-5": {"layernorm_eps": 1e-5},
     "sigmoid_bias": {"logit_bias_init": -10.0, "logit_scale_init": math.log(10.0)},
+    # per-tower options (OpenCLIP's per-tower norm_kwargs / act_kwargs)
+    "per_tower_eps_act": {"image.layernorm_eps": 1e-6, "text.layernorm_eps": 1e-5,
+                          "image.activation": "gelu", "text.activation": "gelu_tanh"},
+    "patch_bias_folded": {"image.patch_bias": True, "image.ln_pre": False},
+    "avg_ln_after_pool": {"image.pool_type": "avg", "image.final_ln_after_pool": True,
+                          "image.ln_pre": False},
+    "text_ln_after_pool": {"text.causal": False, "text.pool_type": "last",
+                           "text.final_ln_after_pool": True},
 }
 
 
@@ -178,6 +186,16 @@ def test_wrong_gelu_breaks_parity(tmp_path, caplog):
     ({"text.pool_type": "mean"}, "model.text.pool_type='mean'"),
     ({"text.vocab_size": 1000}, "model.text.vocab_size=1000"),
     ({"text.mlp_ratio": 4.1}, "model.text.mlp_ratio=4.1"),
+    ({"text.tokenizer": "clips_wordpiece"}, "model.text.tokenizer='clips_wordpiece'"),
+    # QuickGELU image + GELU text: quick_gelu would set both native towers, timm has no QuickGELU
+    ({"image.activation": "quick_gelu"}, "model.image.activation='quick_gelu'"),
+    # GELU image + QuickGELU text needs the timm tower: tanh GELU, eps, ln_pre, size refused
+    ({"text.activation": "quick_gelu", "image.activation": "gelu_tanh"},
+     "model.image.activation='gelu_tanh'"),
+    ({"text.activation": "quick_gelu", "image.ln_pre": False, "layernorm_eps": 1e-5},
+     "model.layernorm_eps=1e-05"),
+    ({"text.activation": "quick_gelu"}, "model.image.ln_pre=True"),
+    ({"text.activation": "quick_gelu", "image.ln_pre": False}, "no timm ViT"),
 ])
 def test_openclip_refuses_inexpressible(model, key, tmp_path):
     config = tiny_config(**model)

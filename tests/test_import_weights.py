@@ -425,3 +425,51 @@ def test_mode_eval_on_imported_workdir(tmp_path):
     assert 0 <= results["zeroshot/top1"] <= 1
     row = json.loads((tmp_path / "w" / "eval.jsonl").read_text().splitlines()[-1])
     assert row["step"] == 0
+
+
+# --- SynthCLIP: timm ViT + OpenAI text tower, saved as its trainer saves -----------------
+
+def synthclip_checkpoint(path, seed=0):
+    """A CLIP_VITB16-layout model at small size (64-wide heads, as the released ones), saved as
+    SynthCLIP's trainer does: DDP's module. prefix, optimizer, scaler and args beside it."""
+    import timm
+    from tests.test_seed_models import OpenAIText
+    torch.manual_seed(seed)
+    vit = randomize(timm.models.vision_transformer.VisionTransformer(
+        img_size=SIZE, patch_size=PATCH, embed_dim=128, depth=2, num_heads=2, num_classes=0))
+    text = randomize(OpenAIText(49408, CONTEXT, 64, 1, 2, 16))
+    image_projection = torch.randn(128, 16) * 128**-0.5
+    state = {f"visual.{k}": v for k, v in vit.state_dict().items()}
+    state.update({k: v for k, v in text.state_dict().items()})
+    state.update(image_projection=image_projection, logit_scale=torch.tensor(2.3))
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 5e-4}]},
+                "scaler": {"scale": 65536.0}, "best_acc1": 0.1,
+                "args": argparse.Namespace(model="CLIP_VITB16", lr=5e-4, wd=0.5)}, path)
+
+    def forward(images, tokens):
+        with torch.no_grad():
+            img = vit(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())) @ image_projection
+            txt = text(torch.from_numpy(tokens.astype(np.int64)))
+            img, txt = (torch.nn.functional.normalize(x, dim=-1) for x in (img, txt))
+            return img.numpy(), txt.numpy(), (math.exp(2.3) * img @ txt.T).numpy()
+    return forward
+
+
+def test_synthclip_parity(tmp_path):
+    forward = synthclip_checkpoint(tmp_path / "checkpoint.pt")
+    assert run_cli("--format", "synthclip", "--src", tmp_path / "checkpoint.pt", "--out",
+                   tmp_path / "w") == 0
+    config, params = features_match(tmp_path / "w", forward)
+    m = config.model
+    assert (m.image.layernorm_eps, m.image.activation, m.image.patch_bias, m.image.ln_pre) == (
+        1e-6, "gelu", True, False)
+    assert (m.layernorm_eps, m.activation, m.image.heads, m.text.heads) == (1e-5, "quick_gelu",
+                                                                            2, 1)
+    # a heads count shapes cannot show comes from --config (here: what was derived, so the same)
+    config, params_again = imp.import_weights("synthclip", tmp_path / "checkpoint.pt", config)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_again)):
+        np.testing.assert_array_equal(a, b)
+    config.model.image.layernorm_eps = 1e-5
+    with pytest.raises(WeightsError, match=r"model\.image\.layernorm_eps=1e-06"):
+        imp.import_weights("synthclip", tmp_path / "checkpoint.pt", config)

@@ -30,6 +30,7 @@ from etils import epath
 from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data import text_reduction
 from synthclip_jax.data.text_reduction import tokenize_reduced
+from synthclip_jax.data.text_tokenizer import get_text_tokenizer
 from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
 from synthclip_jax.data.transforms import decode_crop_normalize, random_resized_crop_box
 
@@ -51,6 +52,9 @@ class LoadExample(grain.transforms.RandomMap):
     rrc_ratio: tuple = (3 / 4, 4 / 3)
     skip_corrupt: bool = False
     text_reduction: str = "truncate"  # see text_reduction.py
+    # (model.text.tokenizer, model.text.vocab_path): names, not the tokenizer, so that the
+    # example loader pickles small into Grain's workers (each loads it once, cached)
+    tokenizer: tuple = ("openclip_bpe", "")
 
     def random_map(self, index, rng: np.random.Generator):
         for corrupt in range(MAX_REPLACEMENTS + 1):
@@ -61,7 +65,8 @@ class LoadExample(grain.transforms.RandomMap):
                 if not self.skip_corrupt:
                     raise
                 continue
-            text = tokenize_reduced(caption, self.text_reduction, self.context_length, rng)
+            text = tokenize_reduced(caption, self.text_reduction, self.context_length, rng,
+                                    get_text_tokenizer(*self.tokenizer))
             return {"image": image, "text": text, "corrupt": np.int32(corrupt)}
         raise CorruptRecordError(f"{MAX_REPLACEMENTS + 1} bad records in a row from record "
                                  f"{index} ({self.shards.location(int(index))})")
@@ -118,7 +123,8 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
     load = LoadExample(shards, d.image_size, config.model.text.context_length,
                        np.array(d.mean, np.float32), np.array(d.std, np.float32),
                        rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
-                       text_reduction=text_reduction.check_mode(d.text_reduction))
+                       text_reduction=text_reduction.check_mode(d.text_reduction),
+                       tokenizer=(config.model.text.tokenizer, config.model.text.vocab_path))
     # Random choices are seeded by the global position, so that the examples do not depend
     # on the number of processes. Element k of process p = global element k*P + p (lazily:
     # only this process's elements are ever read).

@@ -2,7 +2,8 @@
 
 `data.text_reduction` picks the strategy; it applies only when a caption has more than
 `context_length - 2` BPE tokens (SOT and EOT take the other two), and only in training
-(evaluation always truncates):
+(evaluation always truncates). It works on the ids of the configured tokenizer
+(`model.text.tokenizer`; for CLIPS's layout `context_length - 3` tokens fit):
 
 * ``truncate``   the first tokens (OpenCLIP's default tokenizer; the default here).
 * ``random``     that many tokens at random positions, in their order (OpenCLIP
@@ -20,7 +21,7 @@ import re
 
 import numpy as np
 
-from synthclip_jax.data.tokenizer import get_tokenizer, ids_to_row, tokenize
+from synthclip_jax.data.tokenizer import get_tokenizer
 
 MODES = ("truncate", "random", "block", "subcaption")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -37,21 +38,23 @@ def split_sentences(caption: str) -> list:
 
 
 def tokenize_reduced(caption: str, mode: str, context_length: int,
-                     rng: np.random.Generator) -> np.ndarray:
-    """int32 (context_length,): SOT, the kept tokens, EOT, zero padding."""
+                     rng: np.random.Generator, tokenizer=None) -> np.ndarray:
+    """int32 (context_length,): the tokenizer's row of the kept tokens (BPE: SOT, tokens, EOT,
+    zero padding). `tokenizer`: `data/text_tokenizer.py`'s choice; default OpenAI BPE."""
+    tok = tokenizer or get_tokenizer()
     if mode == "truncate":
-        return tokenize([caption], context_length)[0]
-    keep = context_length - 2
-    ids = get_tokenizer().encode(caption)
+        return tok([caption], context_length)[0]
+    keep = tok.content_length(context_length)
+    ids = tok.encode(caption)
     if len(ids) <= keep:
-        return ids_to_row(ids, context_length)
+        return tok.row(ids, context_length)
     if mode == "subcaption":
         sentences = split_sentences(caption)
         count = rng.integers(1, len(sentences) + 1)
         picked = np.sort(rng.choice(len(sentences), size=count, replace=False))
-        return tokenize([" ".join(sentences[i] for i in picked)], context_length)[0]
+        return tok([" ".join(sentences[i] for i in picked)], context_length)[0]
     if mode == "block":
         start = rng.integers(0, len(ids) - keep + 1)
-        return ids_to_row(ids[start:start + keep], context_length)
+        return tok.row(ids[start:start + keep], context_length)
     positions = np.sort(rng.choice(len(ids), size=keep, replace=False))
-    return ids_to_row([ids[i] for i in positions], context_length)
+    return tok.row([ids[i] for i in positions], context_length)

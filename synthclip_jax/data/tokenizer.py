@@ -52,10 +52,15 @@ def bytes_to_unicode() -> dict:
     return dict(zip(bs, map(chr, cs)))
 
 
+def clean_whitespace(text: str) -> str:
+    """open_clip's 'whitespace' cleaning: whitespace_clean(basic_clean(text))."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split())
+
+
 def clean(text: str) -> str:
     """open_clip's 'lower' cleaning: whitespace_clean(basic_clean(text)).lower()."""
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return " ".join(text.split()).lower()
+    return clean_whitespace(text).lower()
 
 
 class Tokenizer:
@@ -100,6 +105,13 @@ class Tokenizer:
             if "<start_of_text>" in t or "<end_of_text>" in t:
                 out[i] = self._encode_with_specials(t)
         return out
+
+    def content_length(self, context_length: int) -> int:
+        """How many text tokens fit in a row (SOT and EOT take the rest)."""
+        return context_length - 2
+
+    def row(self, ids, context_length: int) -> np.ndarray:
+        return ids_to_row(ids, context_length)
 
     def encode(self, text: str) -> List[int]:
         """open_clip's `SimpleTokenizer.encode`: BPE ids of one text, without SOT/EOT."""

@@ -4,6 +4,7 @@ Evaluation sets are loaded once (on first use) and kept in host memory.
 """
 from absl import logging
 
+from synthclip_jax.data.text_tokenizer import tokenizer_of
 from synthclip_jax.evaluate import retrieval, zeroshot
 from synthclip_jax.evaluate.encode import Encoder
 from synthclip_jax.metrics import MetricWriter
@@ -27,7 +28,7 @@ class Evaluator:
             self._zeroshot = zeroshot.ZeroShotSet(c.eval.zeroshot, size, c.data.mean, c.data.std)
         if c.eval.retrieval and self._retrieval is None:
             self._retrieval = retrieval.RetrievalSet(c.eval.retrieval, size, c.data.mean,
-                                                     c.data.std, ctx)
+                                                     c.data.std, ctx, tokenizer_of(c.model.text))
 
     def __call__(self, params, step: int) -> dict:
         if not self.enabled:
@@ -36,7 +37,8 @@ class Evaluator:
         c, results = self.config, {}
         if c.eval.zeroshot:
             results.update(zeroshot.evaluate(self.encoder, params, self._zeroshot,
-                                             c.eval.templates, c.model.text.context_length))
+                                             c.eval.templates, c.model.text.context_length,
+                                             tokenizer_of(c.model.text)))
         if c.eval.retrieval:
             results.update(retrieval.evaluate(self.encoder, params, self._retrieval))
         self.writer.write(step, results)

@@ -14,7 +14,9 @@ KS = (1, 5, 10)
 
 
 class RetrievalSet:
-    def __init__(self, pattern: str, image_size: int, mean, std, context_length: int):
+    def __init__(self, pattern: str, image_size: int, mean, std, context_length: int,
+                 tokenizer=None):
+        """`tokenizer`: the model's (`data/text_tokenizer.tokenizer_of`); default OpenAI BPE."""
         shards = TFRecordShards(pattern)
         mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         images, captions, owner = [], [], []
@@ -26,7 +28,7 @@ class RetrievalSet:
             captions += example["captions"]
             owner += [i] * len(example["captions"])
         self.images = np.stack(images)
-        self.tokens = tokenize(captions, context_length)
+        self.tokens = (tokenizer or tokenize)(captions, context_length)
         self.caption_image = np.asarray(owner)
 
 

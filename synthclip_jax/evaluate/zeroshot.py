@@ -51,9 +51,11 @@ def load_image(path, image_size: int, mean, std) -> np.ndarray:
                          "file") from bad
 
 
-def classifier(encoder, params, classnames, template_set: str, context_length: int):
+def classifier(encoder, params, classnames, template_set: str, context_length: int,
+               tokenizer=None):
+    """`tokenizer`: the model's (`data/text_tokenizer.tokenizer_of`); default OpenAI BPE."""
     prompts = [t.format(c) for c in classnames for t in templates(template_set)]
-    feats = encoder.texts(params, tokenize(prompts, context_length))
+    feats = encoder.texts(params, (tokenizer or tokenize)(prompts, context_length))
     feats = feats.reshape(len(classnames), -1, feats.shape[-1]).mean(axis=1)
     return feats / np.linalg.norm(feats, axis=-1, keepdims=True)
 
@@ -64,8 +66,10 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 
-def evaluate(encoder, params, data: ZeroShotSet, template_set: str, context_length: int) -> dict:
-    weights = classifier(encoder, params, data.classnames, template_set, context_length)
+def evaluate(encoder, params, data: ZeroShotSet, template_set: str, context_length: int,
+             tokenizer=None) -> dict:
+    weights = classifier(encoder, params, data.classnames, template_set, context_length,
+                         tokenizer)
     logits = encoder.images(params, data.images) @ weights.T
     return {"zeroshot/top1": topk_accuracy(logits, data.labels, 1),
             "zeroshot/top5": topk_accuracy(logits, data.labels, 5),

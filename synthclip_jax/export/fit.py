@@ -28,18 +28,21 @@ IMAGE_POS, TEXT_POS = "visual.positional_embedding", "positional_embedding"
 
 
 def dim_keys(key: str) -> tuple:
-    """The config key that sets each dimension of OpenCLIP tensor `key` (None: fixed)."""
+    """The config key that sets each dimension of source tensor `key` (None: fixed); OpenCLIP
+    native keys and timm ViT keys (`visual.[trunk.]...`)."""
     tower = "image" if key.startswith("visual.") else "text"
     width, mlp = f"model.{tower}.width", f"model.{tower}.mlp_ratio"
+    patch = "model.image.patch_size"
     table = (
-        (r"visual\.conv1\.weight", (width, None, "model.image.patch_size",
-                                    "model.image.patch_size")),
+        (r"visual\.conv1\.weight|.*patch_embed\.proj\.weight", (width, None, patch, patch)),
         (r"visual\.positional_embedding", ("data.image_size", width)),
+        (r".*pos_embed", (None, "data.image_size", width)),
+        (r".*cls_token", (None, None, width)),
         (r"positional_embedding", ("model.text.context_length", width)),
         (r"token_embedding\.weight", ("model.text.vocab_size", width)),
-        (r"(visual\.proj|text_projection)", (width, "model.embed_dim")),
-        (r".*mlp\.c_fc\.weight", (mlp, width)), (r".*mlp\.c_fc\.bias", (mlp,)),
-        (r".*mlp\.c_proj\.weight", (width, mlp)),
+        (r"visual\.proj|text_projection|image_projection", (width, "model.embed_dim")),
+        (r".*(mlp\.c_fc|mlp\.fc1)\.weight", (mlp, width)), (r".*(mlp\.c_fc|mlp\.fc1)\.bias", (mlp,)),
+        (r".*(mlp\.c_proj|mlp\.fc2)\.weight", (width, mlp)),
         (r".*\.weight|.*\.bias|visual\.class_embedding", (width, width)),
     )
     for pattern, keys in table:
@@ -147,12 +150,19 @@ def to_params(source: dict, abstract: dict, *, names=None, skip_keys=(), init_mi
             value = resized(key, value, shape, name(key))
         return invert(fn, shape, value, key, name(key))
 
+    timm = timm_prefix(source)
+    if timm is not None:  # a timm image tower (SynthCLIP, OpenCLIP's timm tower)
+        flat.update(take_timm(source, abstract, timm, name))
+    elif "visual/conv1_bias" in abstract:  # OpenCLIP's native conv1 has no bias
+        missing.append(("visual/conv1_bias", "visual.conv1.bias"))
     for ours, theirs, fn in TOP_RULES:
-        if ours in abstract:
+        if ours in abstract and ours not in flat:
             value = take(ours, theirs, fn, abstract[ours])
             if value is not None:
                 flat[ours] = value
     for tower, prefix, _ in TOWERS:
+        if tower == "visual" and timm is not None:
+            continue
         for ours, theirs, fn in BLOCK_RULES:
             path = f"{tower}/transformer/resblocks/{ours}"
             depth, *shape = abstract[path]
@@ -181,6 +191,61 @@ def to_params(source: dict, abstract: dict, *, names=None, skip_keys=(), init_mi
             f"{[name(k) for k in extra[:4]]}; fix the config (model.* keys) or list them in "
             "--skip-keys to leave them out")
     return unflatten(flat)
+
+
+def timm_prefix(source):
+    """Where a timm ViT's keys start in `source` ('visual.' SynthCLIP, 'visual.trunk.' OpenCLIP's
+    timm tower), or None."""
+    for prefix in ("visual.trunk.", "visual."):
+        if prefix + "cls_token" in source:
+            return prefix
+    return None
+
+
+def take_timm(source, abstract, prefix, name) -> dict:
+    """Our flat visual leaves (all but proj) from a timm ViT's keys, popped from `source`;
+    the timm key table is `timm_vit.py`'s, checked key by key and shape by shape first."""
+    from synthclip_jax.export.timm_vit import BLOCK_KEYS, TRUNK_KEYS, _to_timm, from_timm
+    shapes = {k[len("visual/"):]: v for k, v in abstract.items() if k.startswith("visual/")}
+    extra = [k for k in ("ln_pre/scale",) if k in shapes]
+    if extra:
+        raise WeightsError(f"{prefix}: a timm ViT has no ln_pre; set model.image.ln_pre=False")
+    depth = shapes["transformer/resblocks/ln_1/scale"][0]
+    have = len({int(m.group(1)) for k in source
+                if (m := re.match(re.escape(prefix) + r"blocks\.(\d+)\.", k))})
+    if have != depth:
+        raise WeightsError(f"{prefix}blocks: the source has {have} blocks, the config "
+                           f"model.image.depth={depth}; set model.image.depth={have}")
+    expected = {}
+    for ours, theirs, layout in TRUNK_KEYS:
+        if ours in shapes:
+            expected[prefix + theirs] = _to_timm(layout, np.zeros(shapes[ours], np.float32)).shape
+        elif prefix + theirs not in source:
+            expected[prefix + theirs] = None  # conv1_bias: neither side has one
+    for ours, theirs, layout in BLOCK_KEYS:
+        row = np.zeros(shapes[BLOCKS + ours][1:], np.float32)
+        for i in range(depth):
+            expected[f"{prefix}blocks.{i}.{theirs}"] = _to_timm(layout, row).shape
+    for key, shape in expected.items():
+        if shape is None:
+            continue
+        if key not in source:
+            raise WeightsError(f"the source has no {name(key)} (a timm ViT key); fix the config "
+                               "(model.image.*)")
+        if tuple(source[key].shape) != tuple(shape):
+            raise shape_error(key, name(key), source[key].shape, shape)
+    try:
+        visual = from_timm(source, shapes, prefix)
+    except ValueError as error:  # a non-zero patch bias for a tower without one
+        raise WeightsError(f"{error}; set model.image.patch_bias=True") from None
+    for key in expected:
+        source.pop(key, None)
+    if prefix + "patch_embed.proj.bias" in source:  # the zero bias from_timm accepted
+        source.pop(prefix + "patch_embed.proj.bias")
+    return {f"visual/{k}": v for k, v in visual.items()}
+
+
+BLOCKS = "transformer/resblocks/"
 
 
 def unflatten(flat: dict) -> dict:

@@ -18,13 +18,15 @@ import os
 import numpy as np
 
 from synthclip_jax.data.tokenizer import EOT_ID, PAD_ID, SOT_ID
-from synthclip_jax.export.openclip import ExportError, check_openclip, openclip_state_dict, refuse
+from synthclip_jax.export.openclip import (ExportError, check_torch_clip, openclip_state_dict,
+                                          refuse)
+from synthclip_jax.models.tower_config import tower_option
 
 HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
 
 
 def check_hf(config):
-    check_openclip(config)  # vocab, mean pooling, ... are refused for the same reasons
+    check_torch_clip(config)  # vocab, mean pooling, ... are refused for the same reasons
     m = config.model
     if not m.text.causal:
         refuse("model.text.causal", m.text.causal, "CLIPModel's text tower is always causal")
@@ -43,17 +45,20 @@ def check_hf(config):
 def hf_config(config):
     from transformers import CLIPConfig
     m = config.model
-    common = dict(hidden_act=HF_ACT[m.activation], layer_norm_eps=float(m.layernorm_eps),
-                  projection_dim=m.embed_dim)
+
+    def common(tower):  # CLIPTextConfig and CLIPVisionConfig each take their own
+        return dict(hidden_act=HF_ACT[tower_option(m, tower, "activation")],
+                    layer_norm_eps=float(tower_option(m, tower, "layernorm_eps")),
+                    projection_dim=m.embed_dim)
     text = dict(vocab_size=m.text.vocab_size, hidden_size=m.text.width,
                 intermediate_size=int(m.text.width * m.text.mlp_ratio),
                 num_hidden_layers=m.text.depth, num_attention_heads=m.text.heads,
                 max_position_embeddings=m.text.context_length,
-                bos_token_id=SOT_ID, eos_token_id=EOT_ID, pad_token_id=PAD_ID, **common)
+                bos_token_id=SOT_ID, eos_token_id=EOT_ID, pad_token_id=PAD_ID, **common("text"))
     vision = dict(hidden_size=m.image.width, intermediate_size=int(m.image.width * m.image.mlp_ratio),
                   num_hidden_layers=m.image.depth, num_attention_heads=m.image.heads,
                   image_size=int(config.data.image_size), patch_size=m.image.patch_size,
-                  num_channels=3, **common)
+                  num_channels=3, **common("image"))
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=m.embed_dim,
                       logit_scale_init_value=float(m.logit_scale_init))
 
@@ -93,7 +98,7 @@ def _split_block(prefix, oc, i, d):
 
 
 def hf_state_dict(config, params):
-    d = openclip_state_dict(params)
+    d = openclip_state_dict(params)  # native image tower: a patch bias is folded in
     m = config.model
     sd = {}
     for i in range(m.image.depth):

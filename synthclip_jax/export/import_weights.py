@@ -27,7 +27,7 @@ from synthclip_jax.resume_check import IMPORTED, flatten
 FORMATS = ("openclip", "hf", "synthclip")
 # Keys that neither shape the parameters nor change the function the weights compute.
 FREE_MODEL_KEYS = ("model.dtype", "model.remat", "model.logit_scale_init",
-                   "model.logit_scale_max", "model.logit_bias_init")
+                   "model.logit_scale_max", "model.logit_scale_min", "model.logit_bias_init")
 RESIZABLE = ("data.image_size", "model.text.context_length")
 CONFIG_PY = '''"""The model tools.import_weights wrote into this workdir: config.json beside this file.
 
@@ -92,9 +92,9 @@ def read_source(fmt, src):
     if not os.path.exists(src):
         raise WeightsError(f"--src {src}: no such file or directory")
     if fmt == "openclip":
-        tensors, cfg = load_openclip.read_source(src)
+        tensors, names, cfg = load_openclip.read_source(src)
         derive = None if cfg is None else (lambda c: load_openclip.model_config(cfg, c))
-        return tensors, {}, derive
+        return tensors, names, derive
     if fmt == "hf":
         if not os.path.isdir(src):
             raise WeightsError(f"--src {src}: a CLIPModel source is a save_pretrained directory")
@@ -105,10 +105,22 @@ def read_source(fmt, src):
     raise WeightsError(f"--format {fmt!r}: choose one of {FORMATS}")
 
 
-def check_agrees(source_config, config, src, resize_pos_embed):
-    """The given config describes the model the source's own config describes."""
-    theirs, ours = flatten(source_config.to_dict()), flatten(config.to_dict())
-    keys = [k for k in theirs if k.startswith("model.") and k not in FREE_MODEL_KEYS]
+def effective(config) -> dict:
+    """Flat config keys with each tower's eps/activation resolved (shared or per-tower)."""
+    from synthclip_jax.models.tower_config import PER_TOWER, TOWERS, tower_option
+    flat = flatten(config.to_dict())
+    for key in PER_TOWER:
+        flat.pop(f"model.{key}", None)
+        for tower in TOWERS:
+            flat[f"model.{tower}.{key}"] = tower_option(config.model, tower, key)
+    return flat
+
+
+def check_agrees(source_config, config, src, resize_pos_embed, guessed=()):
+    """The given config describes the model the source's own config describes (`guessed`:
+    keys the source's config only assumes)."""
+    theirs, ours = effective(source_config), effective(config)
+    keys = [k for k in theirs if k.startswith("model.") and k not in FREE_MODEL_KEYS + guessed]
     keys.append("data.image_size")
     for key in keys:
         if resize_pos_embed and key in RESIZABLE:
@@ -137,7 +149,8 @@ def import_weights(fmt, src, config=None, *, resize_pos_embed=False, skip_keys=(
         source_config = derive(base())
         if "logit_bias" in init_missing:  # the source's missing bias will be filled, fine
             source_config.model.logit_bias_init = config.model.logit_bias_init
-        check_agrees(source_config, config, src, resize_pos_embed)
+        guessed = load_synthclip.GUESSED if fmt == "synthclip" else ()
+        check_agrees(source_config, config, src, resize_pos_embed, guessed)
     abstract = abstract_params(config)
 
     def init_params():

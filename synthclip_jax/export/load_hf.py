@@ -43,10 +43,6 @@ def model_config(directory, config):
             raise WeightsError(f"{path}: {name}.hidden_act={act!r}; supported: "
                                f"{sorted(ACTIVATIONS)}")
         forms.append((float(sub.get("layer_norm_eps", 1e-5)), ACTIVATIONS[act]))
-    if forms[0] != forms[1]:
-        raise WeightsError(f"{path}: the towers differ in layer_norm_eps or hidden_act "
-                           f"(vision {forms[0]}, text {forms[1]}); model.layernorm_eps and "
-                           "model.activation are one value for both towers")
     eos = t.get("eos_token_id", LEGACY_EOS)
     if eos not in (LEGACY_EOS, EOT_ID):
         # CLIPModel pools at the first eos_token_id; ours at the largest id (EOT 49407).
@@ -54,7 +50,9 @@ def model_config(directory, config):
                            f"the OpenAI BPE end-of-text token {EOT_ID} (argmax)")
     m = config.model
     m.embed_dim = int(hf.get("projection_dim", 512))
-    m.layernorm_eps, m.activation = forms[0]
+    m.layernorm_eps, m.activation = forms[1]
+    if forms[0] != forms[1]:  # per-tower keys only where the towers differ
+        m.image.layernorm_eps, m.image.activation = forms[0]
     for group, sub in (("image", v), ("text", t)):
         width, mlp = sub["hidden_size"], sub["intermediate_size"]
         m[group].update(width=width, depth=sub["num_hidden_layers"],

@@ -8,16 +8,26 @@ mlp.fc1, mlp.fc2}, norm; no ln_pre; LayerNorm eps 1e-6, exact GELU), an OpenAI t
 (token_embedding, positional_embedding, transformer.resblocks.N.*, ln_final; QuickGELU,
 eps 1e-5), `image_projection` (768, 512), `text_projection` (512, 512) and `logit_scale`.
 
-Reading and unwrapping the file is done here. Mapping the tensors onto our model needs a
-LayerNorm eps and activation per tower (the towers differ) and the timm ViT key table:
-until the model has them, `read_source` stops with a `WeightsError` that says so.
+The image tower's tensors are read through the timm ViT key table (`timm_vit.py`, via
+`fit.take_timm`), the text tower's through OpenCLIP's (its keys are OpenAI's, as OpenCLIP's
+native text tower), `image_projection` is our `visual/proj` (both `x @ W`). Without `--config`
+the model config is read off the tensor shapes, with SynthCLIP's fixed choices: per-tower eps
+and activation as above, no ln_pre, a patch bias, class-token pooling, causal argmax text, ImageNet
+mean/std, and 64-wide attention heads (ViT-B/16: 12 heads; text 512: 8), the head width every
+released CLIP_VITB16 has (OpenCLIP reads OpenAI state dicts the same way); other head counts
+need `--config`.
 """
+import math
 import os
+import re
 
+from synthclip_jax.config_base import IMAGENET_MEAN, IMAGENET_STD
 from synthclip_jax.export.torch_files import WeightsError, read_weights
 
 # Keys only a SynthCLIP checkpoint has (OpenCLIP's native CLIP has visual.proj/conv1 instead).
 MARKERS = ("image_projection", "visual.cls_token", "visual.patch_embed.proj.weight")
+HEAD_WIDTH = 64  # CLIP_VITB16: 768 / 12 heads, 512 / 8 heads
+GUESSED = ("model.image.heads", "model.text.heads")  # shapes cannot tell; --config may differ
 TEXT_KEYS = ("token_embedding.weight", "positional_embedding", "ln_final.weight",
              "text_projection", "logit_scale")
 
@@ -34,17 +44,42 @@ def read_checkpoint(path) -> tuple:
 
 
 def is_synthclip(path) -> bool:
-    try:
-        tensors, _ = read_weights(os.fspath(path))
-    except WeightsError:
-        raise
+    tensors, _ = read_weights(os.fspath(path))
     return all(k in tensors for k in MARKERS)
 
 
+def depth(tensors, prefix) -> int:
+    return len({m.group(1) for k in tensors if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))})
+
+
+def model_config(tensors, config):
+    """`config` with SynthCLIP's model read off the tensor shapes (see the module docstring)."""
+    m = config.model
+    width = tensors["visual.cls_token"].shape[-1]
+    patch = tensors["visual.patch_embed.proj.weight"].shape[-1]
+    grid = math.isqrt(tensors["visual.pos_embed"].shape[1] - 1)
+    text_width = tensors["token_embedding.weight"].shape[1]
+    m.embed_dim = int(tensors["image_projection"].shape[1])
+    m.layernorm_eps, m.activation = 1e-5, "quick_gelu"  # the OpenAI text tower's
+    m.image.update(width=width, depth=depth(tensors, "visual.blocks."), heads=width // HEAD_WIDTH,
+                   patch_size=patch, mlp_ratio=tensors["visual.blocks.0.mlp.fc1.weight"].shape[0]
+                   / width, pool_type="tok", ln_pre=False, patch_bias=True,
+                   layernorm_eps=1e-6, activation="gelu")  # timm's ViT
+    m.text.update(width=text_width, depth=depth(tensors, "transformer.resblocks."),
+                  heads=text_width // HEAD_WIDTH,
+                  mlp_ratio=tensors["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width,
+                  context_length=tensors["positional_embedding"].shape[0],
+                  vocab_size=tensors["token_embedding.weight"].shape[0], causal=True,
+                  pool_type="argmax")
+    config.data.image_size = grid * patch
+    config.data.mean, config.data.std = IMAGENET_MEAN, IMAGENET_STD
+    return config
+
+
 def read_source(src):
-    tensors, args = read_checkpoint(src)
-    raise WeightsError(
-        f"{src}: a SynthCLIP checkpoint (model {args.get('model', '?')!r}, "
-        f"{len(tensors)} tensors) was read, but mapping it needs per-tower LayerNorm eps and "
-        "activation (timm image tower: 1e-6, exact GELU; OpenAI text tower: 1e-5, QuickGELU), "
-        "which the model config does not have yet")
+    """(tensors in the layout `fit.to_params` reads, names for messages, derive)."""
+    tensors, _ = read_checkpoint(src)
+    tensors["visual.proj"] = tensors.pop("image_projection")  # x @ W in both: unchanged
+    derive_from = dict(tensors, image_projection=tensors["visual.proj"])
+    return tensors, {"visual.proj": "image_projection"}, \
+        lambda config: model_config(derive_from, config)

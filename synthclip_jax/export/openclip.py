@@ -5,10 +5,13 @@
 `open_clip_model.safetensors` is the first name open_clip's `local-dir:` loader looks for.
 
 Our parameters map one-to-one onto OpenCLIP's native `CLIP` (the rule tables below are the one
-map, read by the exporter and by `hf.py`), so the conversion is transposes and reshapes; the two
-silent traps are written into the config: the LayerNorm eps (ours is a config value, default
-1e-6; PyTorch's default is 1e-5) and the GELU form (exact / tanh / QuickGELU). Whatever the target
-cannot compute exactly is refused, never approximated. No pickle is written anywhere.
+map, read by the exporter and by `hf.py`; a patch bias is folded into the positional embedding),
+so the conversion is transposes and reshapes; the two silent traps are written into the config,
+per tower: the LayerNorm eps (ours is a config value, default 1e-6; PyTorch's default is 1e-5) and
+the GELU form (exact / tanh / QuickGELU). An exact-GELU image tower beside a QuickGELU text tower
+(SynthCLIP) goes out as OpenCLIP's timm tower (`timm_vit.py`). Whatever the target cannot
+compute exactly is refused with the config key named, never approximated. No pickle is written
+anywhere.
 
 The weights are written with `safetensors.numpy`, so this module needs neither torch nor
 open_clip (the package never imports torch).
@@ -20,6 +23,9 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from synthclip_jax.data.tokenizer import VOCAB_SIZE
+from synthclip_jax.export.timm_vit import (TIMM_LAYERNORM_EPS, TIMM_LEAVES, TIMM_VITS,
+                                          timm_model_name, to_timm)
+from synthclip_jax.models.tower_config import TOWERS, tower_key, tower_option
 
 WEIGHTS_NAME = "open_clip_model.safetensors"  # first in open_clip 3.3 factory's preferred_order
 
@@ -32,16 +38,79 @@ def refuse(key, value, why):
     raise ExportError(f"cannot export {key}={value!r}: {why}")
 
 
-def check_openclip(config):
+def tower_acts(m) -> dict:
+    return {t: tower_option(m, t, "activation") for t in TOWERS}
+
+
+def image_tower_kind(config) -> str:
+    """'native' (OpenCLIP's VisionTransformer) or 'timm' (`vision_cfg.timm_model_name`).
+
+    OpenCLIP chooses QuickGELU for both native towers at once (`quick_gelu`); exact vs tanh GELU
+    is per tower (`act_kwargs`). An exact-GELU image tower beside a QuickGELU text tower
+    (SynthCLIP) is only expressible through the timm tower, which always uses exact GELU.
+    """
     m = config.model
+    acts = tower_acts(m)
+    quick = {t: a == "quick_gelu" for t, a in acts.items()}
+    if quick["image"] == quick["text"]:
+        return "native"
+    if quick["image"]:
+        refuse(tower_key(m, "image", "activation"), acts["image"],
+               "OpenCLIP cannot pair a QuickGELU image tower with a "
+               f"{acts['text']} text tower (quick_gelu sets both native towers; timm towers "
+               "use exact GELU)")
+    if acts["image"] != "gelu":
+        refuse(tower_key(m, "image", "activation"), acts["image"],
+               "beside a QuickGELU text tower OpenCLIP needs its timm image tower, whose GELU "
+               "is exact: set it to 'gelu'")
+    return "timm"
+
+
+def check_timm_image(config) -> str:
+    """The timm model name for the image tower, or ExportError naming the key that prevents it."""
+    m = config.model
+    eps = tower_option(m, "image", "layernorm_eps")
+    if eps != TIMM_LAYERNORM_EPS:
+        refuse(tower_key(m, "image", "layernorm_eps"), eps,
+               f"the timm image tower (needed for QuickGELU text + GELU image) has LayerNorm eps "
+               f"{TIMM_LAYERNORM_EPS}")
+    if m.image.ln_pre:
+        refuse("model.image.ln_pre", m.image.ln_pre, "timm's ViTs have no ln_pre (norm_pre)")
+    if m.image.pool_type != "tok":
+        refuse("model.image.pool_type", m.image.pool_type,
+               "the timm image tower is exported with 'token' pooling only")
+    name = timm_model_name(m.image, config.data.image_size)
+    if name is None:
+        arch = {k: m.image[k] for k in ("width", "depth", "heads", "patch_size", "mlp_ratio")}
+        refuse("model.image", arch | {"image_size": config.data.image_size},
+               f"no timm ViT has this architecture (known: {sorted(TIMM_VITS)})")
+    return name
+
+
+def check_openclip(config):
+    check_torch_clip(config)
+    if image_tower_kind(config) == "timm":
+        check_timm_image(config)
+
+
+def check_torch_clip(config):
+    """What neither OpenCLIP's CLIP nor transformers' CLIPModel can compute (`hf.py` adds its
+    own refusals)."""
+    m = config.model
+    if m.text.get("tokenizer", "openclip_bpe") != "openclip_bpe":
+        # OpenCLIP 3.3's tokenizers cannot write CLIPS's layout (its HF tokenizer puts [CLS]
+        # first; REFERENCE 4.1): the exported model would be read with the wrong ids.
+        refuse("model.text.tokenizer", m.text.tokenizer,
+               "OpenCLIP has no tokenizer with this layout (only openclip_bpe exports)")
     if m.text.pool_type not in ("argmax", "last"):
         # OpenCLIP's text_global_pool has first/last/argmax/eos, no masked mean.
         refuse("model.text.pool_type", m.text.pool_type,
                "OpenCLIP's TextTransformer has no mean pooling (it has argmax, last, first, eos)")
     if m.image.pool_type not in ("tok", "avg"):
         refuse("model.image.pool_type", m.image.pool_type, "OpenCLIP's ViT supports tok and avg")
-    if m.activation not in ("gelu", "gelu_tanh", "quick_gelu"):
-        refuse("model.activation", m.activation, "unknown activation")
+    for tower, act in tower_acts(m).items():
+        if act not in ("gelu", "gelu_tanh", "quick_gelu"):
+            refuse(tower_key(m, tower, "activation"), act, "unknown activation")
     if m.text.vocab_size < VOCAB_SIZE:
         # The exported tokenizer is OpenCLIP's SimpleTokenizer (OpenAI BPE, ids up to 49407),
         # as `synthclip_jax.data.tokenizer`; a smaller embedding table cannot take its ids.
@@ -60,26 +129,38 @@ def check_openclip(config):
 def openclip_config(config) -> dict:
     """open_clip_config.json for `config` (check_openclip first)."""
     m = config.model
-    norm = {"eps": float(m.layernorm_eps)}  # used as partial(LayerNorm, **norm_kwargs)
-    # QuickGELU is selected by the top-level quick_gelu flag; exact GELU is nn.GELU's default;
-    # tanh GELU is partial(nn.GELU, approximate='tanh') via act_kwargs.
-    act = {"approximate": "tanh"} if m.activation == "gelu_tanh" else None
-    vision = dict(
-        image_size=int(config.data.image_size), layers=m.image.depth, width=m.image.width,
-        head_width=m.image.width // m.image.heads,  # OpenCLIP derives heads = width // head_width
-        patch_size=m.image.patch_size, mlp_ratio=float(m.image.mlp_ratio),
-        pool_type=m.image.pool_type, no_ln_pre=not m.image.ln_pre,
-        final_ln_after_pool=False,  # ours: ln_post on all tokens, then pool
-        norm_kwargs=norm)
+    acts = tower_acts(m)
+
+    def norm(tower):  # used as partial(LayerNorm, **norm_kwargs), per tower
+        return {"eps": float(tower_option(m, tower, "layernorm_eps"))}
+
     text = dict(
         context_length=m.text.context_length, vocab_size=m.text.vocab_size, width=m.text.width,
         heads=m.text.heads, layers=m.text.depth, mlp_ratio=float(m.text.mlp_ratio),
-        no_causal_mask=not m.text.causal, pool_type=m.text.pool_type, final_ln_after_pool=False,
-        norm_kwargs=norm)
-    if act:
-        vision["act_kwargs"] = text["act_kwargs"] = act
+        no_causal_mask=not m.text.causal, pool_type=m.text.pool_type,
+        final_ln_after_pool=bool(m.text.get("final_ln_after_pool", False)),
+        norm_kwargs=norm("text"))
+    if image_tower_kind(config) == "timm":
+        # timm: LN eps 1e-6 and exact GELU built in (check_timm_image); the projection is
+        # OpenCLIP's head.proj, a bias-free nn.Linear, after timm's 'token' pooling.
+        vision = dict(image_size=int(config.data.image_size),
+                      timm_model_name=check_timm_image(config), timm_model_pretrained=False,
+                      timm_pool="token", timm_proj="linear", timm_proj_bias=False)
+    else:
+        vision = dict(
+            image_size=int(config.data.image_size), layers=m.image.depth, width=m.image.width,
+            head_width=m.image.width // m.image.heads,  # OpenCLIP: heads = width // head_width
+            patch_size=m.image.patch_size, mlp_ratio=float(m.image.mlp_ratio),
+            pool_type=m.image.pool_type, no_ln_pre=not m.image.ln_pre,
+            final_ln_after_pool=bool(m.image.get("final_ln_after_pool", False)),
+            norm_kwargs=norm("image"))
+    # QuickGELU is the top-level quick_gelu flag (both native towers; the text tower only beside a
+    # timm image tower); exact GELU is nn.GELU's default; tanh is act_kwargs, per tower.
+    for tower, cfg in (("image", vision), ("text", text)):
+        if acts[tower] == "gelu_tanh":
+            cfg["act_kwargs"] = {"approximate": "tanh"}
     model_cfg = dict(embed_dim=m.embed_dim, vision_cfg=vision, text_cfg=text)
-    if m.activation == "quick_gelu":
+    if acts["text"] == "quick_gelu":
         model_cfg["quick_gelu"] = True
     if m.get("logit_bias_init") is not None:
         model_cfg["init_logit_bias"] = float(m.logit_bias_init)  # makes the logit_bias param exist
@@ -138,14 +219,31 @@ def _flatten(tree, prefix=""):
     return out
 
 
-def openclip_state_dict(params) -> dict:
-    """Our pure-dict params -> OpenCLIP native `CLIP` state_dict (float32 numpy, contiguous)."""
+def openclip_state_dict(params, image_tower: str = "native") -> dict:
+    """Our pure-dict params -> OpenCLIP `CLIP` state_dict (float32 numpy, contiguous), with the
+    native image tower or (`image_tower='timm'`) the timm one (`visual.trunk.*`)."""
     flat = {k: np.asarray(v, np.float32) for k, v in _flatten(params).items()}
     out = {}
+    if image_tower == "timm":
+        visual = {k[len("visual/"):]: flat.pop(k) for k in list(flat) if k.startswith("visual/")}
+        unmapped = set(visual) - set(TIMM_LEAVES) - {"proj"}
+        if unmapped:  # e.g. ln_pre: timm's ViT has no place for it
+            raise ExportError(f"image parameters with no timm mapping: {sorted(unmapped)}")
+        out.update(to_timm(visual, prefix="visual.trunk."))
+        # x @ proj (D, E) -> OpenCLIP's head.proj, nn.Linear(D, E, bias=False): weight (E, D)
+        out["visual.head.proj.weight"] = visual["proj"].T
+    elif "visual/conv1_bias" in flat:
+        # OpenCLIP's conv1 has no bias; adding it to every patch token's positional embedding
+        # (not the class token's, row 0) is the same function.
+        bias = flat.pop("visual/conv1_bias")
+        pos = flat["visual/positional_embedding"]
+        flat["visual/positional_embedding"] = np.concatenate([pos[:1], pos[1:] + bias])
     for ours, theirs, fn in TOP_RULES:
         if ours in flat:
             out[theirs] = (fn or (lambda x: x))(flat.pop(ours))
-    for tower, dst in (("visual", "visual.transformer"), ("text", "transformer")):
+    towers = (("text", "transformer"),) if image_tower == "timm" else (
+        ("visual", "visual.transformer"), ("text", "transformer"))
+    for tower, dst in towers:
         for ours, theirs, fn in BLOCK_RULES:
             stacked = flat.pop(f"{tower}/transformer/resblocks/{ours}")
             for i, row in enumerate(stacked):  # leading depth axis: row i -> resblocks.i
@@ -165,4 +263,5 @@ def export_openclip(config, params, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "open_clip_config.json"), "w") as f:
         json.dump(openclip_config(config), f, indent=2)
-    save_safetensors(openclip_state_dict(params), os.path.join(out_dir, WEIGHTS_NAME))
+    state = openclip_state_dict(params, image_tower_kind(config))
+    save_safetensors(state, os.path.join(out_dir, WEIGHTS_NAME))

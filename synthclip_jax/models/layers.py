@@ -25,12 +25,6 @@ ACTIVATIONS = {
 }
 
 
-def activation(name: str):
-    if name not in ACTIVATIONS:
-        raise ValueError(f"model.activation={name!r}; choose one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
-
-
 def _param(value, axes, kind: str) -> nnx.Param:
     assert value.ndim == len(axes), (value.shape, axes)
     if kind not in PARAM_KINDS:

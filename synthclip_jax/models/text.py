@@ -1,7 +1,8 @@
 """Text tower, laid out as OpenCLIP's `TextTransformer`.
 
 tokens -> token + positional embedding -> transformer (causal, or bidirectional as SigLIP/CLIPS)
--> ln_final -> pool -> projection (`x @ W`, no bias). Pooling:
+-> ln_final -> pool -> projection (`x @ W`, no bias); `final_ln_after_pool` pools first (OpenCLIP's
+flag; it changes the function only for 'mean'). Pooling:
   'argmax': the EOT token, found as the largest token id (OpenAI BPE: EOT 49407 is the max id);
   'last':   the last position (big_vision / SigLIP 'sticky EOS', CLIPS class token);
   'mean':   mean over non-padding tokens (id != 0); OpenCLIP cannot express it.
@@ -18,6 +19,7 @@ from synthclip_jax.models import layers
 
 class TextTransformer(nnx.Module):
     def __init__(self, cfg, *, embed_dim, eps, act, dtype, remat, rngs: nnx.Rngs):
+        """`cfg`: model.text; `eps`, `act`: this tower's (models/tower_config.py)."""
         if cfg.pool_type not in POOL_TYPES:
             raise ValueError(f"model.text.pool_type={cfg.pool_type!r}; choose one of {POOL_TYPES}")
         width = cfg.width
@@ -33,6 +35,7 @@ class TextTransformer(nnx.Module):
                                                    width**-0.5, kind="weight")
         self.causal = cfg.causal
         self.pool_type = cfg.pool_type
+        self.final_ln_after_pool = cfg.get("final_ln_after_pool", False)  # absent in old configs
         self.dtype = dtype
 
     def __call__(self, tokens):
@@ -43,7 +46,9 @@ class TextTransformer(nnx.Module):
         x = jnp.take(layers.read(self.token_embedding), tokens, axis=0)
         x = x + layers.read(self.positional_embedding)
         x = sharding.constrain(x, ("batch", "seq", "embed"))
-        x = self.ln_final(self.transformer(x.astype(self.dtype), causal=self.causal))
+        x = self.transformer(x.astype(self.dtype), causal=self.causal)
+        if not self.final_ln_after_pool:
+            x = self.ln_final(x)
         if self.pool_type == "argmax":
             pooled = jnp.take_along_axis(x, tokens.argmax(-1)[:, None, None], axis=1)[:, 0]
         elif self.pool_type == "last":
@@ -51,5 +56,7 @@ class TextTransformer(nnx.Module):
         else:
             mask = (tokens != PAD_ID)[..., None].astype(x.dtype)
             pooled = (x * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
+        if self.final_ln_after_pool:
+            pooled = self.ln_final(pooled)
         return sharding.constrain(pooled @ layers.read(self.text_projection, self.dtype),
                                   ("batch", None))

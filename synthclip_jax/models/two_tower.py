@@ -11,6 +11,7 @@ from flax import nnx
 from synthclip_jax.losses import ContrastiveOutputs
 from synthclip_jax.models import layers
 from synthclip_jax.models.text import TextTransformer
+from synthclip_jax.models.tower_config import tower_key, tower_option
 from synthclip_jax.models.vit import VisionTransformer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -25,11 +26,20 @@ class TwoTower(nnx.Module):
     def __init__(self, cfg, *, image_size: int, rngs: nnx.Rngs):
         if cfg.dtype not in DTYPES:
             raise ValueError(f"model.dtype={cfg.dtype!r}; choose one of {sorted(DTYPES)}")
-        common = dict(embed_dim=cfg.embed_dim, eps=cfg.layernorm_eps,
-                      act=layers.activation(cfg.activation), dtype=DTYPES[cfg.dtype],
-                      remat=cfg.remat, rngs=rngs)
-        self.visual = VisionTransformer(cfg.image, image_size=image_size, **common)
-        self.text = TextTransformer(cfg.text, **common)
+        common = dict(embed_dim=cfg.embed_dim, dtype=DTYPES[cfg.dtype], remat=cfg.remat,
+                      rngs=rngs)
+
+        def tower(name):  # each tower's LayerNorm eps and activation
+            act = tower_option(cfg, name, "activation")
+            if act not in layers.ACTIVATIONS:
+                raise ValueError(f"{tower_key(cfg, name, 'activation')}={act!r}; choose one of "
+                                 f"{sorted(layers.ACTIVATIONS)}")
+            return dict(eps=tower_option(cfg, name, "layernorm_eps"), act=layers.ACTIVATIONS[act])
+
+        self.visual = VisionTransformer(cfg.image, image_size=image_size, **tower("image"),
+                                        **common)
+        self.text = TextTransformer(cfg.text, **tower("text"), **common)
+        self.logit_scale_min = cfg.get("logit_scale_min", 0.0)  # absent in old configs
         self.logit_scale = layers.const_param((), (), cfg.logit_scale_init, kind="scalar")
         self.logit_bias = (None if cfg.logit_bias_init is None
                            else layers.const_param((), (), cfg.logit_bias_init, kind="scalar"))
@@ -52,9 +62,9 @@ class TwoTower(nnx.Module):
         return self.logit_bias is not None
 
     def clamp_logit_scale(self, max_log: float):
-        """As CLIP/OpenCLIP after every update: the temperature's log to [0, max_log]
-        (`model.logit_scale_max`, ln 100)."""
-        self.logit_scale[...] = jnp.clip(self.logit_scale[...], 0.0, max_log)
+        """As CLIP/OpenCLIP after every update: the temperature's log to
+        [model.logit_scale_min, max_log] (CLIP: [0, ln 100]; SimCLIP: [-ln 100, ln 100])."""
+        self.logit_scale[...] = jnp.clip(self.logit_scale[...], self.logit_scale_min, max_log)
 
     def __call__(self, images, tokens) -> ContrastiveOutputs:
         return ContrastiveOutputs(self.encode_image(images), self.encode_text(tokens),

@@ -1,8 +1,13 @@
 """ViT image tower, laid out as OpenCLIP's native `VisionTransformer`.
 
-patches -> [CLS] + patches + positional embedding -> (ln_pre) -> pre-LN transformer -> ln_post
--> pool ('tok': CLS token; 'avg': mean of patch tokens, CLS still attended, as OpenCLIP
-`pool_type='avg'`) -> projection (no bias). The patch embedding has no bias, as OpenCLIP's conv1.
+patches (+ bias if `patch_bias`, as timm's patch_embed) -> [CLS] + patches + positional
+embedding -> (ln_pre) -> pre-LN transformer -> ln_post -> pool ('tok': CLS token; 'avg': mean of
+patch tokens, CLS still attended, as OpenCLIP `pool_type='avg'`) -> projection (no bias).
+`final_ln_after_pool` moves ln_post after the pooling (OpenCLIP's flag; CLIPA/CLIPS avg pool);
+with 'tok' pooling the two orders compute the same function.
+
+Without ln_pre, with the patch bias and 'tok' pooling this is timm's `VisionTransformer`
+(SynthCLIP's `vit_base_patch16_224`); with ln_pre and no patch bias, OpenCLIP's native ViT.
 """
 import jax.numpy as jnp
 from flax import nnx
@@ -14,6 +19,7 @@ from synthclip_jax.models import layers
 
 class VisionTransformer(nnx.Module):
     def __init__(self, cfg, *, image_size, embed_dim, eps, act, dtype, remat, rngs: nnx.Rngs):
+        """`cfg`: model.image; `eps`, `act`: this tower's (models/tower_config.py)."""
         width, patch = cfg.width, cfg.patch_size
         if image_size % patch:
             raise ValueError(f"data.image_size={image_size} is not divisible by "
@@ -25,6 +31,9 @@ class VisionTransformer(nnx.Module):
         self.conv1_kernel = layers.normal_param(
             rngs, (patch, patch, 3, width), (None, None, None, "embed"),
             (patch * patch * 3) ** -0.5, kind="weight")
+        # .get: a workdir's config.json from before the key has no such key (and no bias)
+        self.conv1_bias = (layers.const_param((width,), ("embed",), 0.0, kind="bias")
+                           if cfg.get("patch_bias", False) else None)
         self.class_embedding = layers.normal_param(rngs, (width,), ("embed",), scale,
                                                    kind="embedding")
         self.positional_embedding = layers.normal_param(
@@ -38,6 +47,7 @@ class VisionTransformer(nnx.Module):
                                         kind="weight")
         self.patch_size = patch
         self.pool_type = cfg.pool_type
+        self.final_ln_after_pool = cfg.get("final_ln_after_pool", False)
         self.dtype = dtype
 
     def __call__(self, images):
@@ -48,12 +58,18 @@ class VisionTransformer(nnx.Module):
         weight = lambda param: layers.read(param, self.dtype)
         patches = images.astype(self.dtype).reshape(b, h // p, p, w // p, p, c)
         x = jnp.einsum("bhpwqc,pqcd->bhwd", patches, weight(self.conv1_kernel))
+        if self.conv1_bias is not None:
+            x = x + weight(self.conv1_bias)
         x = x.reshape(b, -1, x.shape[-1])
         cls = jnp.broadcast_to(weight(self.class_embedding), (b, 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + weight(self.positional_embedding)
         x = sharding.constrain(x, ("batch", "seq", "embed"))
         if self.ln_pre is not None:
             x = self.ln_pre(x)
-        x = self.ln_post(self.transformer(x, causal=False))
+        x = self.transformer(x, causal=False)
+        if not self.final_ln_after_pool:
+            x = self.ln_post(x)
         pooled = x[:, 0] if self.pool_type == "tok" else x[:, 1:].mean(axis=1)
+        if self.final_ln_after_pool:
+            pooled = self.ln_post(pooled)
         return sharding.constrain(pooled @ weight(self.proj), ("batch", None))

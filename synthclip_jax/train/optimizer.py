@@ -1,4 +1,5 @@
-"""AdamW with decoupled, masked weight decay; linear warmup + cosine; global-norm clipping;
+"""AdamW with decoupled, masked weight decay; linear warmup + cosine (or constant,
+`optim.lr_schedule`); global-norm clipping;
 non-finite steps skipped.
 
 Which parameters are decayed is `optim.weight_decay_policy` applied to the kind each parameter
@@ -51,9 +52,15 @@ def make_schedule(config) -> optax.Schedule:
         raise ConfigError("warmup_steps", f"warmup_steps={warmup} must lie in [0, "
                           f"total_steps={total}): the cosine decay after the warmup needs at "
                           "least one step")
+    o = config.optim
+    if o.get("lr_schedule", "cosine") == "constant":  # absent in configs from before the key
+        # SimCLIP's GradualWarmupScheduler(multiplier=1): linear to lr, then lr.
+        return optax.join_schedules(
+            [optax.linear_schedule(o.lr_warmup_init, config.lr, warmup),
+             optax.constant_schedule(config.lr)], [warmup])
     return optax.warmup_cosine_decay_schedule(
-        init_value=config.optim.lr_warmup_init, peak_value=config.lr, warmup_steps=warmup,
-        decay_steps=max(total, 1), end_value=config.optim.lr_end)
+        init_value=o.lr_warmup_init, peak_value=config.lr, warmup_steps=warmup,
+        decay_steps=max(total, 1), end_value=o.lr_end)
 
 
 class OptState(NamedTuple):

@@ -1,0 +1,62 @@
+"""CLIPS's ViT-L/14 encoders (`ViT-L-14-CLIPS-224` of UCSC-VLAA/CLIPS), as a contrastive run.
+
+The model is the released architecture exactly (REFERENCE 4.1):
+- image: ViT-L/14 (width 1024, 24 layers, 16 heads), class token prepended but no ln_pre,
+  mean pooling over the patch tokens, ln_post after the pooling, LayerNorm eps 1e-6, exact GELU;
+- text: width 768, 12 heads, 12 layers, context 80, vocab 32000, bidirectional (no causal and no
+  padding mask), last-token pooling (the [CLS] the tokenizer puts last), tanh GELU, eps 1e-6;
+- tokenizer: CLIPS's layout on bert-base-uncased's WordPiece vocab.txt ([1] + ids + [2], zero
+  padding, [CLS]=101 last); point `model.text.vocab_path` at a local copy (nothing is downloaded);
+- embed dim 768; ImageNet mean/std.
+
+The recipe is stock OpenCLIP's, which CLIPS trains with: AdamW (0.9, 0.98, eps 1e-6), weight
+decay 0.2 on weights only, cosine schedule with linear warmup, logit scale clamped to [0, ln 100].
+CLIPS's partial synthetic captions: `data.text_reduction=subcaption` (the paper's best strategy).
+
+Where we differ or had to choose:
+- Batch size, steps, lr and the low-to-high resolution schedule are not in the CLIPS code
+  (paper only); the values below are placeholders of CLIPA's scale, to be set per run.
+- CLIPS's contrastive loss averages two caption sets (web + partial synthetic) and adds an
+  autoregressive captioner; this config trains the encoders with the plain contrastive loss on
+  one caption per image (`configs/clips_cpu.py` is the captioner recipe).
+- CLIPS's tokenizer truncates at its fixed 80 - 3 tokens whatever the context; ours at
+  context - 3 (the same at 80).
+- Preprocessing: CLIPS resizes by squashing (no crop) with bilinear interpolation; our
+  evaluation center-crops.
+- OpenCLIP export is refused (`model.text.tokenizer`): OpenCLIP 3.3 has no tokenizer writing
+  this layout.
+
+  python -m synthclip_jax.main --config=configs/clips_vitl14.py --workdir=gs://BUCKET/run \
+      --config.data.train='gs://BUCKET/recap/*.tfrecord' --config.model.text.vocab_path=vocab.txt
+"""
+from synthclip_jax.config_base import IMAGENET_MEAN, IMAGENET_STD, base
+from synthclip_jax.models.sizes import vit_size
+
+
+def get_config():
+    c = base()
+    c.batch_size = 32768
+    c.total_steps = 100_000
+    c.warmup_steps = 2_000
+    c.lr = 1e-3
+    c.weight_decay = 0.2
+    c.model.embed_dim = 768
+    c.model.layernorm_eps = 1e-6  # both towers (Flax's default, which CLIPS trained with)
+    c.model.image.update(vit_size("L/14"), ln_pre=False, pool_type="avg",
+                         final_ln_after_pool=True, activation="gelu")
+    c.model.text.update(width=768, heads=12, depth=12, context_length=80, vocab_size=32000,
+                        causal=False, pool_type="last", activation="gelu_tanh",
+                        tokenizer="clips_wordpiece", vocab_path="/data/clips/vocab.txt")
+    c.model.dtype = "bfloat16"
+    c.model.remat = True
+    c.data.source = "tfrecord"
+    c.data.train = "/data/recap_datacomp/*.tfrecord"
+    c.data.text_reduction = "subcaption"
+    c.data.image_size = 224
+    c.data.mean, c.data.std = IMAGENET_MEAN, IMAGENET_STD
+    c.data.num_workers = 8
+    c.mesh.fsdp = -1
+    c.mesh.data = 1
+    c.checkpoint.every_steps = 2000
+    c.log.every_steps = 100
+    return c
