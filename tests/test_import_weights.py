@@ -473,3 +473,15 @@ def test_synthclip_parity(tmp_path):
     config.model.image.layernorm_eps = 1e-5
     with pytest.raises(WeightsError, match=r"model\.image\.layernorm_eps=1e-06"):
         imp.import_weights("synthclip", tmp_path / "checkpoint.pt", config)
+
+
+def test_openclip_timm_tower_parity(tmp_path):
+    """OpenCLIP with a timm image tower (what our exporter writes for SynthCLIP-like models)."""
+    vision = dict(timm_model_name="test_vit", timm_model_pretrained=False, timm_pool="token",
+                  timm_proj="linear", timm_proj_bias=False, image_size=160)
+    cfg = dict(openclip_cfg(quick_gelu=True), vision_cfg=vision)
+    model = openclip_model(cfg, seed=9)
+    save_local_dir(model, cfg, tmp_path / "src")
+    assert run_cli("--format", "openclip", "--src", tmp_path / "src", "--out", tmp_path / "w") == 0
+    config, _ = features_match(tmp_path / "w", lambda i, t: torch_forward(model, i, t))
+    assert (config.model.image.activation, config.model.text.heads) == ("gelu", 4)
