@@ -183,6 +183,12 @@ def test_hf_import_export_import_is_exact(tmp_path):
     from synthclip_jax.export.workdir import export
     model = hf_model(seed=2)
     model.save_pretrained(tmp_path / "hf")
+    # older transformers saved the int64 position_ids buffers too (openai/clip-vit-base-patch32)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    sd["text_model.embeddings.position_ids"] = torch.arange(CONTEXT)[None]
+    sd["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    torch.save(sd, tmp_path / "hf" / "pytorch_model.bin")
+    (tmp_path / "hf" / "model.safetensors").unlink()
     assert run_cli("--format", "hf", "--src", tmp_path / "hf", "--out", tmp_path / "a") == 0
     export(tmp_path / "a", tmp_path / "hf_again", fmt="hf")
     assert run_cli("--format", "hf", "--src", tmp_path / "hf_again", "--out", tmp_path / "b") == 0

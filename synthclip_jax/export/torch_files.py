@@ -52,17 +52,15 @@ def load_pickle(path) -> object:
             "a trusted environment") from None
 
 
-def to_numpy(value, key, path) -> np.ndarray:
-    """A tensor (or array) as float32 numpy; bf16/fp16 are widened, integers refused."""
+def to_numpy(value) -> np.ndarray:
+    """A tensor (or array) as numpy: floats as float32 (bf16/fp16 widened); integer buffers
+    (e.g. HF's position_ids) kept as they are, for the loaders to place or refuse."""
     if hasattr(value, "detach"):  # a torch tensor
         import torch
-        if not (value.is_floating_point()):
-            raise WeightsError(f"{path}: {key} has dtype {value.dtype}, not a float tensor")
-        return value.detach().to(torch.float32).cpu().numpy()
+        value = value.detach().cpu()
+        return (value.to(torch.float32) if value.is_floating_point() else value).numpy()
     array = np.asarray(value)
-    if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
-        raise WeightsError(f"{path}: {key} has dtype {array.dtype}, not a float tensor")
-    return array.astype(np.float32)
+    return array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
 
 
 def unwrap(obj, path) -> tuple:
@@ -108,4 +106,4 @@ def read_weights(path) -> tuple:
                            f"{PICKLE_SUFFIXES}")
     if all(k.startswith(DDP_PREFIX) for k in tensors):
         tensors = {k[len(DDP_PREFIX):]: v for k, v in tensors.items()}
-    return {k: to_numpy(v, k, path) for k, v in tensors.items()}, args
+    return {k: to_numpy(v) for k, v in tensors.items()}, args
