@@ -83,6 +83,16 @@ RULES = {
     "decay_policy": ("optim.weight_decay_policy", {"optim.weight_decay_policy": "simclip"}),
     "negative_lr": ("lr", {"lr": -1e-3}),
     "negative_weight_decay": ("weight_decay", {"weight_decay": -0.1}),
+    "tower_activation": ("model.text.activation", {"model.text.activation": "relu"}),
+    "tower_eps": ("model.image.layernorm_eps", {"model.image.layernorm_eps": 0.0}),
+    "shared_eps": ("model.layernorm_eps", {"model.layernorm_eps": -1e-6}),
+    "lr_schedule": ("optim.lr_schedule", {"optim.lr_schedule": "step"}),
+    "tokenizer": ("model.text.tokenizer", {"model.text.tokenizer": "bert"}),
+    "clips_needs_vocab": ("model.text.vocab_path", {"model.text.tokenizer": "clips_wordpiece"}),
+    "clips_not_on_shapes": ("model.text.tokenizer", {"model.text.tokenizer": "clips_wordpiece",
+                                                     "model.text.vocab_path": "/v/vocab.txt",
+                                                     "data.source": "shapes"}),
+    "logit_scale_min": ("model.logit_scale_min", {"model.logit_scale_min": 5.0}),
 }
 
 
@@ -104,6 +114,7 @@ PATHS = {  # key -> a value that names nothing on disk
     "eval.zeroshot": "{tmp}/no_folder",
     "data.batch_order": "{tmp}/order.npy",
     "init_from": "{tmp}/no_weights",
+    "model.text.vocab_path": "{tmp}/vocab.txt",
 }
 
 
@@ -170,3 +181,15 @@ def test_choice_names_match_their_implementations():
 
     assert set(layers.ACTIVATIONS) == set(choices.ACTIVATIONS)
     assert set(two_tower.DTYPES) == set(choices.DTYPES)
+
+
+def test_vocab_larger_than_the_embedding_table_names_the_key(tmp_path):
+    config = demo_cpu.get_config()
+    (tmp_path / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(100)) + "\n")
+    config.model.text.update(tokenizer="clips_wordpiece", vocab_path=str(tmp_path / "vocab.txt"),
+                             vocab_size=64)
+    with pytest.raises(ConfigError, match="has 100 tokens") as raised:
+        validate(config)
+    assert raised.value.key == "model.text.vocab_path"
+    config.model.text.vocab_size = 100
+    validate(config)

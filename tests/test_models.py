@@ -78,24 +78,36 @@ def reference_image(params, images, cfg):
         for j in range(n):
             patch = images[:, i * ps:(i + 1) * ps, j * ps:(j + 1) * ps, :].transpose(0, 3, 1, 2)
             x[:, i, j] = np.einsum("bcpq,dcpq->bd", patch, w)
-    x = x.reshape(b, n * n, -1)
+    x = x.reshape(b, n * n, -1) + (p["conv1_bias"] if icfg.patch_bias else 0)  # timm's
     x = np.concatenate([np.broadcast_to(p["class_embedding"], (b, 1, x.shape[-1])), x], 1)
     x = x + p["positional_embedding"]
-    eps, act = cfg.model.layernorm_eps, ACT[cfg.model.activation]
+    eps, act = tower_eps_act(cfg, "image")
     if icfg.ln_pre:
         x = ln(x, p["ln_pre"], eps)
-    x = ln(transformer(x, p["transformer"]["resblocks"], icfg.heads, False, act, eps),
-           p["ln_post"], eps)
+    x = transformer(x, p["transformer"]["resblocks"], icfg.heads, False, act, eps)
+    if not icfg.final_ln_after_pool:
+        x = ln(x, p["ln_post"], eps)
     pooled = x[:, 0] if icfg.pool_type == "tok" else x[:, 1:].mean(1)
+    if icfg.final_ln_after_pool:
+        pooled = ln(pooled, p["ln_post"], eps)
     return pooled @ p["proj"]
+
+
+def tower_eps_act(cfg, tower):
+    """The tower's own key if set, else the shared one."""
+    m = cfg.model
+    eps = m[tower].layernorm_eps if m[tower].layernorm_eps is not None else m.layernorm_eps
+    act = m[tower].activation if m[tower].activation is not None else m.activation
+    return eps, ACT[act]
 
 
 def reference_text(params, tokens, cfg):
     p, tcfg = params["text"], cfg.model.text
-    eps, act = cfg.model.layernorm_eps, ACT[cfg.model.activation]
+    eps, act = tower_eps_act(cfg, "text")
     x = p["token_embedding"][tokens] + p["positional_embedding"]
-    x = ln(transformer(x, p["transformer"]["resblocks"], tcfg.heads, tcfg.causal, act, eps),
-           p["ln_final"], eps)
+    x = transformer(x, p["transformer"]["resblocks"], tcfg.heads, tcfg.causal, act, eps)
+    if not tcfg.final_ln_after_pool:
+        x = ln(x, p["ln_final"], eps)
     if tcfg.pool_type == "argmax":
         pooled = x[np.arange(len(tokens)), tokens.argmax(-1)]
     elif tcfg.pool_type == "last":
@@ -103,6 +115,8 @@ def reference_text(params, tokens, cfg):
     else:
         m = (tokens != 0)[..., None]
         pooled = (x * m).sum(1) / m.sum(1)
+    if tcfg.final_ln_after_pool:
+        pooled = ln(pooled, p["ln_final"], eps)
     return pooled @ p["text_projection"]
 
 
@@ -122,6 +136,12 @@ CASES = [
     {"activation": "quick_gelu", "image.pool_type": "avg", "image.ln_pre": False},
     {"text.causal": False, "text.pool_type": "last"},
     {"text.causal": False, "text.pool_type": "mean"},
+    # per-tower options (the seeds' towers)
+    {"image.activation": "gelu", "image.layernorm_eps": 1e-6, "image.ln_pre": False,
+     "image.patch_bias": True, "text.activation": "quick_gelu", "text.layernorm_eps": 1e-5},
+    {"image.pool_type": "avg", "image.final_ln_after_pool": True, "image.ln_pre": False,
+     "text.activation": "gelu_tanh", "text.causal": False, "text.pool_type": "mean",
+     "text.final_ln_after_pool": True},
 ]
 
 
@@ -157,7 +177,8 @@ def test_causal_text_ignores_later_tokens_and_pools_at_eot():
 
 
 def test_init_values_and_logical_axes():
-    cfg = tiny_config(logit_scale_init=math.log(10.0), logit_bias_init=-10.0)
+    cfg = tiny_config(logit_scale_init=math.log(10.0), logit_bias_init=-10.0,
+                      **{"image.patch_bias": True})
     model = build_model(cfg, seed=0)
     assert float(model.logit_scale[...]) == pytest.approx(math.log(10.0))
     assert float(model.logit_bias[...]) == -10.0

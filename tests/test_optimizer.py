@@ -67,7 +67,7 @@ def tiny_model_param_state():
     c = base()
     c.data.image_size = 16
     c.model.embed_dim, c.model.logit_bias_init = 8, -10.0
-    c.model.image.update(width=16, depth=2, heads=2, patch_size=4)
+    c.model.image.update(width=16, depth=2, heads=2, patch_size=4, patch_bias=True)
     c.model.text.update(width=16, depth=2, heads=2, context_length=7, vocab_size=50)
     return nnx.state(nnx.eval_shape(lambda: build_model(c, 0)), nnx.Param)
 
@@ -84,7 +84,8 @@ WEIGHTS = {f"{tower}/{name}" for tower in ("visual", "text") for name in BLOCKS}
     "visual/conv1_kernel", "visual/proj", "text/token_embedding", "text/text_projection"}
 EMBEDDINGS = {"visual/class_embedding", "visual/positional_embedding", "text/positional_embedding"}
 BIASES = {f"{tower}/transformer/resblocks/{name}" for tower in ("visual", "text")
-          for name in ("in_proj_bias", "out_proj_bias", "c_fc_bias", "c_proj_bias")}
+          for name in ("in_proj_bias", "out_proj_bias", "c_fc_bias", "c_proj_bias")} | {
+    "visual/conv1_bias"}  # timm's patch_embed.proj.bias: SynthCLIP spares "bias" names
 NORMS = {f"{tower}/{ln}/{p}" for tower, ln in (
     ("visual", "ln_pre"), ("visual", "ln_post"), ("text", "ln_final"),
     *((tower, f"transformer/resblocks/{ln}") for tower in ("visual", "text")

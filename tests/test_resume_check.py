@@ -115,3 +115,31 @@ def test_a_key_the_stored_config_lacks_refuses_unless_at_its_default(tmp_path):
     resume_check.check(base(), tmp_path)
     with pytest.raises(ConfigError, match="model.dtype: <absent> -> 'bfloat16'"):
         resume_check.check(changed(model__dtype="bfloat16"), tmp_path)
+
+
+NEW_MODEL_KEYS = {  # added with the per-tower options: absent from older workdirs' config.json
+    "model": ("logit_scale_min",),
+    "model.image": ("layernorm_eps", "activation", "patch_bias", "final_ln_after_pool"),
+    "model.text": ("layernorm_eps", "activation", "final_ln_after_pool", "tokenizer",
+                   "vocab_path"),
+    "optim": ("lr_schedule",),
+}
+
+
+def test_a_workdir_from_before_the_per_tower_keys_resumes(tmp_path):
+    old = changed(model__layernorm_eps=1e-5, model__activation="quick_gelu")
+    started_run(tmp_path, old)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    for group, keys in NEW_MODEL_KEYS.items():
+        node = stored
+        for part in group.split("."):
+            node = node[part]
+        for key in keys:
+            del node[key]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    # the old way of setting both towers still means what it meant
+    assert resume_check.check(old, tmp_path).changed
+    # one tower set differently is another model: refused, naming the per-tower key
+    with pytest.raises(ConfigError, match=r"model\.text\.layernorm_eps: <absent> -> 1e-06"):
+        resume_check.check(changed(model__layernorm_eps=1e-5, model__activation="quick_gelu",
+                                   model__text__layernorm_eps=1e-6), tmp_path)

@@ -85,7 +85,10 @@ def rel_err(ours, theirs):
 
 
 def images(seed=1):
-    return np.random.default_rng(seed).standard_normal((3, IMAGE, IMAGE, 3)).astype(np.float32)
+    # Small pixel values keep the first LayerNorms' input variance small, where eps shows: a
+    # 1e-5 vs 1e-6 mix-up moves the image features by ~4e-5 here (~8e-6 at unit scale).
+    return 0.1 * np.random.default_rng(seed).standard_normal((3, IMAGE, IMAGE, 3)).astype(
+        np.float32)
 
 
 def nchw(x):
@@ -283,7 +286,7 @@ WRONG = [
                          ids=[f"{s}-{k}" for s, k, _, _ in WRONG])
 def test_wrong_eps_or_gelu_breaks_parity(seed, key, value, tower):
     errs = SEEDS[seed](seed_config(seed, **{key: value}))
-    assert errs[tower] > 10 * TOL, errs
+    assert errs[tower] > 2 * TOL, errs  # fails the parity test with a margin
 
 
 def test_synthclip_export_loads_through_timm_tower(tmp_path, caplog):

@@ -31,7 +31,7 @@ def caption_features(config, params, pattern: str, chunk: int = 8192) -> np.ndar
 
     from synthclip_jax import sharding
     from synthclip_jax.data.tfrecord import TFRecordShards, decode_example
-    from synthclip_jax.data.tokenizer import tokenize
+    from synthclip_jax.data.text_tokenizer import tokenizer_of
     from synthclip_jax.evaluate.encode import Encoder
     from synthclip_jax.models.two_tower import build_model
 
@@ -40,6 +40,7 @@ def caption_features(config, params, pattern: str, chunk: int = 8192) -> np.ndar
     mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), jax.local_devices())
     encoder = Encoder(graphdef, mesh, batch_size=256)
     shards = TFRecordShards(pattern)
+    tokenize = tokenizer_of(config.model.text)  # the model's own (BPE or CLIPS WordPiece)
     features, start = [], time.perf_counter()
     for lo in range(0, len(shards), chunk):
         captions = [decode_example(shards[i])["captions"][0]
