@@ -23,6 +23,10 @@ def base() -> ml_collections.ConfigDict:
     c.lr = 5e-4
     c.warmup_steps = 100
     c.weight_decay = 0.2
+    # Fine-tuning: start from these weights (a workdir, e.g. from tools.import_weights, or an
+    # OpenCLIP dir / CLIPModel dir / weights file) at step 0 with a fresh optimizer; "" = seeded
+    # init. Ignored once the workdir has a checkpoint (the run resumes).
+    c.init_from = ""
 
     # weight_decay_policy: which declared parameter kinds are decayed (models/param_kinds.py):
     # "openclip" weights only; "synthclip" also positional/class embeddings; "all" (SimCLIP).

@@ -232,6 +232,10 @@ def check_paths_exist(config, training: bool = True) -> None:
     if e.zeroshot and not is_remote(e.zeroshot) and not epath.Path(e.zeroshot).is_dir():
         fail("eval.zeroshot", e.zeroshot, "is not a folder", "point --config.eval.zeroshot at a "
              "folder of class sub-folders, or set it to '' (off)")
+    if training and config.init_from and not is_remote(config.init_from) \
+            and not epath.Path(config.init_from).exists():
+        fail("init_from", config.init_from, "does not exist", "point --config.init_from at a "
+             "workdir, an OpenCLIP dir, a CLIPModel dir or a weights file, or set it to ''")
     vocab = config.model.text.vocab_path
     if vocab and not is_remote(vocab):
         if not epath.Path(vocab).is_file():

@@ -20,6 +20,7 @@ from synthclip_jax.config_base import base
 from synthclip_jax.config_error import ConfigError
 
 ALLOW_KEY = "resume.allow_changes"
+IMPORTED = "imported.json"  # marks a workdir tools.import_weights wrote (weights only)
 # Keys that change neither the function trained nor the parameter/optimizer shapes nor the data
 # order. A key ending in "." covers its whole group.
 SAFE_TO_CHANGE = (
@@ -30,6 +31,7 @@ SAFE_TO_CHANGE = (
     "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",  # restore reshards onto any layout
     "model.remat",  # memory for compute; the same function
     "optim.max_nonfinite_in_a_row",  # when to stop, not what to compute
+    "init_from",  # read only when a run starts without a checkpoint
 )
 
 
@@ -125,6 +127,11 @@ def check(config, workdir) -> ResumePlan:
     stored = epath.Path(workdir) / "config.json"
     if not steps:
         return ResumePlan(workdir, config_json, None, {})
+    if (epath.Path(workdir) / IMPORTED).exists():
+        raise ConfigError("init_from", (
+            f"{workdir} holds weights written by tools.import_weights (no optimizer, no data "
+            f"state); fine-tune from them in a new workdir: --config.init_from={workdir} "
+            "--workdir=NEW"))
     if not stored.exists():
         logging.warning("%s holds checkpoints but no config.json: resuming without comparing "
                         "configs", workdir)

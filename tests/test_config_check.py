@@ -113,6 +113,7 @@ PATHS = {  # key -> a value that names nothing on disk
     "eval.retrieval": "{tmp}/none-*.tfrecord",
     "eval.zeroshot": "{tmp}/no_folder",
     "data.batch_order": "{tmp}/order.npy",
+    "init_from": "{tmp}/no_weights",
     "model.text.vocab_path": "{tmp}/vocab.txt",
 }
 

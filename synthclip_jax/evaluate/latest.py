@@ -4,7 +4,7 @@ from etils import epath
 
 from synthclip_jax import sharding
 from synthclip_jax.evaluate.evaluator import Evaluator
-from synthclip_jax.train.checkpoint import Checkpointer
+from synthclip_jax.train.checkpoint import Checkpointer, restore_params
 from synthclip_jax.train.state import make_train_setup
 
 
@@ -18,16 +18,17 @@ def evaluate_latest(config, workdir, devices=None) -> dict:
         latest = checkpointer.latest_step()
         if latest is None:
             raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'} to evaluate")
-        state, _ = checkpointer.restore(latest, setup.abstract_state)  # the data state is unused
+        # Params only: the optimizer moments are not needed (and an imported workdir has none).
+        params = restore_params(checkpointer.manager, latest, setup.abstract_state["params"])
     finally:
         checkpointer.close()
-    step = int(state["step"])
+    step = int(latest)
     logging.info("evaluating the checkpoint of step %d", step)
     # resume_step=step-1: a new row for `step` replaces one an earlier evaluation wrote.
     evaluator = Evaluator(config, setup.graphdef, mesh, workdir, resume_step=step - 1)
     if not evaluator.enabled:
         raise ValueError("--mode=eval: set eval.zeroshot and/or eval.retrieval")
     try:
-        return evaluator(state["params"], step)
+        return evaluator(params, step)
     finally:
         evaluator.close()

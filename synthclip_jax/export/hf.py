@@ -63,6 +63,26 @@ def hf_config(config):
                       logit_scale_init_value=float(m.logit_scale_init))
 
 
+HF_RENAMES = {  # OpenCLIP native-CLIP key -> CLIPModel key (the tensor unchanged)
+    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    "visual.class_embedding": "vision_model.embeddings.class_embedding",
+    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",  # (sic) HF's spelling
+    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+    "logit_scale": "logit_scale",
+}
+# OpenCLIP block module -> CLIPModel encoder-layer module (weight and bias each, unchanged);
+# in_proj is split into q/k/v_proj by `_split_block`.
+HF_BLOCK_RENAMES = (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"),
+                    ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"))
+
+
 def _split_block(prefix, oc, i, d):
     """OpenCLIP block i -> HF encoder layer i (in_proj packs q;k;v along rows)."""
     src, dst = f"{oc}.resblocks.{i}.", f"{prefix}.encoder.layers.{i}."
@@ -71,8 +91,7 @@ def _split_block(prefix, oc, i, d):
     for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
         out[dst + f"self_attn.{name}.weight"] = np.split(w, 3)[j]
         out[dst + f"self_attn.{name}.bias"] = np.split(b, 3)[j]
-    for a, h in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"),
-                 ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+    for a, h in HF_BLOCK_RENAMES:
         for p in ("weight", "bias"):
             out[f"{dst}{h}.{p}"] = d.pop(f"{src}{a}.{p}")
     return out
@@ -86,27 +105,13 @@ def hf_state_dict(config, params):
         sd.update(_split_block("vision_model", "visual.transformer", i, d))
     for i in range(m.text.depth):
         sd.update(_split_block("text_model", "transformer", i, d))
-    renames = {
-        "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-        "visual.class_embedding": "vision_model.embeddings.class_embedding",
-        "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
-        "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",  # (sic) HF's spelling
-        "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
-        "visual.ln_post.weight": "vision_model.post_layernorm.weight",
-        "visual.ln_post.bias": "vision_model.post_layernorm.bias",
-        "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
-        "positional_embedding": "text_model.embeddings.position_embedding.weight",
-        "ln_final.weight": "text_model.final_layer_norm.weight",
-        "ln_final.bias": "text_model.final_layer_norm.bias",
-        "logit_scale": "logit_scale",
-    }
-    for a, h in renames.items():
+    for a, h in HF_RENAMES.items():
         sd[h] = d.pop(a)
     # x @ W (D, E) in ours / OpenCLIP; HF uses nn.Linear(D, E, bias=False), weight (E, D).
     sd["visual_projection.weight"] = d.pop("visual.proj").T
     sd["text_projection.weight"] = d.pop("text_projection").T
     assert not d, f"unmapped: {sorted(d)}"
-    return {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}
+    return {k: np.array(v, np.float32, order="C") for k, v in sd.items()}
 
 
 # transformers' CLIPTokenizer names the OpenAI BPE's specials as the original CLIP release did.

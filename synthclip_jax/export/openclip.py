@@ -253,11 +253,12 @@ def openclip_state_dict(params, image_tower: str = "native") -> dict:
                 out[f"{dst}.resblocks.{i}.{theirs}"] = (fn or (lambda x: x))(row)
     if flat:  # a new parameter nobody mapped must not be dropped silently
         raise ExportError(f"parameters with no OpenCLIP mapping: {sorted(flat)}")
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+    # np.array, not ascontiguousarray: that makes the 0-d logit_scale (1,), unlike OpenCLIP's
+    return {k: np.array(v, order="C") for k, v in out.items()}
 
 
 def save_safetensors(tensors: dict, path):
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(path))
+    save_file({k: np.array(v, np.float32, order="C") for k, v in tensors.items()}, str(path))
 
 
 def export_openclip(config, params, out_dir):

@@ -92,11 +92,20 @@ def _restore_params(directory, config, step: int):
         abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(config, 0))))
         target = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-        restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-            item={"params": target},
-            restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device),
-                                      {"params": target}),
-            partial_restore=True)}))
+        params = restore_params(manager, step, target)
     finally:
         manager.close()
-    return jax.tree.map(lambda x: np.asarray(x, np.float32), restored[STATE]["params"])
+    return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+
+
+def restore_params(manager, step: int, target):
+    """Only the params of checkpoint `step` (orbax partial restore: no optimizer moments read),
+    placed as `target`'s ShapeDtypeStructs say, shard by shard. Works on full training
+    checkpoints and on the weights-only ones `tools.import_weights` writes."""
+    import jax
+    restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+        item={"params": target},
+        restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
+                                  {"params": target}),
+        partial_restore=True)}))
+    return restored[STATE]["params"]

@@ -22,6 +22,7 @@ from synthclip_jax.device_memory import describe, device_memory
 from synthclip_jax.evaluate.evaluator import Evaluator
 from synthclip_jax.metrics import MetricWriter
 from synthclip_jax.plots import plot_curves
+from synthclip_jax.train import init_from
 from synthclip_jax.train.checkpoint import Checkpointer
 from synthclip_jax.train.state import count_params, make_train_setup
 from synthclip_jax.train.step import make_train_step
@@ -68,9 +69,11 @@ def warn_on_idle_eval_config(config):
 def restore_or_init(config, mesh, setup, checkpointer, data):
     latest = checkpointer.latest_step()
     if latest is None:
-        state = setup.init()
-        logging.info("initialised %s parameters on mesh %s",
-                     f"{count_params(state['params']):,}", dict(mesh.shape))
+        # init_from: given weights (fine-tuning), fresh optimizer; ignored once a run resumes.
+        state = init_from.initial_state(config, setup) if config.init_from else setup.init()
+        logging.info("initialised %s parameters on mesh %s%s",
+                     f"{count_params(state['params']):,}", dict(mesh.shape),
+                     f" from {config.init_from}" if config.init_from else "")
     else:
         state, data_state = checkpointer.restore(latest, setup.abstract_state)
         data.set_state(data_state)

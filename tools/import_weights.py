@@ -1,0 +1,72 @@
+"""Import PyTorch CLIP weights (OpenCLIP, transformers CLIPModel, SynthCLIP) into a workdir.
+
+  python -m tools.import_weights --format openclip|hf|synthclip --src PATH --out WORKDIR
+      [--config FILE] [--resize-pos-embed] [--skip-keys PATTERN ...] [--init-missing PARAM ...]
+
+--src: openclip: a `local-dir` export (open_clip_config.json + open_clip_model.safetensors or
+open_clip_pytorch_model.bin) or a state dict file (.safetensors, .bin/.pt, a trainer checkpoint
+with 'state_dict' and DDP's 'module.' prefix); hf: a CLIPModel save_pretrained directory;
+synthclip: a SynthCLIP checkpoint.pt. Pickled files are read with
+torch.load(weights_only=True) and an allowlist of data-only types; anything else is refused.
+
+WORKDIR gets config.json (the model), an orbax checkpoint at step 0 (weights only), config.py
+(for --config=WORKDIR/config.py) and imported.json (where the weights came from). Then:
+  evaluate:  python -m synthclip_jax.main --config=WORKDIR/config.py --workdir=WORKDIR \\
+                 --mode=eval --config.eval.zeroshot=DIR
+  fine-tune: python -m synthclip_jax.main --config=YOUR_CONFIG.py --workdir=NEW \\
+                 --config.init_from=WORKDIR
+  export:    python -m tools.convert_to_openclip --workdir WORKDIR --out OUT
+
+Without --config the model config comes from the source's own config; with it, the source must
+fit it. A key or shape that does not fit stops the import (exit 2) naming the key, both shapes
+and the config key to change.
+"""
+import argparse
+import sys
+
+from synthclip_jax.export.import_weights import FORMATS, import_weights, read_config, write_workdir
+from synthclip_jax.export.torch_files import WeightsError
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m tools.import_weights", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--src", required=True, help="source directory or weights file")
+    p.add_argument("--out", required=True, help="workdir to write (must hold no checkpoint)")
+    p.add_argument("--config", default=None,
+                   help="config .py (get_config()) or config.json the source must fit; default: "
+                        "derived from the source's own config")
+    p.add_argument("--resize-pos-embed", action="store_true",
+                   help="resize image/text position embeddings to the config's data.image_size "
+                        "and model.text.context_length (as OpenCLIP's resize_pos_embed)")
+    p.add_argument("--skip-keys", nargs="*", default=[], metavar="PATTERN",
+                   help="source keys (fnmatch patterns) deliberately not loaded")
+    p.add_argument("--init-missing", nargs="*", default=[], metavar="PARAM",
+                   help="our parameter paths (fnmatch, e.g. logit_bias) the source lacks, kept "
+                        "at their seeded init")
+    args = p.parse_args(argv)
+    try:
+        config = read_config(args.config) if args.config else None
+        print(f"reading {args.format} weights from {args.src} ...", flush=True)
+        config, params = import_weights(
+            args.format, args.src, config, resize_pos_embed=args.resize_pos_embed,
+            skip_keys=args.skip_keys, init_missing=args.init_missing)
+        print(f"writing {args.out} ...", flush=True)
+        write_workdir(args.out, config, params, {
+            "format": args.format, "src": args.src, "config": args.config,
+            "resize_pos_embed": args.resize_pos_embed, "skip_keys": args.skip_keys,
+            "init_missing": args.init_missing})
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = config.model
+    print(f"imported {args.format} {args.src} -> {args.out} (image {m.image.width}x"
+          f"{m.image.depth}/{m.image.patch_size} at {config.data.image_size}px, text "
+          f"{m.text.width}x{m.text.depth}, embed {m.embed_dim}, eps {m.layernorm_eps}, "
+          f"{m.activation})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
