@@ -27,7 +27,10 @@ def base() -> ml_collections.ConfigDict:
     # weight_decay_policy: which declared parameter kinds are decayed (models/param_kinds.py):
     # "openclip" weights only; "synthclip" also positional/class embeddings; "all" (SimCLIP).
     c.optim = dict(b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0, lr_warmup_init=0.0,
-                   lr_end=0.0, max_nonfinite_in_a_row=10, weight_decay_policy="openclip")
+                   lr_end=0.0, max_nonfinite_in_a_row=10, weight_decay_policy="openclip",
+                   # Adam's first moment in bfloat16 halves its memory (big_vision's habit);
+                   # the second moment and the parameters stay float32.
+                   mu_dtype="float32")
     # accum_negatives: "full" = whole-batch contrastive loss (OpenCLIP --accum-freq, one extra
     # forward per micro-batch); "micro" = each micro-batch its own batch of negatives.
     c.train = dict(grad_accum_steps=1, accum_negatives="full")
@@ -40,6 +43,13 @@ def base() -> ml_collections.ConfigDict:
         activation="gelu",  # gelu (exact) | gelu_tanh | quick_gelu
         dtype="float32",  # compute dtype; params stay float32 (bfloat16 on TPU/GPU)
         remat=False,  # per-layer rematerialisation (jax.checkpoint) for large models
+        # remat_policy: "none" | "dots" (weight matmuls' outputs saved) | "full" | "auto" =
+        # model.remat (True: full; False: dots under FSDP, so the gathered weights of every
+        # layer are not all kept alive, else none).
+        remat_policy="auto",
+        # attention_impl: jax.nn.dot_product_attention implementation: "xla" | "cudnn" (GPU,
+        # bf16/fp16) | "auto" (cuDNN where it applies, else XLA; the same function either way).
+        attention_impl="auto",
         logit_scale_init=math.log(1 / 0.07),
         logit_bias_init=config_dict.placeholder(float),  # set for the sigmoid losses
         logit_scale_max=math.log(100.0),

@@ -27,7 +27,8 @@ class TwoTower(nnx.Module):
             raise ValueError(f"model.dtype={cfg.dtype!r}; choose one of {sorted(DTYPES)}")
         common = dict(embed_dim=cfg.embed_dim, eps=cfg.layernorm_eps,
                       act=layers.activation(cfg.activation), dtype=DTYPES[cfg.dtype],
-                      remat=cfg.remat, rngs=rngs)
+                      remat=layers.remat_policy(cfg.remat, cfg.remat_policy), rngs=rngs,
+                      attention=cfg.attention_impl)
         self.visual = VisionTransformer(cfg.image, image_size=image_size, **common)
         self.text = TextTransformer(cfg.text, **common)
         self.logit_scale = layers.const_param((), (), cfg.logit_scale_init, kind="scalar")

@@ -95,5 +95,6 @@ def make_optimizer(config, decay_mask) -> Optimizer:
     """`decay_mask`: the params' tree of bools (`weight_decay_mask`)."""
     o = config.optim
     adamw = optax.adamw(make_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
-                        weight_decay=config.weight_decay, mask=decay_mask)
+                        weight_decay=config.weight_decay, mask=decay_mask,
+                        mu_dtype=jnp.dtype(o.mu_dtype))
     return Optimizer(adamw, o.grad_clip_norm)
