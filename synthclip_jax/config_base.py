@@ -75,6 +75,7 @@ def base() -> ml_collections.ConfigDict:
         prefetch_per_worker=2,  # batches each worker prepares ahead
         read_threads=16,  # decoding threads per process (Grain ReadOptions.num_threads)
         read_ahead=64,  # examples decoded ahead per process (bounds host memory)
+        device_prefetch=2,  # global batches transferred to the devices ahead of the step
         skip_corrupt=False,  # False: a bad record stops training with its file and offset
         max_corrupt_fraction=0.001,  # with skip_corrupt: of this process's share of records
         # The shapes demo dataset (data/shapes_demo.py): with data.train empty and num_train > 0,
@@ -97,5 +98,9 @@ def base() -> ml_collections.ConfigDict:
     # synthclip_jax/workdir_lock.py): keys allowed to differ from the stored config.json beyond
     # the safe ones (comma-separated keys or groups, e.g. "lr,warmup_steps"), and after how long
     # without a heartbeat another host's workdir lock counts as left by a dead run.
+    # A relative compile_cache_dir lies in the workdir; "" = off (train/profiling.py).
+    # profile_steps=N: a jax.profiler trace of N steps into WORKDIR/profile; 0 = off.
+    c.compile_cache_dir = ""
+    c.profile_steps = 0
     c.resume = dict(allow_changes="", stale_lock_minutes=15.0)
     return c

@@ -85,7 +85,8 @@ def check_relations(config, training: bool = True) -> None:
         at_least(config, key, 0)  # 0 turns it off
     at_least(config, "checkpoint.keep", 1)
     at_least(config, "eval.batch_size", 1)
-    at_least(config, "resume.stale_lock_minutes", 1)  # the heartbeat comes every few seconds
+    at_least(config, "resume.stale_lock_minutes", 1)
+    at_least(config, "profile_steps", 0)  # the heartbeat comes every few seconds
 
 
 def check_schedule(config) -> None:
@@ -166,6 +167,7 @@ def check_data(config, training: bool = True) -> None:
     at_least(config, "data.image_size", 1)
     at_least(config, "data.num_workers", 0)
     at_least(config, "data.prefetch_per_worker", 1)
+    at_least(config, "data.device_prefetch", 0)
     fraction = d.max_corrupt_fraction
     if not 0 <= fraction <= 1:
         fail("data.max_corrupt_fraction", fraction, "must lie in [0, 1]",

@@ -31,6 +31,7 @@ SAFE_TO_CHANGE = (
     "model.remat", "model.remat_policy",  # memory for compute; the same function
     "model.attention_impl",  # the same function by another kernel
     "optim.max_nonfinite_in_a_row",  # when to stop, not what to compute
+    "data.device_prefetch", "compile_cache_dir", "profile_steps",  # speed and diagnostics
 )
 
 

@@ -17,12 +17,14 @@ from absl import logging
 from etils import epath
 
 from synthclip_jax import provenance, sharding
+from synthclip_jax.data.device_prefetch import DevicePrefetch
 from synthclip_jax.data.source import make_train_source
 from synthclip_jax.device_memory import describe, device_memory
 from synthclip_jax.evaluate.evaluator import Evaluator
 from synthclip_jax.metrics import MetricWriter
 from synthclip_jax.plots import plot_curves
 from synthclip_jax.train.checkpoint import Checkpointer
+from synthclip_jax.train.profiling import StepProfiler, enable_compile_cache
 from synthclip_jax.train.state import count_params, make_train_setup
 from synthclip_jax.train.step import make_train_step
 
@@ -83,11 +85,12 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     warn_on_idle_eval_config(config)
     workdir = epath.Path(workdir)
     stop = StopRequest() if stop is None else stop
+    enable_compile_cache(config.compile_cache_dir, workdir)
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_batch_size(config.batch_size, mesh, config.train.grad_accum_steps)
     setup = make_train_setup(config, mesh)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
-    data = make_train_source(config)
+    data = DevicePrefetch(make_train_source(config), mesh, config.data.device_prefetch)
 
     state = restore_or_init(config, mesh, setup, checkpointer, data)
     start = int(state["step"])
@@ -99,6 +102,7 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     if eval_every:
         evaluator.load()
     train_step = make_train_step(config, setup, mesh)
+    profiler = StepProfiler(workdir, start, config.profile_steps)
 
     total, log_every = config.total_steps, config.log.every_steps
     ckpt_every = config.checkpoint.every_steps
@@ -142,10 +146,10 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     step = start
     try:
         while step < total:
+            profiler.update(step, state)
             waiting = time.perf_counter()
-            host_batch = next(data)
+            batch = next(data)  # on the devices already (data.device_prefetch)
             data_wait = time.perf_counter() - waiting
-            batch = sharding.global_batch(host_batch, mesh)
             state, metrics = train_step(state, batch)
             step += 1
             flush()
@@ -171,6 +175,7 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
         if checkpointer.latest_step() != step:
             checkpointer.save(step, state, data.get_state())
     finally:
+        profiler.stop()
         checkpointer.close()
         writer.close()
         evaluator.close()
