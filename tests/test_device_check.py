@@ -36,7 +36,6 @@ def test_device_check_smoke(tmp_path):
     assert step["samples_per_s"] > 0 and 0 < step["mfu_vs_measured_peak"]
     rows = {row["config"]: row for row in parts["step_sweep"]["rows"]}
     assert rows["b8_softmax_xla"] == {"config": "b8_softmax_xla", "same_as": "b16_step"}
-    assert rows["b8_sigmoid_ring_xla"]["samples_per_s"] > 0
     # no cuDNN on CPU: the cuDNN rows fail by name, and the sweep goes on
     assert "cuDNN" in rows["b8_softmax_cudnn"]["error"]
     assert parts["input_pipeline"]["images_per_s_workers_0"] > 0
