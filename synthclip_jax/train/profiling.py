@@ -23,8 +23,12 @@ def enable_compile_cache(cache_dir: str, workdir) -> str | None:
         path = epath.Path(workdir) / cache_dir
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
-    from jax.experimental.compilation_cache import compilation_cache
-    compilation_cache.reset_cache()  # a cache initialised earlier in this process re-reads it
+    try:  # a cache initialised earlier in this process re-reads the path
+        from jax.experimental.compilation_cache import compilation_cache
+        compilation_cache.reset_cache()
+    except ImportError:  # moved: then only a process that has not compiled yet uses the path
+        logging.warning("jax has no compilation_cache.reset_cache; compile_cache_dir applies "
+                        "from the next process")
     logging.info("persistent compilation cache: %s", path)
     return str(path)
 

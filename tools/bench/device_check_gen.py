@@ -73,14 +73,21 @@ def sd15_pipeline(folder, smoke: bool, device: str, dtype):
             **{"vocab_size": len(vocab), "max_position_embeddings": 77,
                "bos_token_id": vocab[TOKENS[0]], "eos_token_id": vocab[TOKENS[1]],
                "pad_token_id": vocab[TOKENS[1]], **text}))
-    scheduler = diffusers.DDIMScheduler(  # SD v1.5's scheduler config
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1)
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = assemble_pipeline(vae, text, tokenizer, unet)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)
+
+
+def assemble_pipeline(vae, text, tokenizer, unet):
+    """A StableDiffusionPipeline of these parts with SD v1.5's DDIM scheduler config."""
+    import diffusers
+
+    scheduler = diffusers.DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1)
+    return diffusers.StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def part_data_gen_images(spec, ctx, box):
