@@ -13,6 +13,11 @@ ACCUM_NEGATIVES = ("full", "micro")
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # model.activation; models/layers.py
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype (compute dtype); models/two_tower.py
+# model.attention_impl: jax.nn.dot_product_attention's implementation (auto: JAX picks cuDNN
+# where it applies, else XLA); models/layers.py
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+REMAT_POLICIES = ("auto", "none", "dots", "full")  # model.remat_policy; models/layers.py
+MU_DTYPES = ("float32", "bfloat16")  # optim.mu_dtype (Adam's first moment); train/optimizer.py
 IMAGE_POOL_TYPES = ("tok", "avg")  # model.image.pool_type; models/vit.py
 TEXT_POOL_TYPES = ("argmax", "last", "mean")  # model.text.pool_type; models/text.py
 

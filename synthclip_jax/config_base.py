@@ -33,7 +33,10 @@ def base() -> ml_collections.ConfigDict:
     # name: adamw (decoupled decay) | adam_l2 (simple-clip's torch Adam(weight_decay=wd): L2
     # decay added to the gradient before the moments).
     c.optim = dict(name="adamw", b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0, lr_warmup_init=0.0,
-                   lr_end=0.0, max_nonfinite_in_a_row=10, weight_decay_policy="openclip")
+                   lr_end=0.0, max_nonfinite_in_a_row=10, weight_decay_policy="openclip",
+                   # Adam's first moment in bfloat16 halves its memory (big_vision's habit);
+                   # the second moment and the parameters stay float32.
+                   mu_dtype="float32")
     # After the linear warmup: "cosine" decay to lr_end, or "constant" at lr (SimCLIP's
     # fine-tuning: GradualWarmupScheduler then constant).
     c.optim.lr_schedule = "cosine"
@@ -55,6 +58,13 @@ def base() -> ml_collections.ConfigDict:
         activation="gelu",  # gelu (exact) | gelu_tanh | quick_gelu
         dtype="float32",  # compute dtype; params stay float32 (bfloat16 on TPU/GPU)
         remat=False,  # per-layer rematerialisation (jax.checkpoint) for large models
+        # remat_policy: "none" | "dots" (weight matmuls' outputs saved) | "full" | "auto" =
+        # model.remat (True: full; False: dots under FSDP, so the gathered weights of every
+        # layer are not all kept alive, else none).
+        remat_policy="auto",
+        # attention_impl: jax.nn.dot_product_attention implementation: "xla" | "cudnn" (GPU,
+        # bf16/fp16) | "auto" (cuDNN where it applies, else XLA; the same function either way).
+        attention_impl="auto",
         logit_scale_init=math.log(1 / 0.07),
         logit_bias_init=config_dict.placeholder(float),  # set for the sigmoid losses
         logit_scale_max=math.log(100.0),
@@ -103,6 +113,7 @@ def base() -> ml_collections.ConfigDict:
         prefetch_per_worker=2,  # batches each worker prepares ahead
         read_threads=16,  # decoding threads per process (Grain ReadOptions.num_threads)
         read_ahead=64,  # examples decoded ahead per process (bounds host memory)
+        device_prefetch=2,  # global batches transferred to the devices ahead of the step
         skip_corrupt=False,  # False: a bad record stops training with its file and offset
         max_corrupt_fraction=0.001,  # with skip_corrupt: of this process's share of records
         # The shapes demo dataset (data/shapes_demo.py): with data.train empty and num_train > 0,
@@ -125,5 +136,9 @@ def base() -> ml_collections.ConfigDict:
     # synthclip_jax/workdir_lock.py): keys allowed to differ from the stored config.json beyond
     # the safe ones (comma-separated keys or groups, e.g. "lr,warmup_steps"), and after how long
     # without a heartbeat another host's workdir lock counts as left by a dead run.
+    # A relative compile_cache_dir lies in the workdir; "" = off (train/profiling.py).
+    # profile_steps=N: a jax.profiler trace of N steps into WORKDIR/profile; 0 = off.
+    c.compile_cache_dir = ""
+    c.profile_steps = 0
     c.resume = dict(allow_changes="", stale_lock_minutes=15.0)
     return c

@@ -47,6 +47,9 @@ CHOICES = {
     "train.accum_negatives": choices.ACCUM_NEGATIVES,
     "model.activation": choices.ACTIVATIONS,
     "model.dtype": choices.DTYPES,
+    "model.attention_impl": choices.ATTENTION_IMPLS,
+    "model.remat_policy": choices.REMAT_POLICIES,
+    "optim.mu_dtype": choices.MU_DTYPES,
     "model.image.pool_type": choices.IMAGE_POOL_TYPES,
     "model.text.pool_type": choices.TEXT_POOL_TYPES,
     "data.source": choices.SOURCES,
@@ -89,7 +92,8 @@ def check_relations(config, training: bool = True) -> None:
         at_least(config, key, 0)  # 0 turns it off
     at_least(config, "checkpoint.keep", 1)
     at_least(config, "eval.batch_size", 1)
-    at_least(config, "resume.stale_lock_minutes", 1)  # the heartbeat comes every few seconds
+    at_least(config, "resume.stale_lock_minutes", 1)
+    at_least(config, "profile_steps", 0)  # the heartbeat comes every few seconds
 
 
 def check_schedule(config) -> None:
@@ -207,6 +211,7 @@ def check_data(config, training: bool = True) -> None:
     at_least(config, "data.prefetch_per_worker", 1)
     check_clusters(config)
     check_loss_options(config)
+    at_least(config, "data.device_prefetch", 0)
     fraction = d.max_corrupt_fraction
     if not 0 <= fraction <= 1:
         fail("data.max_corrupt_fraction", fraction, "must lie in [0, 1]",

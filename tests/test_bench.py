@@ -39,7 +39,12 @@ def test_train_step_tiny_output_format():
     params = re.search(r"ours: .*?([\d,]+) params; peer \(own process\): .*?([\d,]+) params", out)
     assert params and params.group(1) == params.group(2), out
     assert "WARNING" not in out
-    for name in ("ours", "peer"):
+    # The open_clip peer (open_clip.model.CLIP + ClipLoss): same parameter count, its own ratio.
+    params = re.search(r"ours: ([\d,]+) params; open_clip \(own process\): .*?([\d,]+) params",
+                       out)
+    assert params and params.group(1) == params.group(2), out
+    assert re.search(r"^ratio ours/open_clip = \d+\.\d\d ", out, re.M), out
+    for name in ("ours", "peer", "open_clip"):
         row = re.search(rf"^{name}\s+([\d.]+)\s+\S+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%$", out, re.M)
         assert row, out
         assert float(row.group(1)) > 0

@@ -160,26 +160,14 @@ def test_write_shards_manifest_contact_sheet(tmp_path):
 TOKENS = ["<|startoftext|>", "<|endoftext|>"]
 
 
-def _byte_chars():
-    """GPT-2/CLIP byte-to-unicode table, so every byte has a token (no merges needed)."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-          *range(ord("®"), ord("ÿ") + 1)]
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def tiny_pipeline(path: Path) -> Path:
     """A random-weight StableDiffusionPipeline built from configs (no hub), saved to path."""
     torch = pytest.importorskip("torch")
     diffusers = pytest.importorskip("diffusers")
     transformers = pytest.importorskip("transformers")
-    chars = _byte_chars()
-    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + TOKENS)}
+    # every byte a token, no merges
+    from tools.bench.device_check_gen import assemble_pipeline, byte_vocab
+    vocab = byte_vocab()
     path.mkdir(parents=True)
     (path / "vocab.json").write_text(json.dumps(vocab))
     (path / "merges.txt").write_text("#version: 0.2\n")
@@ -197,12 +185,7 @@ def tiny_pipeline(path: Path) -> Path:
         bos_token_id=vocab[TOKENS[0]], eos_token_id=vocab[TOKENS[1]],
         pad_token_id=vocab[TOKENS[1]], hidden_size=32, intermediate_size=37,
         num_attention_heads=4, num_hidden_layers=2, vocab_size=len(vocab)))
-    scheduler = diffusers.DDIMScheduler(  # SD v1.5's scheduler config
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1)
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = assemble_pipeline(vae, text, tokenizer, unet)  # SD v1.5's DDIM scheduler config
     pipe.save_pretrained(path / "model")
     return path / "model"
 

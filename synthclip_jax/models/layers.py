@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from synthclip_jax import sharding
+from synthclip_jax.choices import ATTENTION_IMPLS, REMAT_POLICIES
 from synthclip_jax.models.param_kinds import PARAM_KINDS
 
 ACTIVATIONS = {
@@ -23,6 +24,30 @@ ACTIVATIONS = {
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),  # Flax / big_vision
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP
 }
+
+
+def attention_impl(name: str, dtype, head_dim: int) -> str:
+    """model.attention_impl -> jax.nn.dot_product_attention's `implementation`. "auto": cuDNN's
+    fused (flash) kernel where it applies (GPU, 16-bit inputs, head_dim a multiple of 8 up to
+    128), else XLA. (JAX's own `None` means XLA for now.)"""
+    if name != "auto":
+        return name
+    fits = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 \
+        and head_dim <= 128
+    return "cudnn" if fits and jax.default_backend() == "gpu" else "xla"
+
+
+def remat_policy(remat, policy: str = "auto"):
+    """(model.remat, model.remat_policy) -> "none" | "dots" | "full", or None: decided per layout
+    in `Transformer` ("dots" where FSDP gathers weights, else none). "auto" keeps model.remat's
+    meaning (True: "full"; False: None)."""
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"model.remat_policy={policy!r}; choose one of {REMAT_POLICIES}")
+    if policy != "auto":
+        return policy
+    if remat in REMAT_POLICIES[1:]:  # already resolved
+        return remat
+    return "full" if remat else None
 
 
 def _param(value, axes, kind: str) -> nnx.Param:
@@ -74,7 +99,11 @@ class StackedBlocks(nnx.Module):
     (`in_proj_weight`), and the heads axis is what tensor parallelism shards.
     """
 
-    def __init__(self, width, heads, mlp_dim, depth, *, eps, act, dtype, rngs: nnx.Rngs):
+    def __init__(self, width, heads, mlp_dim, depth, *, eps, act, dtype, rngs: nnx.Rngs,
+                 attention="xla"):
+        if attention not in ATTENTION_IMPLS:
+            raise ValueError(f"model.attention_impl={attention!r}; choose one of "
+                             f"{ATTENTION_IMPLS}")
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         head_dim = width // heads
@@ -101,6 +130,7 @@ class StackedBlocks(nnx.Module):
         self.c_proj_bias = const_param((depth, width), (*L, "embed"), 0.0, kind="bias")
         self.act = act
         self.dtype = dtype
+        self.attention = attention
 
     def __call__(self, x, causal: bool):
         w = lambda p: read(p, self.dtype)
@@ -110,7 +140,8 @@ class StackedBlocks(nnx.Module):
         qkv = jnp.einsum("bsd,dthk->tbshk", h, w(self.in_proj_kernel)) + w(
             self.in_proj_bias)[:, None, None]
         q, k, v = sharding.constrain(qkv, (None, "batch", "seq", "heads", "kv"))
-        h = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+        h = jax.nn.dot_product_attention(
+            q, k, v, is_causal=causal, implementation=attention_impl(self.attention, q.dtype, q.shape[-1]))
         h = sharding.constrain(h, ("batch", "seq", "heads", "kv"))
         x = residual(x + jnp.einsum("bshk,hkd->bsd", h, w(self.out_proj_kernel))
                      + w(self.out_proj_bias))
@@ -121,10 +152,12 @@ class StackedBlocks(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    def __init__(self, width, depth, heads, mlp_ratio, *, eps, act, dtype, remat, rngs: nnx.Rngs):
+    def __init__(self, width, depth, heads, mlp_ratio, *, eps, act, dtype, remat, rngs: nnx.Rngs,
+                 attention="xla"):
         self.resblocks = StackedBlocks(
-            width, heads, int(width * mlp_ratio), depth, eps=eps, act=act, dtype=dtype, rngs=rngs)
-        self.remat = remat
+            width, heads, int(width * mlp_ratio), depth, eps=eps, act=act, dtype=dtype, rngs=rngs,
+            attention=attention)
+        self.remat = remat_policy(remat)
 
     def __call__(self, x, causal: bool):
         graphdef, stacked = nnx.split(self.resblocks)
@@ -132,9 +165,9 @@ class Transformer(nnx.Module):
         def layer(x, layer_params):
             return nnx.merge(graphdef, layer_params)(x, causal), None
 
-        if self.remat:
+        if self.remat == "full":
             layer = jax.checkpoint(layer, prevent_cse=False)
-        elif sharding.gathers_weights():
+        elif self.remat == "dots" or (self.remat is None and sharding.gathers_weights()):
             # ZeRO-3: the backward pass gathers each layer's weights again instead of keeping
             # every layer's gathered copy alive (which would hold the whole model per device).
             # Saving only the weight matmuls' outputs is the policy under which XLA does so.

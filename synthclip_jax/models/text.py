@@ -18,7 +18,8 @@ from synthclip_jax.models import layers
 
 
 class TextTransformer(nnx.Module):
-    def __init__(self, cfg, *, embed_dim, eps, act, dtype, remat, rngs: nnx.Rngs):
+    def __init__(self, cfg, *, embed_dim, eps, act, dtype, remat, rngs: nnx.Rngs,
+                 attention="xla"):
         """`cfg`: model.text; `eps`, `act`: this tower's (models/tower_config.py)."""
         if cfg.pool_type not in POOL_TYPES:
             raise ValueError(f"model.text.pool_type={cfg.pool_type!r}; choose one of {POOL_TYPES}")
@@ -29,7 +30,7 @@ class TextTransformer(nnx.Module):
             rngs, (cfg.context_length, width), (None, "embed"), 0.01, kind="embedding")
         self.transformer = layers.Transformer(
             width, cfg.depth, cfg.heads, cfg.mlp_ratio, eps=eps, act=act, dtype=dtype, remat=remat,
-            rngs=rngs)
+            rngs=rngs, attention=attention)
         self.ln_final = layers.LayerNorm(width, eps)
         self.text_projection = layers.normal_param(rngs, (width, embed_dim), ("embed", None),
                                                    width**-0.5, kind="weight")

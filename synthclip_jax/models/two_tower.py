@@ -27,8 +27,9 @@ class TwoTower(nnx.Module):
     def __init__(self, cfg, *, image_size: int, rngs: nnx.Rngs):
         if cfg.dtype not in DTYPES:
             raise ValueError(f"model.dtype={cfg.dtype!r}; choose one of {sorted(DTYPES)}")
-        common = dict(embed_dim=cfg.embed_dim, dtype=DTYPES[cfg.dtype], remat=cfg.remat,
-                      rngs=rngs)
+        common = dict(embed_dim=cfg.embed_dim, dtype=DTYPES[cfg.dtype],
+                      remat=layers.remat_policy(cfg.remat, cfg.remat_policy), rngs=rngs,
+                      attention=cfg.attention_impl)
 
         def tower(name):  # each tower's LayerNorm eps and activation
             act = tower_option(cfg, name, "activation")

@@ -18,7 +18,8 @@ from synthclip_jax.models import layers
 
 
 class VisionTransformer(nnx.Module):
-    def __init__(self, cfg, *, image_size, embed_dim, eps, act, dtype, remat, rngs: nnx.Rngs):
+    def __init__(self, cfg, *, image_size, embed_dim, eps, act, dtype, remat, rngs: nnx.Rngs,
+                 attention="xla"):
         """`cfg`: model.image; `eps`, `act`: this tower's (models/tower_config.py)."""
         width, patch = cfg.width, cfg.patch_size
         if image_size % patch:
@@ -41,7 +42,7 @@ class VisionTransformer(nnx.Module):
         self.ln_pre = layers.LayerNorm(width, eps) if cfg.ln_pre else None
         self.transformer = layers.Transformer(
             width, cfg.depth, cfg.heads, cfg.mlp_ratio, eps=eps, act=act, dtype=dtype, remat=remat,
-            rngs=rngs)
+            rngs=rngs, attention=attention)
         self.ln_post = layers.LayerNorm(width, eps)
         self.proj = layers.normal_param(rngs, (width, embed_dim), ("embed", None), scale,
                                         kind="weight")

@@ -17,6 +17,7 @@ from absl import logging
 from etils import epath
 
 from synthclip_jax import provenance, sharding
+from synthclip_jax.data.device_prefetch import DevicePrefetch
 from synthclip_jax.data.source import make_train_source
 from synthclip_jax.device_memory import describe, device_memory
 from synthclip_jax.evaluate.evaluator import Evaluator
@@ -24,6 +25,7 @@ from synthclip_jax.metrics import MetricWriter
 from synthclip_jax.plots import plot_curves
 from synthclip_jax.train import init_from
 from synthclip_jax.train.checkpoint import Checkpointer
+from synthclip_jax.train.profiling import StepProfiler, enable_compile_cache
 from synthclip_jax.train.state import count_params, make_train_setup
 from synthclip_jax.train.step import make_train_step
 
@@ -86,15 +88,17 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     warn_on_idle_eval_config(config)
     workdir = epath.Path(workdir)
     stop = StopRequest() if stop is None else stop
+    enable_compile_cache(config.compile_cache_dir, workdir)
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_batch_size(config.batch_size, mesh, config.train.grad_accum_steps)
     setup = make_train_setup(config, mesh)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
     if config.data.clusters.enabled:  # SimCLIP cluster batches: their own source
         from synthclip_jax.train.online_clusters import ClusterSource
-        data = ClusterSource(config, setup.graphdef, mesh, workdir)
+        # A period's order depends on the model at its start: nothing may be drawn ahead.
+        data = DevicePrefetch(ClusterSource(config, setup.graphdef, mesh, workdir), mesh, 0)
     else:
-        data = make_train_source(config)
+        data = DevicePrefetch(make_train_source(config), mesh, config.data.device_prefetch)
 
     state = restore_or_init(config, mesh, setup, checkpointer, data)
     start = int(state["step"])
@@ -106,6 +110,7 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     if eval_every:
         evaluator.load()
     train_step = make_train_step(config, setup, mesh)
+    profiler = StepProfiler(workdir, start, config.profile_steps)
 
     total, log_every = config.total_steps, config.log.every_steps
     ckpt_every = config.checkpoint.every_steps
@@ -149,12 +154,11 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     step = start
     try:
         while step < total:
+            profiler.update(step, state)
             waiting = time.perf_counter()
-            if hasattr(data, "prepare"):  # a source whose order depends on the model
-                data.prepare(step, state["params"])
-            host_batch = next(data)
+            data.prepare(step, state["params"])  # a source whose order follows the model
+            batch = next(data)  # on the devices already (data.device_prefetch)
             data_wait = time.perf_counter() - waiting
-            batch = sharding.global_batch(host_batch, mesh)
             state, metrics = train_step(state, batch)
             step += 1
             flush()
@@ -180,6 +184,7 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
         if checkpointer.latest_step() != step:
             checkpointer.save(step, state, data.get_state())
     finally:
+        profiler.stop()
         checkpointer.close()
         writer.close()
         evaluator.close()

@@ -107,10 +107,12 @@ def make_optimizer(config, decay_mask) -> Optimizer:
     name = o.name
     if name == "adamw":
         adamw = optax.adamw(make_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
-                            weight_decay=config.weight_decay, mask=decay_mask)
+                            weight_decay=config.weight_decay, mask=decay_mask,
+                            mu_dtype=jnp.dtype(o.mu_dtype))
     elif name == "adam_l2":
         adamw = optax.chain(optax.add_decayed_weights(config.weight_decay, decay_mask),
-                            optax.adam(make_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps))
+                            optax.adam(make_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
+                                       mu_dtype=jnp.dtype(o.mu_dtype)))
     else:
         raise ConfigError("optim.name", f"optim.name={name!r}; choose one of {OPTIMIZERS}")
     return Optimizer(adamw, o.grad_clip_norm)

@@ -5,10 +5,12 @@
 
 Ours: the trainer's own step (`make_train_setup` + `make_train_step`: forward, backward, global
 norm clipping, AdamW with masked weight decay, logit-scale clamp) on all local JAX devices.
-Peer: Hugging Face `CLIPModel` built from a `CLIPConfig` with the same dims (random init, same
-activation, same parameter count, printed), `model(..., return_loss=True)` (the symmetric CE
-that is our 'softmax' loss), `clip_grad_norm_(1.0)` and `torch.optim.AdamW` with the same
-hyper-parameters and decay mask. float32 on CPU; with `--dtype bfloat16` ours computes in
+Peers (`--peers`, each in its own process): `hf`, Hugging Face `CLIPModel` built from a
+`CLIPConfig` with the same dims (random init, same activation, same parameter count, printed),
+`model(..., return_loss=True)` (the symmetric CE that is our 'softmax' loss); `open_clip`,
+`open_clip.model.CLIP` with the same dims and OpenCLIP's own `ClipLoss`. Both:
+`clip_grad_norm_(1.0)` and `torch.optim.AdamW` (fused where torch supports it on the device,
+else foreach) with the same hyper-parameters and decay mask. float32 on CPU; with `--dtype bfloat16` ours computes in
 bfloat16 (model.dtype) and the peer runs under `torch.autocast(bfloat16)` (meant for GPU; bf16
 matmuls on CPUs without AVX-512 are very slow in PyTorch).
 
@@ -21,7 +23,8 @@ memory and ran 1-2 s slower at S16 on this VM (RESULTS.md), a cost a training lo
 steps back to back does not pay. The peer runs in its own process (`PeerProcess`).
 Reported: median examples/s over rounds, step ms, analytic model GFLOPs/step
 (`tools/bench/flops.py`), achieved GFLOP/s, and MFU against the matmul peak measured in this
-run with a large `jnp.dot`. The last line is `ratio ours/peer = X.XX` (examples/s).
+run with a large `jnp.dot`. One line `ratio ours/NAME = X.XX` per peer, then the last line
+`ratio ours/peer = X.XX` (examples/s), against the first peer of `--peers` (default hf).
 
 PyTorch's OpenMP threads spin-wait by default; on a shared, oversubscribed CPU that collapses
 the peer (measured here at load ~8 on 2 cores, tiny size: 2.8 ex/s with 2 spinning threads vs
@@ -68,6 +71,8 @@ def parse_args(argv=None):
                    help="both models (HF CLIP's default is quick_gelu)")
     p.add_argument("--peak_n", type=int, default=4096, help="size of the peak-FLOP/s jnp.dot")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: os.cpu_count())")
+    p.add_argument("--peers", default="hf,open_clip",
+                   help="comma-separated PyTorch peers: hf, open_clip (the first is `peer`)")
     p.add_argument("--peer_adamw", default="fused", choices=("fused", "foreach", "default"),
                    help="torch AdamW implementation (fused: one kernel; ~15x faster than the "
                         "per-tensor default on CPU)")
@@ -128,42 +133,89 @@ class Ours:
         return float(metrics["loss"])
 
 
+def hf_model(config):
+    """-> (HF CLIPModel, loss(model, ids, pixels), attention implementation)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    m = config.model
+    act = m.activation
+    hf = CLIPConfig(
+        text_config=dict(hidden_size=m.text.width, intermediate_size=int(m.text.width * 4),
+                         num_hidden_layers=m.text.depth, num_attention_heads=m.text.heads,
+                         max_position_embeddings=CONTEXT, vocab_size=VOCAB_SIZE,
+                         hidden_act=act, layer_norm_eps=m.layernorm_eps,
+                         eos_token_id=EOT_ID, bos_token_id=SOT_ID),
+        vision_config=dict(hidden_size=m.image.width,
+                           intermediate_size=int(m.image.width * 4),
+                           num_hidden_layers=m.image.depth, num_attention_heads=m.image.heads,
+                           image_size=config.data.image_size, patch_size=m.image.patch_size,
+                           hidden_act=act, layer_norm_eps=m.layernorm_eps),
+        projection_dim=m.embed_dim)
+    model = CLIPModel(hf)
+
+    def loss(model, ids, pixels):
+        return model(input_ids=ids, pixel_values=pixels, return_loss=True).loss
+
+    return model, loss, getattr(model.config, "_attn_implementation", "?")
+
+
+def open_clip_model(config):
+    """-> (open_clip.model.CLIP, loss with open_clip's ClipLoss, attention implementation)."""
+    from open_clip.loss import ClipLoss
+    from open_clip.model import CLIP
+
+    m = config.model
+    vision = dict(width=m.image.width, layers=m.image.depth, head_width=m.image.width //
+                  m.image.heads, patch_size=m.image.patch_size, image_size=config.data.image_size,
+                  mlp_ratio=m.image.mlp_ratio, norm_kwargs=dict(eps=m.layernorm_eps))
+    text = dict(width=m.text.width, layers=m.text.depth, heads=m.text.heads,
+                context_length=CONTEXT, vocab_size=VOCAB_SIZE, mlp_ratio=m.text.mlp_ratio,
+                norm_kwargs=dict(eps=m.layernorm_eps))
+    model = CLIP(m.embed_dim, vision, text, quick_gelu=m.activation == "quick_gelu")
+    clip_loss = ClipLoss()
+
+    def loss(model, ids, pixels):
+        image, text, scale = model(pixels, ids)
+        return clip_loss(image, text, scale)
+
+    return model, loss, "torch MultiheadAttention"
+
+
+PEERS = {"hf": ("HF transformers CLIPModel", hf_model),
+         "open_clip": ("open_clip.model.CLIP + ClipLoss", open_clip_model)}
+
+
+def make_adamw(torch, params, adamw: str, **kwargs):
+    """torch AdamW: fused where this torch supports it (on CPU since 2.4), else foreach."""
+    if adamw == "default":
+        return torch.optim.AdamW(params, **kwargs), adamw
+    try:
+        return torch.optim.AdamW(params, **{adamw: True}, **kwargs), adamw
+    except (RuntimeError, ValueError):  # fused unsupported here
+        return torch.optim.AdamW(params, foreach=True, **kwargs), "foreach"
+
+
 class Peer:
-    def __init__(self, config, images, tokens, dtype, threads, adamw="fused"):
+    def __init__(self, config, images, tokens, dtype, threads, adamw="fused", kind="hf"):
         import torch
-        from transformers import CLIPConfig, CLIPModel
 
         torch.set_num_threads(threads or os.cpu_count())
         torch.manual_seed(0)
         self.torch = torch
-        m = config.model
-        act = m.activation
-        hf = CLIPConfig(
-            text_config=dict(hidden_size=m.text.width, intermediate_size=int(m.text.width * 4),
-                             num_hidden_layers=m.text.depth, num_attention_heads=m.text.heads,
-                             max_position_embeddings=CONTEXT, vocab_size=VOCAB_SIZE,
-                             hidden_act=act, layer_norm_eps=m.layernorm_eps,
-                             eos_token_id=EOT_ID, bos_token_id=SOT_ID),
-            vision_config=dict(hidden_size=m.image.width,
-                               intermediate_size=int(m.image.width * 4),
-                               num_hidden_layers=m.image.depth, num_attention_heads=m.image.heads,
-                               image_size=config.data.image_size, patch_size=m.image.patch_size,
-                               hidden_act=act, layer_norm_eps=m.layernorm_eps),
-            projection_dim=m.embed_dim)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = CLIPModel(hf).to(self.device).train()
-        self.attn_impl = getattr(self.model.config, "_attn_implementation", "?")
+        self.name = PEERS[kind][0]
+        model, self.loss, self.attn_impl = PEERS[kind][1](config)
+        self.model = model.to(self.device).train()
         self.num_params = sum(p.numel() for p in self.model.parameters())
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
-            skip = p.ndim < 2 or "position_embedding" in name or "class_embedding" in name
+            skip = p.ndim < 2 or any(k in name for k in (
+                "position_embedding", "positional_embedding", "class_embedding"))
             (no_decay if skip else decay).append(p)
-        self.opt = torch.optim.AdamW(
-            [dict(params=decay, weight_decay=config.weight_decay),
-             dict(params=no_decay, weight_decay=0.0)],
-            lr=config.lr, betas=(config.optim.b1, config.optim.b2), eps=config.optim.eps,
-            **({} if adamw == "default" else {adamw: True}))
-        self.adamw = adamw
+        self.opt, self.adamw = make_adamw(
+            torch, [dict(params=decay, weight_decay=config.weight_decay),
+                    dict(params=no_decay, weight_decay=0.0)], adamw,
+            lr=config.lr, betas=(config.optim.b1, config.optim.b2), eps=config.optim.eps)
         self.clip = config.optim.grad_clip_norm
         self.scale_max = config.model.logit_scale_max
         self.pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(self.device)
@@ -174,7 +226,7 @@ class Peer:
         torch = self.torch
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
-            loss = self.model(input_ids=self.ids, pixel_values=self.pixels, return_loss=True).loss
+            loss = self.loss(self.model, self.ids, self.pixels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.opt.step()
@@ -193,7 +245,7 @@ class Peer:
 
 def _peer_worker(conn, args):
     peer = Peer(*args)
-    conn.send(dict(version=peer.torch.__version__, device=peer.device,
+    conn.send(dict(name=peer.name, version=peer.torch.__version__, device=peer.device,
                    threads=peer.torch.get_num_threads(), attn_impl=peer.attn_impl,
                    adamw=peer.adamw, num_params=peer.num_params))
     while (steps := conn.recv()) is not None:
@@ -241,65 +293,80 @@ def main(argv=None):
                             embed_dim=spec["embed_dim"])
 
     ours = Ours(config, images, tokens)
-    peer = PeerProcess(config, images, tokens, args.dtype, args.threads, args.peer_adamw)
-    info = peer.info
+    kinds = [k for k in args.peers.split(",") if k]
+    unknown = sorted(set(kinds) - set(PEERS))
+    if not kinds or unknown:
+        raise SystemExit(f"--peers {args.peers}: choose from {', '.join(PEERS)}")
+    # The first peer keeps the row name "peer" (and the last line's ratio); others their kind.
+    peers = {("peer" if i == 0 else kind): PeerProcess(config, images, tokens, args.dtype,
+                                                       args.threads, args.peer_adamw, kind)
+             for i, kind in enumerate(kinds)}
     print(f"size {args.size}: ViT {vw}x{vd} (heads {vh}, patch {vp}) at {spec['image_size']} px, "
           f"text {tw}x{td} (heads {th}), embed {spec['embed_dim']}, global batch {batch}, "
           f"{args.dtype}, {args.activation}")
-    print(f"ours: {ours.devices}, {ours.num_params:,} params; peer (own process): torch "
-          f"{info['version']} on {info['device']} ({info['threads']} threads, attn "
-          f"{info['attn_impl']}, AdamW {info['adamw']}, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY')}), {info['num_params']:,} params; both: "
+    print(f"ours: {ours.devices}, {ours.num_params:,} params; both: "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
-    if ours.num_params != info["num_params"]:
-        print(f"WARNING: parameter counts differ by {ours.num_params - info['num_params']:+,}")
+    for name, peer in peers.items():
+        info = peer.info
+        print(f"ours: {ours.num_params:,} params; {name} (own process): {info['name']}, torch "
+              f"{info['version']} on {info['device']} ({info['threads']} threads, attn "
+              f"{info['attn_impl']}, AdamW {info['adamw']}, OMP_WAIT_POLICY="
+              f"{os.environ.get('OMP_WAIT_POLICY')}), {info['num_params']:,} params")
+        if ours.num_params != info["num_params"]:
+            print(f"WARNING: {name}: parameter counts differ by "
+                  f"{ours.num_params - info['num_params']:+,}")
 
-    t0 = time.perf_counter()
-    loss_ours = ours.run(1)
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    loss_peer = peer.run(1)
-    peer_first_s = time.perf_counter() - t0
-    print(f"warm-up step (excluded): ours {compile_s:.1f} s incl. compile (loss {loss_ours:.4f}), "
-          f"peer {peer_first_s:.1f} s (loss {loss_peer:.4f})", flush=True)
+    runners = {"ours": ours, **peers}
+    first = []
+    for name, runner in runners.items():
+        t0 = time.perf_counter()
+        loss = runner.run(1)
+        first.append(f"{name} {time.perf_counter() - t0:.1f} s (loss {loss:.4f})")
+    print("warm-up step (excluded; ours incl. compile): " + ", ".join(first), flush=True)
 
     k = args.steps_per_repeat
-    rates = {"ours": [], "peer": []}
+    rates = {name: [] for name in runners}
+    names = list(runners)
     for r in range(args.repeats):
-        order = (("ours", ours), ("peer", peer)) if r % 2 == 0 else (("peer", peer), ("ours", ours))
+        order = names[r % len(names):] + names[:r % len(names)]  # each goes first in turn
         line = []
-        for name, runner in order:
+        for name in order:
             if args.round_warmup:
-                runner.run(args.round_warmup)
-            seconds, _ = timed(runner, k)
+                runners[name].run(args.round_warmup)
+            seconds, _ = timed(runners[name], k)
             rates[name].append(k * batch / seconds)
             line.append(f"{name} {k * batch / seconds:8.2f} ex/s")
         print(f"  round {r + 1}/{args.repeats}: " + ", ".join(line), flush=True)
-    peer.close()
+    for peer in peers.values():
+        peer.close()
 
     peak = measure_peak_flops(args.peak_n, dtype=args.dtype)
     print(f"matmul peak: {args.peak_n}x{args.peak_n} jnp.dot {args.dtype}, median of 5: "
           f"{peak / 1e9:.1f} GFLOP/s")
     print(f"model FLOPs/step (matmuls, fwd+bwd = 3 x fwd): {flops['step'] / 1e9:.1f} GFLOP "
           f"(image {flops['image'] / 1e9:.2f}, text {flops['text'] / 1e9:.2f} GFLOP forward)")
-    print(f"{'':6} {'examples/s':>11} {'min..max':>17} {'step ms':>9} {'GFLOP/s':>9} {'MFU':>7}")
+    print(f"{'':9} {'examples/s':>11} {'min..max':>17} {'step ms':>9} {'GFLOP/s':>9} {'MFU':>7}")
     median = {}
-    for name in ("ours", "peer"):
-        vals = rates[name]
+    for name, vals in rates.items():
         median[name] = statistics.median(vals)
         step_s = batch / median[name]
         achieved = flops["step"] / step_s
-        print(f"{name:6} {median[name]:11.2f} {min(vals):8.2f}..{max(vals):<8.2f} "
+        print(f"{name:9} {median[name]:11.2f} {min(vals):8.2f}..{max(vals):<8.2f} "
               f"{1e3 * step_s:9.1f} {achieved / 1e9:9.1f} {100 * achieved / peak:6.1f}%")
     try:
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"load average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} CPUs")
     except OSError:
         pass
-    ratio = median["ours"] / median["peer"]
-    if not math.isfinite(ratio):
-        ratio = 0.0
-    print(f"ratio ours/peer = {ratio:.2f}")
+
+    def ratio(name):
+        value = median["ours"] / median[name]
+        return value if math.isfinite(value) else 0.0
+
+    for name, peer in peers.items():
+        print(f"ratio ours/{kinds[0] if name == 'peer' else name} = {ratio(name):.2f} "
+              f"({peer.info['name']})")
+    print(f"ratio ours/peer = {ratio('peer'):.2f}")
 
 
 if __name__ == "__main__":
