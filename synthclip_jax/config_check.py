@@ -78,6 +78,7 @@ def check_relations(config, training: bool = True) -> None:
     check_mesh(config.mesh)
     check_model(config)
     check_data(config, training)
+    check_clips(config)
     for key in ("eval.every_steps", "checkpoint.every_steps", "log.every_steps"):
         at_least(config, key, 0)  # 0 turns it off
     at_least(config, "checkpoint.keep", 1)
@@ -189,3 +190,34 @@ def check_paths_exist(config, training: bool = True) -> None:
     if training and d.batch_order and not is_remote(d.batch_order) and not epath.Path(d.batch_order).is_file():
         fail("data.batch_order", d.batch_order, "is not a file", "point --config.data.batch_order "
              "at a .npy from tools/similarity_order.py, or set it to '' (seeded shuffle)")
+
+
+def check_clips(config) -> None:
+    """CLIPS's keys: the partial-caption budget, the two captions and the captioner."""
+    d, m = config.data, config.model
+    at_least(config, "data.partial_caption_tokens", 0)
+    keep = m.text.context_length - 2
+    if d.partial_caption_tokens > keep:
+        fail("data.partial_caption_tokens", d.partial_caption_tokens,
+             f"exceeds the text context's {keep} caption tokens (model.text.context_length="
+             f"{m.text.context_length} less SOT and EOT)", "lower it or raise the context length")
+    roles = config.loss.two_captions or m.captioner.enabled
+    source = choices.canonical_source(d.source)
+    if (roles or d.partial_caption_tokens) and source != "tfrecord":
+        key = "data.partial_caption_tokens" if not roles else (
+            "loss.two_captions" if config.loss.two_captions else "model.captioner.enabled")
+        fail(key, get(config, key), f"needs data.source='tfrecord' (data.source={d.source!r} "
+             "has one short caption per image)", "set --config.data.source=tfrecord")
+    if roles and config.train.grad_accum_steps != 1:
+        fail("train.grad_accum_steps", config.train.grad_accum_steps,
+             "must be 1 with loss.two_captions or model.captioner.enabled (not supported yet)",
+             "set --config.train.grad_accum_steps=1")
+    at_least(config, "loss.caption_weight", 0.0)
+    at_least(config, "loss.contrastive_weight", 0.0)
+    if not m.captioner.enabled:
+        return
+    for key in ("width", "depth", "heads", "num_queries"):
+        at_least(config, f"model.captioner.{key}", 1)
+    if m.captioner.width % m.captioner.heads:
+        fail("model.captioner.width", m.captioner.width, "is not divisible by "
+             f"model.captioner.heads={m.captioner.heads}", "make it a multiple of the head count")

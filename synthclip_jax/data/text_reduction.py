@@ -55,3 +55,14 @@ def tokenize_reduced(caption: str, mode: str, context_length: int,
         return ids_to_row(ids[start:start + keep], context_length)
     positions = np.sort(rng.choice(len(ids), size=keep, replace=False))
     return ids_to_row([ids[i] for i in positions], context_length)
+
+
+def tokenize_partial(caption: str, mode: str, context_length: int, budget: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """As `tokenize_reduced`, keeping at most `budget` caption tokens (`data.partial_caption_
+    tokens`, CLIPS's K=32) in a row of `context_length`; budget 0 = the whole context."""
+    if not budget or budget >= context_length - 2:
+        return tokenize_reduced(caption, mode, context_length, rng)
+    row = np.zeros(context_length, np.int32)
+    row[:budget + 2] = tokenize_reduced(caption, mode, budget + 2, rng)
+    return row
