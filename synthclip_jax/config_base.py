@@ -104,6 +104,9 @@ def clips(c) -> None:
     # Keep at most K caption tokens of the training (partial synthetic) caption, through
     # data.text_reduction; 0 = the whole text context. CLIPS's best: K=32 (block/subcaption).
     c.data.partial_caption_tokens = 0
+    # The shapes demo data with two caption roles: each record's caption is a long detailed one
+    # and its web_caption the short "a red circle" (data/shapes_demo.py).
+    c.data.procedural.web_captions = False
     # The CLIPS captioner: image patch tokens + the web caption's text-encoder tokens + learnable
     # queries -> the full synthetic caption. Defaults: OpenCLIP CoCa ViT-B's multimodal decoder
     # (width 512, 12 layers, 8 heads) and CLIPS's 128 queries; see models/captioner.py.

@@ -108,7 +108,7 @@ class StackedBlocks(nnx.Module):
         self.act = act
         self.dtype = dtype
 
-    def __call__(self, x, causal: bool):
+    def __call__(self, x, causal: bool, mask=None):
         w = lambda p: read(p, self.dtype)
         residual = lambda y: sharding.constrain(y, ("batch", "seq", "embed"))
         x = residual(x)
@@ -116,7 +116,7 @@ class StackedBlocks(nnx.Module):
         qkv = jnp.einsum("bsd,dthk->tbshk", h, w(self.in_proj_kernel)) + w(
             self.in_proj_bias)[:, None, None]
         q, k, v = sharding.constrain(qkv, (None, "batch", "seq", "heads", "kv"))
-        h = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+        h = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
         h = sharding.constrain(h, ("batch", "seq", "heads", "kv"))
         x = residual(x + jnp.einsum("bshk,hkd->bsd", h, w(self.out_proj_kernel))
                      + w(self.out_proj_bias))
@@ -132,11 +132,14 @@ class Transformer(nnx.Module):
             width, heads, int(width * mlp_ratio), depth, eps=eps, act=act, dtype=dtype, rngs=rngs)
         self.remat = remat
 
-    def __call__(self, x, causal: bool):
+    def __call__(self, x, causal: bool, mask=None):
+        """mask: None, or bool (S, S), True where query row i may attend to key column j (the
+        CLIPS captioner's prefix/query mask), broadcast over batch and heads."""
         graphdef, stacked = nnx.split(self.resblocks)
+        mask = None if mask is None else mask[None, None]
 
         def layer(x, layer_params):
-            return nnx.merge(graphdef, layer_params)(x, causal), None
+            return nnx.merge(graphdef, layer_params)(x, causal, mask), None
 
         if self.remat:
             layer = jax.checkpoint(layer, prevent_cse=False)

@@ -42,6 +42,11 @@ class VisionTransformer(nnx.Module):
 
     def __call__(self, images):
         """images: (B, H, W, 3) float, already normalised -> (B, embed_dim) unnormalised."""
+        return self.pool(self.tokens(images))
+
+    def tokens(self, images):
+        """The output tokens, (B, 1 + patches, width) after ln_post: what `pool` reads, and the
+        CLIPS captioner's image prefix."""
         b, h, w, c = images.shape
         p = self.patch_size
         # A strided conv with kernel == stride is a matmul over non-overlapping patches.
@@ -54,6 +59,9 @@ class VisionTransformer(nnx.Module):
         x = sharding.constrain(x, ("batch", "seq", "embed"))
         if self.ln_pre is not None:
             x = self.ln_pre(x)
-        x = self.ln_post(self.transformer(x, causal=False))
+        return self.ln_post(self.transformer(x, causal=False))
+
+    def pool(self, x):
+        """Output tokens -> (B, embed_dim) unnormalised."""
         pooled = x[:, 0] if self.pool_type == "tok" else x[:, 1:].mean(axis=1)
-        return sharding.constrain(pooled @ weight(self.proj), ("batch", None))
+        return sharding.constrain(pooled @ layers.read(self.proj, self.dtype), ("batch", None))
