@@ -8,8 +8,6 @@ three ways on the same batch: plain (one caption, no captioner), two captions, a
 plain step. The ratio is what `metrics.jsonl`'s step_sec shows between such runs.
 """
 import argparse
-import statistics
-import time
 
 import jax
 import numpy as np
@@ -18,6 +16,7 @@ from synthclip_jax import sharding
 from synthclip_jax.data.tokenizer import tokenize
 from synthclip_jax.train.state import make_train_setup
 from synthclip_jax.train.step import make_train_step
+from tools.bench.mesh_efficiency import median_step_ms
 
 VARIANTS = {"plain": (False, False), "two_captions": (True, False),
             "two_captions+captioner": (True, True)}
@@ -34,23 +33,14 @@ def batch_for(config, batch_size):
                                  batch_size, 0)}
 
 
-def median_step_ms(config, batch_size, steps):
+def clips_step_ms(config, batch_size, steps):
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     setup = make_train_setup(config, mesh)
-    state, step = setup.init(), make_train_step(config, setup, mesh)
     host = batch_for(config, batch_size)
     if not (config.loss.two_captions or config.model.captioner.enabled):
         host = {"image": host["image"], "text": host["text"]}
-    batch = sharding.global_batch(host, mesh)
-    state, metrics = step(state, batch)  # compile
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return median_step_ms(make_train_step(config, setup, mesh), setup.init(),
+                          sharding.global_batch(host, mesh), steps)
 
 
 def main(argv=None):
@@ -65,7 +55,7 @@ def main(argv=None):
         config.batch_size = args.batch
         config.mesh.data = 1
         config.loss.two_captions, config.model.captioner.enabled = two, captioner
-        results[name] = median_step_ms(config, args.batch, args.steps)
+        results[name] = clips_step_ms(config, args.batch, args.steps)
         print(f"{name:24s} {results[name]:8.1f} ms/step  ratio vs plain = "
               f"{results[name] / results['plain']:.2f}", flush=True)
     print(f"ratio clips/plain = {results['two_captions+captioner'] / results['plain']:.2f}")
