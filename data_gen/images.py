@@ -114,8 +114,8 @@ class Shapes:
                          "jpeg_quality": args.jpeg_quality}
 
     def __call__(self, batch):
-        from data_gen.shape_scenes import scene
-        return [scene(image_seed(self.seed, i), self.size) for i, _ in batch]
+        from data_gen.shape_scenes import scene_captions
+        return [scene_captions(image_seed(self.seed, i), self.size) for i, _ in batch]
 
 
 class Diffusers:
@@ -216,10 +216,12 @@ def run(args) -> int:
             for start in range(0, len(idx), args.batch_size):
                 batch = [(i, captions[i] if captions else None)
                          for i in idx[start:start + args.batch_size]]
-                for (i, _), (caption, image) in zip(batch, backend(batch)):
+                # (caption, image), or (caption, web caption, image) from the shapes backend
+                for (i, _), (caption, *web, image) in zip(batch, backend(batch)):
                     yield c, {"key": f"s{args.seed}_{i:09d}", "index": i, "caption": caption,
                               "seed": image_seed(args.seed, i), "source": backend.source,
                               "settings": settings, "input": rows[i],
+                              **({"web_caption": web[0]} if web else {}),
                               "jpeg": to_jpeg(image, args.save_size, args.jpeg_quality)}
 
     total = sum(len(chunk_indices(c)) for c in todo)

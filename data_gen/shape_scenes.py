@@ -9,6 +9,9 @@ integer seed (data_gen.images passes image_seed(seed, index)), so reruns reprodu
   - several:     "two small red circles and a large blue square on a beige background": one or
     two groups (distinct colour+shape), 1-3 objects each, placed in distinct cells of a 3x3 grid,
     so objects never overlap and the counts in the caption are what a viewer can count.
+Each scene also has a short web caption (`scene_captions`), CLIPS's second caption role: just
+the colours and shapes, "a red circle" or "red circles and a blue square", no sizes, counts,
+positions or background, as alt-text is short where the synthetic caption is detailed.
 """
 import numpy as np
 from PIL import Image, ImageDraw
@@ -38,6 +41,12 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, cy: float, cx: float, half: flo
 
 def scene(seed: int, size: int) -> tuple[str, Image.Image]:
     """(caption, RGB image of size x size) of the scene with this seed."""
+    caption, _, image = scene_captions(seed, size)
+    return caption, image
+
+
+def scene_captions(seed: int, size: int) -> tuple[str, str, Image.Image]:
+    """(detailed caption, short web caption, RGB image) of the scene with this seed."""
     rng = np.random.default_rng(seed)
     pick = lambda options: options[int(rng.integers(len(options)))]
     bg_name = pick(list(BACKGROUNDS))
@@ -53,11 +62,12 @@ def scene(seed: int, size: int) -> tuple[str, Image.Image]:
                                             pick(list(POSITIONS)))
         cy, cx = (np.array(POSITIONS[position]) + rng.uniform(-0.03, 0.03, 2)) * size
         _draw(draw, shape, cy, cx, SIZES[obj_size] * size / 2, COLORS[color])
-        return f"{caption_of(obj_size, color, shape, position)} on a {bg_name} background", image
+        return (f"{caption_of(obj_size, color, shape, position)} on a {bg_name} background",
+                f"a {color} {shape}", image)
     kinds = [(c, s) for c in colors for s in SHAPES]
     chosen = [kinds[i] for i in rng.choice(len(kinds), n_groups, replace=False)]
     cells = rng.permutation(9)[:sum(counts)]
-    parts, k = [], 0
+    parts, web, k = [], [], 0
     for (color, shape), count in zip(chosen, counts):
         obj_size = pick(list(GRID_SIZES))
         for _ in range(count):
@@ -68,4 +78,5 @@ def scene(seed: int, size: int) -> tuple[str, Image.Image]:
             _draw(draw, shape, cy, cx, GRID_SIZES[obj_size] * size / 2, COLORS[color])
         noun = shape if count == 1 else _plural(shape)
         parts.append(f"{COUNT_WORDS[count]} {obj_size} {color} {noun}")
-    return f"{' and '.join(parts)} on a {bg_name} background", image
+        web.append(f"a {color} {shape}" if count == 1 else f"{color} {noun}")
+    return f"{' and '.join(parts)} on a {bg_name} background", " and ".join(web), image

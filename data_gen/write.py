@@ -10,7 +10,8 @@ are stored as generated (no re-encoding). Writes OUT/PREFIX-0000i-of-0000N.tfrec
 with synthclip_jax.data.tfrecord, each under a temporary name, renamed when complete.
 The int64 `concept` feature holds a row's `concept_ids`, or its balance-stage concept names as
 line numbers of the --concepts bank (recorded in the manifest as `concept_bank`); names with no
-bank given are counted and printed, not stored.
+bank given are counted and printed, not stored. A `web_caption` string in a sample's .json
+(data.images --shapes writes one) becomes the record's `web_caption` (CLIPS's second caption).
 
 Workers: --num-shards is the number of output shards (as in import_pairs); W machines split
 them with --worker-index I --num-workers W (worker I writes shards s with s % W == I; every
@@ -119,7 +120,8 @@ def load(sample, tar, bank_ids: dict | None = None) -> dict:
     check_jpeg(image, f"{path} member {members['jpg'].name}")
     return {"image": image, "captions": [meta["caption"]],
             "key": str(meta.get("key", key)), "concepts": concepts or [],
-            "source": str(meta.get("source", "")), "unmapped": concepts is None}
+            "source": str(meta.get("source", "")), "web_caption": meta.get("web_caption", ""),
+            "unmapped": concepts is None}
 
 
 def parse_meta(data: bytes, where: str) -> dict:
@@ -130,6 +132,8 @@ def parse_meta(data: bytes, where: str) -> dict:
     if not isinstance(meta, dict) or not isinstance(meta.get("caption"), str):
         raise SystemExit(f"write: {where}: expected a JSON object with a string 'caption', got "
                          f"{str(meta)[:80]}")
+    if not isinstance(meta.get("web_caption", ""), str):
+        raise SystemExit(f"write: {where}: 'web_caption' must be a string (CLIPS's web caption)")
     if not isinstance(meta.get("input") or {}, dict):
         raise SystemExit(f"write: {where}: 'input' must be an object (the caption's row)")
     return meta

@@ -141,4 +141,27 @@ def base() -> ml_collections.ConfigDict:
     c.compile_cache_dir = ""
     c.profile_steps = 0
     c.resume = dict(allow_changes="", stale_lock_minutes=15.0)
+    clips(c)
     return c
+
+
+def clips(c) -> None:
+    """CLIPS's keys (off by default: a plain run is unchanged); models/captioner.py, README."""
+    # Contrast each image with two captions, 0.5 * (L(img, web) + L(img, partial synthetic))
+    # (CLIPS); the web caption is the record's `web_caption`, or its `caption` when it has none.
+    c.loss.two_captions = False
+    # With the captioner: loss = caption_weight * caption CE + contrastive_weight * contrastive
+    # (OpenCLIP CoCa's defaults, which CLIPS's create_loss reuses).
+    c.loss.caption_weight = 2.0
+    c.loss.contrastive_weight = 1.0
+    # Keep at most K caption tokens of the training (partial synthetic) caption, through
+    # data.text_reduction; 0 = the whole text context. CLIPS's best: K=32 (block/subcaption).
+    c.data.partial_caption_tokens = 0
+    # The shapes demo data with two caption roles: each record's caption is a long detailed one
+    # and its web_caption the short "a red circle" (data/shapes_demo.py).
+    c.data.procedural.web_captions = False
+    # The CLIPS captioner: image patch tokens + the web caption's text-encoder tokens + learnable
+    # queries -> the full synthetic caption. Defaults: OpenCLIP CoCa ViT-B's multimodal decoder
+    # (width 512, 12 layers, 8 heads) and CLIPS's 128 queries; see models/captioner.py.
+    c.model.captioner = dict(enabled=False, width=512, depth=12, heads=8, mlp_ratio=4.0,
+                             num_queries=128)

@@ -88,6 +88,7 @@ def check_relations(config, training: bool = True) -> None:
     check_mesh(config.mesh)
     check_model(config)
     check_data(config, training)
+    check_clips(config)
     for key in ("eval.every_steps", "checkpoint.every_steps", "log.every_steps"):
         at_least(config, key, 0)  # 0 turns it off
     at_least(config, "checkpoint.keep", 1)
@@ -293,3 +294,38 @@ def check_loss_options(config) -> None:
     if loss.softmax_bias and config.model.logit_bias_init is None:
         fail("loss.softmax_bias", True, "needs a logit bias parameter (model.logit_bias_init is "
              "unset)", "set --config.model.logit_bias_init=0.0 (simple-clip's init)")
+
+
+def check_clips(config) -> None:
+    """CLIPS's keys: the partial-caption budget, the two captions and the captioner."""
+    d, m = config.data, config.model
+    at_least(config, "data.partial_caption_tokens", 0)
+    keep = m.text.context_length - 2
+    if d.partial_caption_tokens > keep:
+        fail("data.partial_caption_tokens", d.partial_caption_tokens,
+             f"exceeds the text context's {keep} caption tokens (model.text.context_length="
+             f"{m.text.context_length} less SOT and EOT)", "lower it or raise the context length")
+    roles = config.loss.two_captions or m.captioner.enabled
+    source = choices.canonical_source(d.source)
+    if (roles or d.partial_caption_tokens) and source != "tfrecord":
+        key = "data.partial_caption_tokens" if not roles else (
+            "loss.two_captions" if config.loss.two_captions else "model.captioner.enabled")
+        fail(key, get(config, key), f"needs data.source='tfrecord' (data.source={d.source!r} "
+             "has one short caption per image)", "set --config.data.source=tfrecord")
+    if roles and config.train.grad_accum_steps != 1:
+        fail("train.grad_accum_steps", config.train.grad_accum_steps,
+             "must be 1 with loss.two_captions or model.captioner.enabled (not supported yet)",
+             "set --config.train.grad_accum_steps=1")
+    at_least(config, "loss.caption_weight", 0.0)
+    at_least(config, "loss.contrastive_weight", 0.0)
+    if not m.captioner.enabled:
+        return
+    if m.text.get("tokenizer", "openclip_bpe") != "openclip_bpe":
+        fail("model.captioner.enabled", True, "decodes OpenAI BPE captions (greedy decoding "
+             f"starts at its SOT), not model.text.tokenizer={m.text.tokenizer!r}",
+             "set --config.model.text.tokenizer=openclip_bpe or turn the captioner off")
+    for key in ("width", "depth", "heads", "num_queries"):
+        at_least(config, f"model.captioner.{key}", 1)
+    if m.captioner.width % m.captioner.heads:
+        fail("model.captioner.width", m.captioner.width, "is not divisible by "
+             f"model.captioner.heads={m.captioner.heads}", "make it a multiple of the head count")

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import PartitionSpec as P
 
 from synthclip_jax.choices import LOSS_NAMES
@@ -227,3 +228,25 @@ def make_contrastive_loss(name: str, mesh: jax.sharding.Mesh,
         return f(image_features, text_features, logit_scale, logit_bias)
 
     return loss_fn
+
+
+def make_two_caption_loss(name: str, mesh: jax.sharding.Mesh, batch_axes=BATCH_AXES):
+    """CLIPS's contrastive loss: each image against two captions of itself, each role its own
+    batch of negatives (as CLIPS's two ClipLoss calls), averaged:
+    0.5 * (L(img, web) + L(img, partial synthetic)), with L the loss `name` on any mesh.
+
+    Returns loss_fn(web: ContrastiveOutputs, partial_text: (B, E) features) -> scalar."""
+    loss_fn = make_contrastive_loss(name, mesh, batch_axes)
+
+    def two_caption_loss(web: ContrastiveOutputs, partial_text):
+        return 0.5 * (loss_fn(web) + loss_fn(web._replace(text=partial_text)))
+
+    return two_caption_loss
+
+
+def caption_loss(logits, labels, pad_id: int = 0):
+    """Mean next-token cross-entropy over the non-padding labels of the whole (global) batch,
+    in float32: logits (B, T, V), labels (B, T) int (CLIPS: CrossEntropy(ignore_index=pad))."""
+    mask = (labels != pad_id).astype(jnp.float32)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -130,6 +130,10 @@ def test_write_shards_manifest_contact_sheet(tmp_path):
         ex = decode_example(ds[i])
         got[ex["key"]] = ex["captions"][0]
         assert ex["source"] == "procedural"
+        # the shapes' short web caption (CLIPS's second role): colours and shapes only
+        web = ex["web_caption"].split()
+        assert web and len(web) < len(ex["captions"][0].split())
+        assert set(web) <= set(ex["captions"][0].split())
         assert Image.open(io.BytesIO(ex["image"])).format == "JPEG"
     assert got == captions
     manifest = json.loads((out / "manifest.json").read_text())

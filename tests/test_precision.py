@@ -123,7 +123,7 @@ def numpy_block(x, p, heads, causal, eps):
 def abstract_blocks(attention):
     """(graphdef, abstract state) of one tiny block, built without running its initialisers."""
     return nnx.split(nnx.eval_shape(lambda: layers.StackedBlocks(
-        16, 2, 32, 1, eps=1e-6, act=layers.activation("gelu"), dtype=jnp.float32,
+        16, 2, 32, 1, eps=1e-6, act=layers.ACTIVATIONS["gelu"], dtype=jnp.float32,
         rngs=nnx.Rngs(0), attention=attention)))
 
 

@@ -53,9 +53,23 @@ def test_multiple_captions_concepts_source():
         image=b"\xff\xd8jpeg", captions=["a cat", "ein Kätzchen ✓"], key="id/7",
         concepts=[3, 2**40, -1], source="import_pairs:tsv"))
     assert ex == {"image": b"\xff\xd8jpeg", "captions": ["a cat", "ein Kätzchen ✓"],
-                  "key": "id/7", "concepts": [3, 2**40, -1], "source": "import_pairs:tsv"}
+                  "key": "id/7", "concepts": [3, 2**40, -1], "source": "import_pairs:tsv",
+                  "web_caption": ""}
     plain = tfr.decode_example(tfr.encode_example(image=b"x", captions=["c"], key="k"))
     assert plain["concepts"] == [] and plain["source"] == ""
+
+
+def test_web_caption_is_optional_and_absent_when_empty():
+    with_web = tfr.encode_example(image=b"x", captions=["a long caption"], key="k",
+                                  web_caption="a red circle ✓")
+    assert tfr.decode_example(with_web)["web_caption"] == "a red circle ✓"
+    # Empty: no feature at all, so records without a web caption keep their old bytes.
+    plain = tfr.encode_example(image=b"x", captions=["c"], key="k")
+    assert tfr.encode_example(image=b"x", captions=["c"], key="k", web_caption="") == plain
+    assert b"web_caption" not in plain
+    two = _raw_example(image=[b"x"], caption=[b"c"], web_caption=[b"a", b"b"])
+    with pytest.raises(tfr.CorruptRecordError, match="web_caption"):
+        tfr.decode_example(two)
 
 
 def test_encode_is_deterministic_and_validates():

@@ -18,8 +18,7 @@ import grain
 import numpy as np
 
 from synthclip_jax.config_error import ConfigError
-from synthclip_jax.data import text_reduction
-from synthclip_jax.data.pipeline import GrainSource, LoadExample, batched, shuffled_indices
+from synthclip_jax.data.pipeline import GrainSource, batched, load_example, shuffled_indices
 from synthclip_jax.data.tfrecord import TFRecordShards
 
 @dataclasses.dataclass
@@ -45,12 +44,7 @@ class Tag(grain.transforms.Map):
 
 def mixture_dataset(config, sources: list, weights: list, process_index: int,
                     process_count: int) -> grain.IterDataset:
-    d = config.data
-    loads = [LoadExample(s, d.image_size, config.model.text.context_length,
-                         np.array(d.mean, np.float32), np.array(d.std, np.float32),
-                         rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
-                         text_reduction=text_reduction.check_mode(d.text_reduction))
-             for s in sources]
+    loads = [load_example(config, s) for s in sources]
     parts = [shuffled_indices(len(s), config.seed + k).map(Tag(k))
              for k, s in enumerate(sources)]
     return batched(config, grain.MapDataset.mix(parts, weights), LoadTagged(loads),

@@ -43,8 +43,13 @@ MAX_REPLACEMENTS = 100  # consecutive bad records tolerated while looking for a 
 @dataclasses.dataclass
 class LoadExample(grain.transforms.RandomMap):
     """Record index -> one training example {'image': float32 (S, S, 3), 'text': int32 (L,),
-    'corrupt': int}: RandomResizedCrop, a random caption, `text_reduction`. (Evaluation sets
-    load their records themselves, center-cropped with every caption: evaluate/retrieval.py.)"""
+    'corrupt': int}: RandomResizedCrop, a random caption, `text_reduction` (to at most
+    `partial_tokens` tokens when set). (Evaluation sets load their records themselves,
+    center-cropped with every caption: evaluate/retrieval.py.)
+
+    CLIPS (`caption_roles`): 'text' is the partial synthetic caption, 'web_text' the record's
+    `web_caption` tokens (its `caption` when it has none), and with `target_length` > 0
+    'caption' is the full synthetic caption, int32 (target_length,), the captioner's target."""
 
     shards: TFRecordShards
     image_size: int
@@ -58,19 +63,28 @@ class LoadExample(grain.transforms.RandomMap):
     # (model.text.tokenizer, model.text.vocab_path): names, not the tokenizer, so that the
     # example loader pickles small into Grain's workers (each loads it once, cached)
     tokenizer: tuple = ("openclip_bpe", "")
+    partial_tokens: int = 0  # keep at most this many caption tokens; 0 = the whole context
+    caption_roles: bool = False  # CLIPS: also the web caption ('web_text')
+    target_length: int = 0  # CLIPS captioner: also the full caption ('caption'), this long
 
     def random_map(self, index, rng: np.random.Generator):
         for corrupt in range(MAX_REPLACEMENTS + 1):
             i = (int(index) + corrupt) % len(self.shards)
             try:
-                image, caption = self.load(i, rng)
+                image, caption, web_caption = self.load(i, rng)
             except CorruptRecordError:
                 if not self.skip_corrupt:
                     raise
                 continue
-            text = tokenize_reduced(caption, self.text_reduction, self.context_length, rng,
-                                    get_text_tokenizer(*self.tokenizer))
-            return {"image": image, "text": text, "corrupt": np.int32(corrupt)}
+            tok = get_text_tokenizer(*self.tokenizer)
+            text = tokenize_reduced(caption, self.text_reduction, self.context_length, rng, tok,
+                                    budget=self.partial_tokens)
+            example = {"image": image, "text": text, "corrupt": np.int32(corrupt)}
+            if self.caption_roles:
+                example["web_text"] = tok([web_caption or caption], self.context_length)[0]
+            if self.target_length:
+                example["caption"] = tok([caption], self.target_length)[0]
+            return example
         raise CorruptRecordError(f"{MAX_REPLACEMENTS + 1} bad records in a row from record "
                                  f"{index} ({self.shards.location(int(index))})")
 
@@ -87,7 +101,7 @@ class LoadExample(grain.transforms.RandomMap):
         except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
             raise CorruptRecordError(f"undecodable image in {where}: {e}") from e
         captions = example["captions"]
-        return image, captions[rng.integers(len(captions))]
+        return image, captions[rng.integers(len(captions))], example["web_caption"]
 
 
 def ensure_flags_parsed():
@@ -118,6 +132,21 @@ def ordered_indices(path: str, num_records: int, batch_size: int) -> grain.MapDa
     return grain.MapDataset.source(order.astype(np.int64)).repeat()
 
 
+def load_example(config, shards: TFRecordShards) -> LoadExample:
+    """The training example loader of `config` over `shards`."""
+    d = config.data
+    return LoadExample(shards, d.image_size, config.model.text.context_length,
+                       np.array(d.mean, np.float32), np.array(d.std, np.float32),
+                       rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
+                       text_reduction=text_reduction.check_mode(d.text_reduction),
+                       tokenizer=(config.model.text.tokenizer, config.model.text.vocab_path),
+                       partial_tokens=d.partial_caption_tokens,
+                       caption_roles=config.loss.two_captions or config.model.captioner.enabled,
+                       # query q predicts token q + 1 of the target (after its SOT)
+                       target_length=(config.model.captioner.num_queries + 1
+                                      if config.model.captioner.enabled else 0))
+
+
 def train_dataset(config, shards: TFRecordShards, process_index: int,
                   process_count: int, indices: grain.MapDataset | None = None,
                   seed: int | None = None) -> grain.IterDataset:
@@ -126,11 +155,7 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
     order) and `seed` (of the per-example random choices) replace the config's: SimCLIP's
     cluster orders (train/online_clusters.py)."""
     d = config.data
-    load = LoadExample(shards, d.image_size, config.model.text.context_length,
-                       np.array(d.mean, np.float32), np.array(d.std, np.float32),
-                       rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
-                       text_reduction=text_reduction.check_mode(d.text_reduction),
-                       tokenizer=(config.model.text.tokenizer, config.model.text.vocab_path))
+    load = load_example(config, shards)
     if indices is None:
         indices = (ordered_indices(d.batch_order, len(shards), config.batch_size)
                    if d.batch_order else shuffled_indices(len(shards), config.seed))
@@ -190,7 +215,8 @@ class GrainSource:
             raise CorruptRecordError(
                 f"{self.corrupt} corrupt records skipped in {epochs} epoch(s), more than "
                 f"data.max_corrupt_fraction allows ({allowed:.1f} for this process)")
-        return {"image": np.asarray(batch["image"]), "text": np.asarray(batch["text"])}
+        # 'image', 'text', and with CLIPS 'web_text' and 'caption' (LoadExample)
+        return {name: np.asarray(value) for name, value in batch.items()}
 
     def stats(self) -> dict:
         return {"data_corrupt_skipped": self.corrupt}

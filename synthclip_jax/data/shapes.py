@@ -23,12 +23,24 @@ SIZES = {"small": 0.22, "large": 0.42}
 POSITIONS = {"top left": (0.28, 0.28), "top right": (0.28, 0.72), "bottom left": (0.72, 0.28),
              "bottom right": (0.72, 0.72), "center": (0.5, 0.5)}
 BACKGROUNDS = ((128, 128, 128), (90, 110, 140), (150, 135, 110))
+BACKGROUND_NAMES = ("grey", "slate", "tan")  # of BACKGROUNDS, for the detailed caption
 WORDS = sorted({"a", "at", "the", *COLORS, *SHAPES, *SIZES,
                 *(w for p in POSITIONS for w in p.split())})
 
 
 def caption_of(size: str, color: str, shape: str, position: str) -> str:
     return f"a {size} {color} {shape} at the {position}"
+
+
+def detailed_caption_of(size: str, color: str, shape: str, position: str, background: int) -> str:
+    """The long caption of CLIPS's synthetic role: size, colour, count, position, background."""
+    return (f"one {size} {color} {shape} at the {position} of the image, on a plain "
+            f"{BACKGROUND_NAMES[background]} background")
+
+
+def web_caption_of(color: str, shape: str) -> str:
+    """The short caption of CLIPS's web role (alt-text names the object, not the scene)."""
+    return f"a {color} {shape}"
 
 
 def render(size: str, color: str, shape: str, position: str, background, image_size: int,

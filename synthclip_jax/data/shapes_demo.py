@@ -36,21 +36,34 @@ def sample_attributes(rng, held_out: bool):
             return str(size), str(color), str(shape), str(position)
 
 
-def render_pair(index: int, seed: int, image_size: int, held_out: bool):
+def render_pair(index: int, seed: int, image_size: int, held_out: bool, background=None):
+    """(image, attributes); `background`, a list, receives the background's index."""
     rng = np.random.default_rng([seed, index])
     attrs = sample_attributes(rng, held_out)
-    background = shapes.BACKGROUNDS[rng.integers(len(shapes.BACKGROUNDS))]
-    return shapes.render(*attrs, background, image_size, rng), attrs
+    k = rng.integers(len(shapes.BACKGROUNDS))
+    if background is not None:
+        background.append(int(k))
+    return shapes.render(*attrs, shapes.BACKGROUNDS[k], image_size, rng), attrs
 
 
-def write_shards(folder, prefix, first_index, count, num_shards, seed, image_size):
+def write_shards(folder, prefix, first_index, count, num_shards, seed, image_size,
+                 web_captions=False):
+    """Shards of rendered pairs. With `web_captions` (CLIPS's two roles), each record's caption
+    is the detailed one (size, colour, count, position, background) and its web caption the
+    short "a red circle"; otherwise the caption is the demo's "a large red circle at the top
+    left"."""
     writers = [ShardWriter(str(folder / shard_name(prefix, s, num_shards)))
                for s in range(num_shards)]
     for i in range(first_index, first_index + count):
-        image, attrs = render_pair(i, seed, image_size, held_out=False)
+        background = []
+        image, attrs = render_pair(i, seed, image_size, held_out=False, background=background)
+        caption, web = shapes.caption_of(*attrs), ""
+        if web_captions:
+            caption = shapes.detailed_caption_of(*attrs, background[0])
+            web = shapes.web_caption_of(attrs[1], attrs[2])
         writers[i % num_shards].write(encode_example(
-            image=encode_jpeg(image, quality=95), captions=[shapes.caption_of(*attrs)], key=str(i),
-            source="shapes"))
+            image=encode_jpeg(image, quality=95), captions=[caption], key=str(i),
+            source="shapes", web_caption=web))
     for w in writers:
         w.close()
     return str(folder / f"{prefix}-*.tfrecord")
@@ -72,12 +85,14 @@ def rendered_settings(manifest) -> "dict | None":
 
 
 def ensure_demo_data(folder, *, seed, image_size, num_train, num_retrieval,
-                     zeroshot_per_class) -> dict:
+                     zeroshot_per_class, web_captions=False) -> dict:
     """Renders (or reuses) the demo data in `folder`; returns the paths to configure."""
     folder = epath.Path(folder)
     paths = demo_paths(folder)
     settings = dict(seed=seed, image_size=image_size, num_train=num_train,
                     num_retrieval=num_retrieval, zeroshot_per_class=zeroshot_per_class)
+    if web_captions:  # only when set: demo folders rendered before the key are still reused
+        settings["web_captions"] = True
     manifest = folder / "manifest.json"
     old = rendered_settings(manifest)
     if old == settings:
@@ -93,8 +108,9 @@ def ensure_demo_data(folder, *, seed, image_size, num_train, num_retrieval,
         if (folder / sub).exists():  # files of an earlier or interrupted render (other counts
             (folder / sub).rmtree()  # or seed) would otherwise stay among the new ones
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    write_shards(folder / "train", "shapes", 0, num_train, 4, seed, image_size)
-    write_shards(folder / "retrieval", "shapes", num_train, num_retrieval, 1, seed, image_size)
+    write_shards(folder / "train", "shapes", 0, num_train, 4, seed, image_size, web_captions)
+    write_shards(folder / "retrieval", "shapes", num_train, num_retrieval, 1, seed, image_size,
+                 web_captions)
     for color in shapes.COLORS:
         for shape in shapes.SHAPES:
             (folder / "zeroshot" / f"{color}_{shape}").mkdir(exist_ok=True)
@@ -116,7 +132,8 @@ def prepare(config, workdir) -> None:
     folder = epath.Path(workdir) / "data"
     if jax.process_index() == 0:
         ensure_demo_data(folder, seed=p.seed, image_size=p.image_size, num_train=p.num_train,
-                         num_retrieval=p.num_retrieval, zeroshot_per_class=p.zeroshot_per_class)
+                         num_retrieval=p.num_retrieval, zeroshot_per_class=p.zeroshot_per_class,
+                         web_captions=p.web_captions)
     multihost_utils.sync_global_devices("demo data rendered")
     paths = demo_paths(folder)
     config.data.train = paths["train"]

@@ -22,6 +22,9 @@ def make_train_source(config):
             raise ConfigError("data.text_reduction",
                               f"data.text_reduction={config.data.text_reduction!r} needs "
                               "data.source='tfrecord' (shapes has no captions to cut)")
+        if config.loss.two_captions or config.model.captioner.enabled:  # config_check says why
+            raise ConfigError("loss.two_captions", "CLIPS (loss.two_captions / "
+                              "model.captioner.enabled) needs data.source='tfrecord'")
         return ShapesSource(seed=config.seed, global_batch=config.batch_size,
                             image_size=config.data.image_size,
                             context_length=config.model.text.context_length,

@@ -38,21 +38,23 @@ def split_sentences(caption: str) -> list:
 
 
 def tokenize_reduced(caption: str, mode: str, context_length: int,
-                     rng: np.random.Generator, tokenizer=None) -> np.ndarray:
+                     rng: np.random.Generator, tokenizer=None, budget: int = 0) -> np.ndarray:
     """int32 (context_length,): the tokenizer's row of the kept tokens (BPE: SOT, tokens, EOT,
-    zero padding). `tokenizer`: `data/text_tokenizer.py`'s choice; default OpenAI BPE."""
+    zero padding). `tokenizer`: `data/text_tokenizer.py`'s choice; default OpenAI BPE.
+    `budget` > 0 keeps at most that many caption tokens (`data.partial_caption_tokens`,
+    CLIPS's K=32: a partial caption, reduced by `mode`, in a row of the full context)."""
     tok = tokenizer or get_tokenizer()
-    if mode == "truncate":
-        return tok([caption], context_length)[0]
     keep = tok.content_length(context_length)
+    if budget:
+        keep = min(keep, budget)
     ids = tok.encode(caption)
-    if len(ids) <= keep:
-        return tok.row(ids, context_length)
+    if len(ids) <= keep or mode == "truncate":
+        return tok.row(ids[:keep], context_length)
     if mode == "subcaption":
         sentences = split_sentences(caption)
         count = rng.integers(1, len(sentences) + 1)
         picked = np.sort(rng.choice(len(sentences), size=count, replace=False))
-        return tok([" ".join(sentences[i] for i in picked)], context_length)[0]
+        return tok.row(tok.encode(" ".join(sentences[i] for i in picked))[:keep], context_length)
     if mode == "block":
         start = rng.integers(0, len(ids) - keep + 1)
         return tok.row(ids[start:start + keep], context_length)

@@ -6,7 +6,10 @@ line "<offset> <record length incl. the 16 framing bytes>" per record, the forma
 `tfrecord` package's tfrecord2idx, so Grain can read record i without scanning the file.
 
 Example features: image (bytes, one JPEG), caption (bytes, one or more UTF-8 strings),
-key (bytes, one), optional concept (int64 list) and source (bytes, one).
+key (bytes, one), optional concept (int64 list) and source (bytes, one), and optional
+web_caption (bytes, one UTF-8 string; written only when non-empty): CLIPS's second caption
+role, the short web alt-text beside the long synthetic `caption` (see data/pipeline.py, where
+a record without one uses its `caption` in both roles).
 
 Reading goes through `etils.epath`, so shard globs may be local or `gs://bucket/...` (epath's
 GCS backend: `pip install gcsfs`, or TensorFlow's gfile when TF is installed); writing is local.
@@ -127,7 +130,7 @@ def encode_example(*, image: bytes, captions: Sequence[str], key: str,
         f["concept"].int64_list.value.extend(int(c) for c in concepts)
     if source:
         f["source"].bytes_list.value.append(source.encode("utf-8"))
-    if web_caption:  # CLIPS's second caption role; absent when empty
+    if web_caption.strip():  # CLIPS's second caption role; absent when empty
         f["web_caption"].bytes_list.value.append(web_caption.encode("utf-8"))
     # Features is a map: deterministic=True sorts keys, so equal inputs give equal bytes.
     return ex.SerializeToString(deterministic=True)
@@ -164,10 +167,14 @@ def decode_example(serialized: bytes, *, where: str = "") -> dict:
     if not captions or not all(c.strip() for c in captions):
         raise bad(f"empty caption in {captions!r}")
     keys, sources = values("key", "bytes_list", False), values("source", "bytes_list", False)
+    web = values("web_caption", "bytes_list", False)
+    if len(web) > 1:
+        raise bad(f"expected at most one web_caption, got {len(web)}")
     return {"image": images[0], "captions": captions,
             "key": text(keys[0], "key") if keys else "",
             "concepts": [int(c) for c in values("concept", "int64_list", False)],
-            "source": text(sources[0], "source") if sources else ""}
+            "source": text(sources[0], "source") if sources else "",
+            "web_caption": text(web[0], "web_caption") if web else ""}
 
 
 def shard_name(prefix: str, index: int, num_shards: int) -> str:

@@ -4,6 +4,7 @@ import os
 
 import ml_collections
 
+from synthclip_jax.export.captioner import export_captioner, split_captioner
 from synthclip_jax.export.hf import check_hf, export_hf
 from synthclip_jax.export.openclip import check_openclip, export_openclip
 from synthclip_jax.train.checkpoint import load_params
@@ -15,6 +16,7 @@ def export(workdir, out_dir, step=None, fmt="openclip") -> int:
     """Writes checkpoint `step` (default: latest) of `workdir` to `out_dir`; returns the step.
 
     A config the format cannot express raises `ExportError` before any checkpoint is read.
+    A CLIPS run's captioner is written beside the towers (export/captioner.py).
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}; choose one of {sorted(FORMATS)}")
@@ -24,5 +26,8 @@ def export(workdir, out_dir, step=None, fmt="openclip") -> int:
         with open(config_path) as f:
             check(ml_collections.ConfigDict(json.load(f)))
     config, params, step = load_params(workdir, step)
+    params, captioner = split_captioner(params)  # a CLIPS run's decoder: its own format
     write(config, params, out_dir)
+    if captioner is not None:
+        export_captioner(config, captioner, out_dir)
     return step

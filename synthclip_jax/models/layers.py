@@ -132,7 +132,7 @@ class StackedBlocks(nnx.Module):
         self.dtype = dtype
         self.attention = attention
 
-    def __call__(self, x, causal: bool):
+    def __call__(self, x, causal: bool, mask=None):
         w = lambda p: read(p, self.dtype)
         residual = lambda y: sharding.constrain(y, ("batch", "seq", "embed"))
         x = residual(x)
@@ -141,7 +141,8 @@ class StackedBlocks(nnx.Module):
             self.in_proj_bias)[:, None, None]
         q, k, v = sharding.constrain(qkv, (None, "batch", "seq", "heads", "kv"))
         h = jax.nn.dot_product_attention(
-            q, k, v, is_causal=causal, implementation=attention_impl(self.attention, q.dtype, q.shape[-1]))
+            q, k, v, mask=mask, is_causal=causal,
+            implementation=attention_impl(self.attention, q.dtype, q.shape[-1]))
         h = sharding.constrain(h, ("batch", "seq", "heads", "kv"))
         x = residual(x + jnp.einsum("bshk,hkd->bsd", h, w(self.out_proj_kernel))
                      + w(self.out_proj_bias))
@@ -159,11 +160,14 @@ class Transformer(nnx.Module):
             attention=attention)
         self.remat = remat_policy(remat)
 
-    def __call__(self, x, causal: bool):
+    def __call__(self, x, causal: bool, mask=None):
+        """mask: None, or bool (S, S), True where query row i may attend to key column j (the
+        CLIPS captioner's prefix/query mask), broadcast over batch and heads."""
         graphdef, stacked = nnx.split(self.resblocks)
+        mask = None if mask is None else mask[None, None]
 
         def layer(x, layer_params):
-            return nnx.merge(graphdef, layer_params)(x, causal), None
+            return nnx.merge(graphdef, layer_params)(x, causal, mask), None
 
         if self.remat == "full":
             layer = jax.checkpoint(layer, prevent_cse=False)

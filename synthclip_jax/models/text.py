@@ -41,6 +41,11 @@ class TextTransformer(nnx.Module):
 
     def __call__(self, tokens):
         """tokens: (B, context_length) int32 -> (B, embed_dim) unnormalised."""
+        return self.pool(self.tokens(tokens), tokens)
+
+    def tokens(self, tokens):
+        """The output tokens, (B, context_length, width) after ln_final: what `pool` reads, and
+        the CLIPS captioner's web-caption prefix."""
         # Gathered like every weight. Looking it up where it is stored would spare the V x D
         # temporary but makes XLA replicate the B x S x D cotangent of the lookup over the whole
         # global batch (its "involuntary full rematerialization"), far larger at pod batch sizes.
@@ -48,8 +53,11 @@ class TextTransformer(nnx.Module):
         x = x + layers.read(self.positional_embedding)
         x = sharding.constrain(x, ("batch", "seq", "embed"))
         x = self.transformer(x.astype(self.dtype), causal=self.causal)
-        if not self.final_ln_after_pool:
-            x = self.ln_final(x)
+        # final_ln_after_pool: the norm follows the pooling (in `pool`)
+        return x if self.final_ln_after_pool else self.ln_final(x)
+
+    def pool(self, x, tokens):
+        """Output tokens (and the token ids, for argmax and mean pooling) -> (B, embed_dim)."""
         if self.pool_type == "argmax":
             pooled = jnp.take_along_axis(x, tokens.argmax(-1)[:, None, None], axis=1)[:, 0]
         elif self.pool_type == "last":

@@ -9,8 +9,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from synthclip_jax.losses import ContrastiveOutputs
+from synthclip_jax.data.tokenizer import EOT_ID, PAD_ID, SOT_ID
 from synthclip_jax.models import layers
 from synthclip_jax.models.heads import apply_head, projection_heads
+from synthclip_jax.models.captioner import Captioner
 from synthclip_jax.models.text import TextTransformer
 from synthclip_jax.models.tower_config import tower_key, tower_option
 from synthclip_jax.models.vit import VisionTransformer
@@ -51,6 +53,12 @@ class TwoTower(nnx.Module):
         self.logit_scale = layers.const_param((), (), cfg.logit_scale_init, kind="scalar")
         self.logit_bias = (None if cfg.logit_bias_init is None
                            else layers.const_param((), (), cfg.logit_bias_init, kind="scalar"))
+        captioner = cfg.get("captioner")  # absent in configs from before CLIPS
+        self.captioner = (Captioner(captioner, image_width=cfg.image.width,
+                                    text_width=cfg.text.width, vocab_size=cfg.text.vocab_size,
+                                    **tower("text"),
+                                    **{k: v for k, v in common.items() if k != "embed_dim"})
+                          if captioner is not None and captioner.enabled else None)
 
     def encode_image(self, images):
         return l2_normalize(apply_head(self.visual_head, self.visual(images)))
@@ -73,6 +81,26 @@ class TwoTower(nnx.Module):
         """As CLIP/OpenCLIP after every update: the temperature's log to
         [model.logit_scale_min, max_log] (CLIP: [0, ln 100]; SimCLIP: [-ln 100, ln 100])."""
         self.logit_scale[...] = jnp.clip(self.logit_scale[...], self.logit_scale_min, max_log)
+
+    def clips_outputs(self, images, web_text, caption_inputs=None):
+        """CLIPS: the image/web-caption outputs, and the captioner's logits for the full
+        caption (`caption_inputs`: SOT + the caption, models/captioner.py) when it has one; the
+        towers run once, their tokens feeding both."""
+        image_tokens = self.visual.tokens(images)
+        web_tokens = self.text.tokens(web_text)
+        outputs = ContrastiveOutputs(
+            l2_normalize(apply_head(self.visual_head, self.visual.pool(image_tokens))),
+            l2_normalize(apply_head(self.text_head, self.text.pool(web_tokens, web_text))),
+            *self.contrastive_scalars())
+        if self.captioner is None or caption_inputs is None:
+            return outputs, None
+        return outputs, self.captioner(image_tokens, web_tokens, caption_inputs)
+
+    def caption(self, images, web_text, sot_id: int = SOT_ID, eot_id: int = EOT_ID):
+        """Greedy captions (the tokens after SOT, models/captioner.py) of images, given their
+        web captions (e.g. `tokenize([""])` for none); the ids default to the BPE tokenizer's."""
+        return self.captioner.greedy(self.visual.tokens(images), self.text.tokens(web_text),
+                                     sot_id, eot_id, PAD_ID)
 
     def __call__(self, images, tokens) -> ContrastiveOutputs:
         return ContrastiveOutputs(self.encode_image(images), self.encode_text(tokens),

@@ -53,6 +53,11 @@ class VisionTransformer(nnx.Module):
 
     def __call__(self, images):
         """images: (B, H, W, 3) float, already normalised -> (B, embed_dim) unnormalised."""
+        return self.pool(self.tokens(images))
+
+    def tokens(self, images):
+        """The output tokens, (B, 1 + patches, width) after ln_post: what `pool` reads, and the
+        CLIPS captioner's image prefix."""
         b, h, w, c = images.shape
         p = self.patch_size
         # A strided conv with kernel == stride is a matmul over non-overlapping patches.
@@ -68,9 +73,12 @@ class VisionTransformer(nnx.Module):
         if self.ln_pre is not None:
             x = self.ln_pre(x)
         x = self.transformer(x, causal=False)
-        if not self.final_ln_after_pool:
-            x = self.ln_post(x)
+        # final_ln_after_pool: the norm follows the pooling (in `pool`)
+        return x if self.final_ln_after_pool else self.ln_post(x)
+
+    def pool(self, x):
+        """Output tokens -> (B, embed_dim) unnormalised."""
         pooled = x[:, 0] if self.pool_type == "tok" else x[:, 1:].mean(axis=1)
         if self.final_ln_after_pool:
             pooled = self.ln_post(pooled)
-        return sharding.constrain(pooled @ weight(self.proj), ("batch", None))
+        return sharding.constrain(pooled @ layers.read(self.proj, self.dtype), ("batch", None))

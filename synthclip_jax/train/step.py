@@ -16,6 +16,7 @@ from flax import nnx
 
 from synthclip_jax import losses, sharding
 from synthclip_jax.choices import ACCUM_NEGATIVES
+from synthclip_jax.train.clips_loss import make_clips_loss
 from synthclip_jax.train.optimizer import make_schedule
 
 
@@ -42,6 +43,10 @@ def make_train_step(config, setup, mesh):
         return loss_fn(outputs_of(params, batch))
 
     grad_of = jax.value_and_grad(loss_of)
+    # CLIPS (train/clips_loss.py; grad_accum_steps is 1, config_check): loss and its parts
+    clips_loss = make_clips_loss(config, mesh)
+    clips_grad_of = clips_loss and jax.value_and_grad(
+        lambda params, batch: clips_loss(model_of(params), batch), has_aux=True)
 
     def split(x):  # micro-batch m = rows m, m+accum, ...: every device keeps its own rows
         x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
@@ -92,8 +97,12 @@ def make_train_step(config, setup, mesh):
 
     def train_step(state, batch):
         params = state["params"]
+        parts = {}
         with sharding.compute_layout(mesh, config.mesh.rules):
-            loss, grads = accumulated_grads(params, batch)
+            if clips_loss is None:
+                loss, grads = accumulated_grads(params, batch)
+            else:
+                (loss, parts), grads = clips_grad_of(params, batch)
         params, opt_state, grad_norm = setup.optimizer.apply(params, grads, state["opt_state"])
         model = model_of(params)
         model.clamp_logit_scale(scale_max)
@@ -107,6 +116,7 @@ def make_train_step(config, setup, mesh):
             "logit_scale": jnp.exp(logit_scale),
             "nonfinite_in_a_row": opt_state.nonfinite_in_a_row,
             "nonfinite_total": opt_state.nonfinite_total,
+            **parts,
         }
         if model.has_logit_bias:
             metrics["logit_bias"] = logit_bias

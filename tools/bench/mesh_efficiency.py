@@ -88,16 +88,21 @@ def measure(config, mesh_shape, steps: int):
         batch = {"image": rng.normal(size=(n, s, s, 3)).astype(np.float32),
                  "text": rng.integers(1, 100, (n, config.model.text.context_length)).astype(np.int32)}
         batch = sharding.global_batch(batch, mesh)
-        state, _ = step(state, batch)  # warm-up
-        jax.block_until_ready(state)
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            state, metrics = step(state, batch)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - t)
-        row["ms"] = 1000 * statistics.median(times)
+        row["ms"] = median_step_ms(step, state, batch, steps)
     return row
+
+
+def median_step_ms(step, state, batch, steps: int) -> float:
+    """Median wall time of `steps` calls of a train step, after one warm-up (compile) call."""
+    state, _ = step(state, batch)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
 
 
 def main(argv=None):
