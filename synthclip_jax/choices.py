@@ -21,3 +21,5 @@ SOURCE_ALIASES = {"synthetic_shapes": "shapes"}
 
 def canonical_source(name: str) -> str:
     return SOURCE_ALIASES.get(name, name)
+
+BEST_MODES = ("max", "min")  # checkpoint.best_mode; train/best_checkpoint.py

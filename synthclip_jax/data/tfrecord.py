@@ -6,7 +6,8 @@ line "<offset> <record length incl. the 16 framing bytes>" per record, the forma
 `tfrecord` package's tfrecord2idx, so Grain can read record i without scanning the file.
 
 Example features: image (bytes, one JPEG), caption (bytes, one or more UTF-8 strings),
-key (bytes, one), optional concept (int64 list) and source (bytes, one).
+key (bytes, one), optional concept (int64 list), source (bytes, one) and label (int64, one: the
+class of a zero-shot / linear-probe evaluation record).
 
 Reading goes through `etils.epath`, so shard globs may be local or `gs://bucket/...` (epath's
 GCS backend: `pip install gcsfs`, or TensorFlow's gfile when TF is installed); writing is local.
@@ -111,7 +112,7 @@ def _check_payload(payload, crc: bytes, length: int, path: str, offset: int) -> 
 
 
 def encode_example(*, image: bytes, captions: Sequence[str], key: str,
-                   concepts: Sequence[int] = (), source: str = "") -> bytes:
+                   concepts: Sequence[int] = (), source: str = "", label: int | None = None) -> bytes:
     if isinstance(captions, (str, bytes)) or not captions or not all(
             isinstance(c, str) and c.strip() for c in captions):
         raise ValueError(f"captions must be a non-empty list of non-empty str, got {captions!r}")
@@ -126,6 +127,8 @@ def encode_example(*, image: bytes, captions: Sequence[str], key: str,
         f["concept"].int64_list.value.extend(int(c) for c in concepts)
     if source:
         f["source"].bytes_list.value.append(source.encode("utf-8"))
+    if label is not None:
+        f["label"].int64_list.value.append(int(label))
     # Features is a map: deterministic=True sorts keys, so equal inputs give equal bytes.
     return ex.SerializeToString(deterministic=True)
 
@@ -161,10 +164,12 @@ def decode_example(serialized: bytes, *, where: str = "") -> dict:
     if not captions or not all(c.strip() for c in captions):
         raise bad(f"empty caption in {captions!r}")
     keys, sources = values("key", "bytes_list", False), values("source", "bytes_list", False)
+    labels = values("label", "int64_list", False)
     return {"image": images[0], "captions": captions,
             "key": text(keys[0], "key") if keys else "",
             "concepts": [int(c) for c in values("concept", "int64_list", False)],
-            "source": text(sources[0], "source") if sources else ""}
+            "source": text(sources[0], "source") if sources else "",
+            "label": int(labels[0]) if labels else None}
 
 
 def shard_name(prefix: str, index: int, num_shards: int) -> str:
