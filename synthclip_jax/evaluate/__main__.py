@@ -53,11 +53,13 @@ def apply_flags(config, args):
     from synthclip_jax import config_check
     from synthclip_jax.config_error import ConfigError
     e = config.eval
-    with config.unlocked():
-        e.setdefault("linear_probe", "")
-        e.setdefault("linear_probe_shots", ())
-        e.setdefault("retrieval_ks", (1, 5, 10))
-        e.setdefault("tfds_data_dir", "")
+    with config.unlocked():  # a run from before these keys: their defaults
+        for key, default in (("linear_probe", ""), ("linear_probe_shots", ()),
+                             ("retrieval_ks", (1, 5, 10)), ("tfds_data_dir", "")):
+            if key not in e:
+                e[key] = default
+        if "best_mode" not in config.checkpoint:
+            config.checkpoint.best_metric, config.checkpoint.best_mode = "", "max"
     if args.zeroshot or args.retrieval or args.linear_probe:
         for spec in args.zeroshot + args.retrieval + args.linear_probe:
             if "=" not in spec:
