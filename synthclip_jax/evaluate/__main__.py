@@ -17,15 +17,14 @@ import argparse
 import json
 import sys
 
+from synthclip_jax.train.best_checkpoint import add_step_flags
+
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m synthclip_jax.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="training workdir (config.json, checkpoints/)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    which.add_argument("--best", action="store_true",
-                       help="the best step kept by checkpoint.best_metric (best_checkpoint/)")
+    add_step_flags(p)
     p.add_argument("--zeroshot", action="append", default=[], metavar="NAME=SOURCE")
     p.add_argument("--retrieval", action="append", default=[], metavar="NAME=SOURCE")
     p.add_argument("--linear-probe", action="append", default=[],

@@ -39,3 +39,11 @@ class BestCheckpoint:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def add_step_flags(parser):
+    """`--step N | --best` of the commands that read one checkpoint of a workdir."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    which.add_argument("--best", action="store_true",
+                       help=f"the best step kept by checkpoint.best_metric ({BEST_DIR}/)")
