@@ -184,7 +184,7 @@ def tfds_split(source: str, data_dir: str):
             builder = tfds.builder(name, data_dir=data_dir or None)
         except Exception as bad:  # TFDS raises several kinds for an unknown name
             raise FileNotFoundError(f"{source!r}: no TFDS dataset {name!r} in data_dir "
-                                    f"{data_dir or '(TFDS default)'}: {bad}") from bad
+                                    f"{data_dir or '(TFDS default)'}: {str(bad).splitlines()[0]}") from bad
         if not builder.is_prepared():
             raise FileNotFoundError(
                 f"{source!r}: TFDS dataset {name!r} is not prepared in data_dir "
@@ -194,6 +194,11 @@ def tfds_split(source: str, data_dir: str):
     else:
         directory, _, split = source.rstrip("/").rpartition("/")
         builder = tfds.builder_from_directory(directory)
+    file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
+    if file_format and file_format != "array_record":
+        raise ValueError(f"{source!r} is stored as {file_format}, which has no random access "
+                         "(evaluation reads array_record without TensorFlow); rebuild it with "
+                         "`tfds build ... --file_format=array_record`")
     if split.split("[")[0] not in builder.info.splits:
         raise ValueError(f"{source!r}: no split {split!r}; the dataset has "
                          f"{', '.join(builder.info.splits)}")

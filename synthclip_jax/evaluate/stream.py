@@ -27,11 +27,6 @@ class Preprocess:
     read_threads: int = 16
     read_ahead: int = 64
 
-    @classmethod
-    def from_config(cls, config):
-        d = config.data
-        return cls(d.image_size, tuple(d.mean), tuple(d.std), d.read_threads, d.read_ahead)
-
     def decode(self, image_bytes, where: str) -> np.ndarray:
         try:
             return decode_crop_normalize(image_bytes, center_crop_box, self.image_size,
