@@ -46,7 +46,17 @@ def test_linear_probe_matches_sklearn_with_the_same_search():
                         np.arange(len(train_y)))
     assert 0.3 < ref < 0.95
     assert abs(ours - ref) <= 0.005, (ours, ref)
+    # At a fixed C the two solve the same problem: the same probabilities (the search above
+    # would hide a wrongly scaled penalty by picking another C).
+    from sklearn.linear_model import LogisticRegression
+    w, b = linear_probe.fit(train_x, train_y, np.ones(len(train_y), np.float32),
+                            np.float32(1.0 / len(train_y)), 10)
+    ours_p = np.asarray(jax.nn.softmax(test_x @ np.asarray(w) + np.asarray(b)))
+    ref = LogisticRegression(C=1.0, max_iter=5000, tol=1e-8).fit(train_x, train_y)
+    ref_p = ref.predict_proba(test_x)
+    np.testing.assert_allclose(ours_p, ref_p, atol=5e-3)
     # 10-shot: k examples per class outside the held-out part, C chosen on the held-out part.
+    fit_idx, val_idx = linear_probe.split_validation(len(train_y), seed=0)
     subset = linear_probe.k_shot(train_y, fit_idx, 10, seed=0)
     assert np.all(np.bincount(train_y[subset]) == 10) and not set(subset) & set(val_idx)
     ours, _ = linear_probe.probe(train_x, train_y, test_x, test_y, 10, seed=0, subset=subset)
