@@ -56,7 +56,6 @@ def test_linear_probe_matches_sklearn_with_the_same_search():
     ref_p = ref.predict_proba(test_x)
     np.testing.assert_allclose(ours_p, ref_p, atol=5e-3)
     # 10-shot: k examples per class outside the held-out part, C chosen on the held-out part.
-    fit_idx, val_idx = linear_probe.split_validation(len(train_y), seed=0)
     subset = linear_probe.k_shot(train_y, fit_idx, 10, seed=0)
     assert np.all(np.bincount(train_y[subset]) == 10) and not set(subset) & set(val_idx)
     ours, _ = linear_probe.probe(train_x, train_y, test_x, test_y, 10, seed=0, subset=subset)

@@ -112,7 +112,8 @@ def _check_payload(payload, crc: bytes, length: int, path: str, offset: int) -> 
 
 
 def encode_example(*, image: bytes, captions: Sequence[str], key: str,
-                   concepts: Sequence[int] = (), source: str = "", label: int | None = None) -> bytes:
+                   concepts: Sequence[int] = (), source: str = "",
+                   label: int | None = None) -> bytes:
     if isinstance(captions, (str, bytes)) or not captions or not all(
             isinstance(c, str) and c.strip() for c in captions):
         raise ValueError(f"captions must be a non-empty list of non-empty str, got {captions!r}")

@@ -183,8 +183,9 @@ def tfds_split(source: str, data_dir: str):
         try:
             builder = tfds.builder(name, data_dir=data_dir or None)
         except Exception as bad:  # TFDS raises several kinds for an unknown name
+            first_line = str(bad).splitlines()[0]
             raise FileNotFoundError(f"{source!r}: no TFDS dataset {name!r} in data_dir "
-                                    f"{data_dir or '(TFDS default)'}: {str(bad).splitlines()[0]}") from bad
+                                    f"{data_dir or '(TFDS default)'}: {first_line}") from bad
         if not builder.is_prepared():
             raise FileNotFoundError(
                 f"{source!r}: TFDS dataset {name!r} is not prepared in data_dir "
@@ -243,6 +244,6 @@ class TFDSReader:
             if isinstance(target, dict):  # a Sequence of dicts, e.g. coco_captions
                 target = target.get("text", next(iter(target.values())))
             target = np.atleast_1d(target)
-            return example[self.image_key], [t.decode("utf-8") if isinstance(t, bytes) else str(t)
-                                             for t in target]
+            texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in target]
+            return example[self.image_key], texts
         return example[self.image_key], int(target)

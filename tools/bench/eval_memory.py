@@ -70,7 +70,8 @@ def child(mode: str, folder: str, image_size: int, limit: int):
     params = nnx.to_pure_dict(nnx.state(model))
     data = zeroshot.ZeroShotSet(folder, image_size, config.data.mean, config.data.std)
     if limit:
-        data.reader.paths, data.reader.labels = data.reader.paths[:limit], data.reader.labels[:limit]
+        reader = data.reader
+        reader.paths, reader.labels = reader.paths[:limit], reader.labels[:limit]
     base = rss_mb()
     samples, done = [], threading.Event()
 
