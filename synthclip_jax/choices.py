@@ -32,3 +32,4 @@ def canonical_source(name: str) -> str:
 
 TOKENIZERS = ("openclip_bpe", "clips_wordpiece")  # model.text.tokenizer; data/text_tokenizer.py
 LR_SCHEDULES = ("cosine", "constant")  # optim.lr_schedule (after warmup); train/optimizer.py
+BEST_MODES = ("max", "min")  # checkpoint.best_mode; train/best_checkpoint.py

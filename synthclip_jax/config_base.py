@@ -129,8 +129,17 @@ def base() -> ml_collections.ConfigDict:
         templates="openai_imagenet",  # openai_imagenet | synthclip_imagenet | simple | shapes
         retrieval="",  # glob of TFRecord shards, every caption of a record is a query
         batch_size=256,
+        # zeroshot/retrieval also take several named sets, NAME=SOURCE,NAME2=SOURCE2 (metric
+        # keys zeroshot/NAME/top1); SOURCE: folder, TFRecord glob, tfds:NAME[:VER]/SPLIT or a
+        # prepared TFDS dataset DIR/SPLIT (evaluate/sources.py).
+        linear_probe="",  # NAME=TRAIN_SOURCE,TEST_SOURCE;NAME2=... (CLIP/SLIP linear probe)
+        linear_probe_shots=(),  # k-shot probes besides the full one, e.g. (1, 5, 10)
+        retrieval_ks=(1, 5, 10),  # Recall@K reported (SimCLIP: 1, 5, 10, 20, 50, 200)
+        tfds_data_dir="",  # TFDS data_dir of tfds: sources ("" = TFDS's default); never downloads
     )
-    c.checkpoint = dict(every_steps=1000, keep=3)
+    # best_metric: an eval metric key (e.g. "zeroshot/imagenet/top1"): the best step by it is
+    # kept besides the latest `keep` (checkpoints/best/); best_mode says whether higher is better.
+    c.checkpoint = dict(every_steps=1000, keep=3, best_metric="", best_mode="max")
     c.log = dict(every_steps=50)
     # Starting in a workdir that already has a run (synthclip_jax/resume_check.py,
     # synthclip_jax/workdir_lock.py): keys allowed to differ from the stored config.json beyond

@@ -15,6 +15,8 @@ from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data import mixture_spec
 from synthclip_jax.data.text_reduction import MODES as TEXT_REDUCTIONS
 from synthclip_jax.data.tfrecord import glob_shards
+from synthclip_jax.evaluate import sources as eval_sources
+from synthclip_jax.evaluate.suite import PER_DATASET
 from synthclip_jax.evaluate.templates import TEMPLATE_SETS
 from synthclip_jax.models.param_kinds import WEIGHT_DECAY_POLICIES
 from synthclip_jax.models.tower_config import TOWERS, tower_key, tower_option
@@ -57,7 +59,8 @@ CHOICES = {
     "data.clusters.modality": choices.CLUSTER_MODALITIES,
     "optim.name": choices.OPTIMIZERS,
     "model.projection": choices.PROJECTIONS,
-    "eval.templates": tuple(TEMPLATE_SETS),
+    "eval.templates": tuple(TEMPLATE_SETS) + (PER_DATASET,),
+    "checkpoint.best_mode": choices.BEST_MODES,
     "optim.weight_decay_policy": WEIGHT_DECAY_POLICIES,
     "optim.lr_schedule": choices.LR_SCHEDULES,
     "model.text.tokenizer": choices.TOKENIZERS,
@@ -93,8 +96,9 @@ def check_relations(config, training: bool = True) -> None:
         at_least(config, key, 0)  # 0 turns it off
     at_least(config, "checkpoint.keep", 1)
     at_least(config, "eval.batch_size", 1)
-    at_least(config, "resume.stale_lock_minutes", 1)
-    at_least(config, "profile_steps", 0)  # the heartbeat comes every few seconds
+    at_least(config, "resume.stale_lock_minutes", 1)  # the heartbeat comes every few seconds
+    at_least(config, "profile_steps", 0)
+    check_eval(config)
 
 
 def check_schedule(config) -> None:
@@ -232,12 +236,8 @@ def check_paths_exist(config, training: bool = True) -> None:
             where = "" if pattern == d.train else f" in {pattern!r}"
             fail("data.train", d.train, f"matches no file{where}", "point --config.data.train at "
                  "existing TFRecord shards (a glob such as DIR/*.tfrecord)")
-    if e.retrieval and not is_remote(e.retrieval) and not glob_shards(e.retrieval):
-        fail("eval.retrieval", e.retrieval, "matches no file", "point --config.eval.retrieval at "
-             "existing TFRecord shards, or set it to '' (off)")
-    if e.zeroshot and not is_remote(e.zeroshot) and not epath.Path(e.zeroshot).is_dir():
-        fail("eval.zeroshot", e.zeroshot, "is not a folder", "point --config.eval.zeroshot at a "
-             "folder of class sub-folders, or set it to '' (off)")
+    for key, source in eval_specs(config):
+        check_eval_source(key, source)
     if training and config.init_from and not is_remote(config.init_from) \
             and not epath.Path(config.init_from).exists():
         fail("init_from", config.init_from, "does not exist", "point --config.init_from at a "
@@ -329,3 +329,50 @@ def check_clips(config) -> None:
     if m.captioner.width % m.captioner.heads:
         fail("model.captioner.width", m.captioner.width, "is not divisible by "
              f"model.captioner.heads={m.captioner.heads}", "make it a multiple of the head count")
+
+
+def eval_specs(config) -> list:
+    """[(key, source)] of every evaluation dataset; a malformed spec list fails here."""
+    e, out = config.eval, []
+    try:
+        for key in ("eval.zeroshot", "eval.retrieval"):
+            out += [(key, src) for _, src in eval_sources.parse_specs(get(config, key), key)]
+        for _, train, test in eval_sources.parse_probe_specs(e.linear_probe):
+            out += [("eval.linear_probe", train), ("eval.linear_probe", test)]
+    except ValueError as bad:
+        key = str(bad).split("=", 1)[0]
+        raise ConfigError(key, f"{bad}; fix --config.{key}") from None
+    return out
+
+
+def check_eval_source(key: str, source: str) -> None:
+    if is_remote(source) or source.startswith(eval_sources.TFDS_PREFIX):
+        return  # remote, or found in the TFDS data_dir by the reader (which names it)
+    kind = eval_sources.source_kind(source)
+    if kind == "tfrecord" and not glob_shards(source):
+        fail(key, source, "matches no file", f"point --config.{key} at existing TFRecord "
+             "shards, or set it to '' (off)")
+    if kind == "folder" and not epath.Path(source).is_dir():
+        fail(key, source, "is not a folder, a TFRecord glob, tfds:NAME/SPLIT or a prepared TFDS "
+             "dataset DIR/SPLIT", f"point --config.{key} at a folder of class sub-folders, or "
+             "set it to '' (off)")
+
+
+def check_eval(config) -> None:
+    e, ck = config.eval, config.checkpoint
+    eval_specs(config)
+    for key in ("eval.retrieval_ks", "eval.linear_probe_shots"):
+        values = get(config, key)
+        if not all(isinstance(v, int) and v >= 1 for v in values):
+            fail(key, tuple(values), "must be positive ints", f"set --config.{key}='(1, 5, 10)'")
+    if ck.best_metric:
+        kind = ck.best_metric.split("/")[0]
+        sets = {"zeroshot": e.zeroshot, "retrieval": e.retrieval,
+                "linear_probe": e.linear_probe}.get(kind)
+        if not sets:
+            fail("checkpoint.best_metric", ck.best_metric, "names no configured evaluation",
+                 "use a key eval.jsonl will hold (e.g. zeroshot/NAME/top1 with eval.zeroshot "
+                 "set), or set it to '' (off)")
+        if not e.every_steps:
+            fail("checkpoint.best_metric", ck.best_metric, "needs evaluations during training "
+                 "(eval.every_steps=0)", "set --config.eval.every_steps to a positive int")

@@ -93,6 +93,16 @@ RULES = {
                                                      "model.text.vocab_path": "/v/vocab.txt",
                                                      "data.source": "shapes"}),
     "logit_scale_min": ("model.logit_scale_min", {"model.logit_scale_min": 5.0}),
+    "eval_unnamed_among_several": ("eval.zeroshot", {"eval.zeroshot": "a=/x,/y"}),
+    "eval_name_twice": ("eval.retrieval", {"eval.retrieval": "a=/x/*.tfrecord,a=/y"}),
+    "probe_needs_train_and_test": ("eval.linear_probe", {"eval.linear_probe": "p=/only"}),
+    "retrieval_ks": ("eval.retrieval_ks", {"eval.retrieval_ks": (0, 5)}),
+    "probe_shots": ("eval.linear_probe_shots", {"eval.linear_probe_shots": (-1,)}),
+    "best_mode": ("checkpoint.best_mode", {"checkpoint.best_mode": "highest"}),
+    "best_metric_without_eval": ("checkpoint.best_metric", {
+        "checkpoint.best_metric": "zeroshot/x/top1", "eval.zeroshot": ""}),
+    "best_metric_needs_schedule": ("checkpoint.best_metric", {
+        "checkpoint.best_metric": "zeroshot/top1", "eval.zeroshot": "/x", "eval.every_steps": 0}),
 }
 
 
@@ -112,6 +122,7 @@ PATHS = {  # key -> a value that names nothing on disk
     "data.train": "{tmp}/none-*.tfrecord",
     "eval.retrieval": "{tmp}/none-*.tfrecord",
     "eval.zeroshot": "{tmp}/no_folder",
+    "eval.linear_probe": "p={tmp}/no_folder,{tmp}/none-*.tfrecord",
     "data.batch_order": "{tmp}/order.npy",
     "init_from": "{tmp}/no_weights",
     "model.text.vocab_path": "{tmp}/vocab.txt",

@@ -1,6 +1,6 @@
 """Export a trained workdir to OpenCLIP (`--format openclip`) or a transformers CLIPModel (`hf`).
 
-  python -m tools.convert_to_openclip --workdir DIR [--step N] --out OUTDIR [--format openclip|hf]
+  python -m tools.convert_to_openclip --workdir DIR [--step N | --best] --out OUTDIR [--format openclip|hf]
 
 openclip: OUTDIR/open_clip_config.json (model_cfg + preprocess_cfg) and
 OUTDIR/open_clip_model.safetensors, so `open_clip.create_model_and_transforms('local-dir:OUTDIR')`
@@ -16,19 +16,20 @@ import sys
 
 from synthclip_jax.export.openclip import ExportError
 from synthclip_jax.export.workdir import FORMATS, export
+from synthclip_jax.train.best_checkpoint import add_step_flags
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.convert_to_openclip", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="training workdir (config.json, checkpoints/)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    add_step_flags(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", choices=tuple(FORMATS), default="openclip")
     args = p.parse_args(argv)
     try:
-        step = export(args.workdir, args.out, args.step, args.format)
-    except ExportError as e:
+        step = export(args.workdir, args.out, args.step, args.format, best=args.best)
+    except (ExportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"exported step {step} of {args.workdir} to {args.out} ({args.format})")

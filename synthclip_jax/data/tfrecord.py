@@ -6,10 +6,11 @@ line "<offset> <record length incl. the 16 framing bytes>" per record, the forma
 `tfrecord` package's tfrecord2idx, so Grain can read record i without scanning the file.
 
 Example features: image (bytes, one JPEG), caption (bytes, one or more UTF-8 strings),
-key (bytes, one), optional concept (int64 list) and source (bytes, one), and optional
-web_caption (bytes, one UTF-8 string; written only when non-empty): CLIPS's second caption
-role, the short web alt-text beside the long synthetic `caption` (see data/pipeline.py, where
-a record without one uses its `caption` in both roles).
+key (bytes, one), optional concept (int64 list), source (bytes, one), label (int64, one: the
+class of a zero-shot / linear-probe evaluation record), and web_caption (bytes, one UTF-8
+string; written only when non-empty): CLIPS's second caption role, the short web alt-text
+beside the long synthetic `caption` (see data/pipeline.py, where a record without one uses
+its `caption` in both roles).
 
 Reading goes through `etils.epath`, so shard globs may be local or `gs://bucket/...` (epath's
 GCS backend: `pip install gcsfs`, or TensorFlow's gfile when TF is installed); writing is local.
@@ -115,7 +116,7 @@ def _check_payload(payload, crc: bytes, length: int, path: str, offset: int) -> 
 
 def encode_example(*, image: bytes, captions: Sequence[str], key: str,
                    concepts: Sequence[int] = (), source: str = "",
-                   web_caption: str = "") -> bytes:
+                   web_caption: str = "", label: int | None = None) -> bytes:
     if isinstance(captions, (str, bytes)) or not captions or not all(
             isinstance(c, str) and c.strip() for c in captions):
         raise ValueError(f"captions must be a non-empty list of non-empty str, got {captions!r}")
@@ -132,6 +133,8 @@ def encode_example(*, image: bytes, captions: Sequence[str], key: str,
         f["source"].bytes_list.value.append(source.encode("utf-8"))
     if web_caption.strip():  # CLIPS's second caption role; absent when empty
         f["web_caption"].bytes_list.value.append(web_caption.encode("utf-8"))
+    if label is not None:
+        f["label"].int64_list.value.append(int(label))
     # Features is a map: deterministic=True sorts keys, so equal inputs give equal bytes.
     return ex.SerializeToString(deterministic=True)
 
@@ -170,11 +173,13 @@ def decode_example(serialized: bytes, *, where: str = "") -> dict:
     web = values("web_caption", "bytes_list", False)
     if len(web) > 1:
         raise bad(f"expected at most one web_caption, got {len(web)}")
+    labels = values("label", "int64_list", False)
     return {"image": images[0], "captions": captions,
             "key": text(keys[0], "key") if keys else "",
             "concepts": [int(c) for c in values("concept", "int64_list", False)],
             "source": text(sources[0], "source") if sources else "",
-            "web_caption": text(web[0], "web_caption") if web else ""}
+            "web_caption": text(web[0], "web_caption") if web else "",
+            "label": int(labels[0]) if labels else None}
 
 
 def shard_name(prefix: str, index: int, num_shards: int) -> str:

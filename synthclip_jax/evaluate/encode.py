@@ -1,8 +1,9 @@
 """Batched, sharded feature extraction for evaluation.
 
-Every process holds the whole evaluation set (they are small: ImageNet val, COCO 5k); each global
-batch is placed with `make_array_from_callback`, so every device encodes its own rows, on one
-host or many. The last batch is padded to a multiple of the data shards and trimmed after.
+Texts (prompts, captions: small) are held whole by every process; each global batch is placed
+with `make_array_from_callback`, so every device encodes its own rows, on one host or many. The
+last batch is padded to a multiple of the data shards and trimmed after. Images are streamed
+(evaluate/stream.py): each process brings its own rows of a batch (`encode_local_batch`).
 """
 import jax
 import numpy as np
@@ -28,6 +29,12 @@ class Encoder:
         self._image = encoder("encode_image")
         self._text = encoder("encode_text")
 
+        def encode_tagged(params, images, tags):
+            with sharding.compute_layout(mesh, rules):
+                return nnx.merge(graphdef, params).encode_image(images), tags
+        # tags (row index, label) travel with the rows, so every process gets every row's.
+        self._tagged = jax.jit(encode_tagged, out_shardings=(rep, rep))
+
     def _run(self, fn, params, data: np.ndarray) -> np.ndarray:
         out = []
         for start in range(0, len(data), self.batch_size):
@@ -38,6 +45,14 @@ class Encoder:
             x = jax.make_array_from_callback(chunk.shape, self.sharding, lambda idx: chunk[idx])
             out.append(np.asarray(fn(params, x))[:len(chunk) - pad])
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def encode_local_batch(self, params, images: np.ndarray, tags: np.ndarray):
+        """This process's rows of a global batch: images (B/P, S, S, 3), tags (B/P, T) int32 ->
+        (features (B, E), tags (B, T)) of the whole global batch, on every process."""
+        images, tags = (jax.make_array_from_process_local_data(self.sharding, x)
+                        for x in (images, tags))
+        features, tags = self._tagged(params, images, tags)
+        return np.asarray(features), np.asarray(tags)
 
     def images(self, params, images: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) normalised float32 -> (N, E) L2-normalised features."""

@@ -33,11 +33,13 @@ class Checkpointer:
         self.manager.close()
 
 
-def load_params(workdir, step=None, attempts: int = 3):
+def load_params(workdir, step=None, best: bool = False, shardings=None, attempts: int = 3):
     """(config, params, step) of a training workdir: `config.json` and the params of checkpoint
-    `step` (default: the latest) as a pure dict of float32 numpy arrays, restored on one host
-    device whatever mesh trained it. Only the params are read (orbax partial restore), not the
-    optimizer moments, so exporting a large model needs ~1x its size in host memory.
+    `step` (default: the latest; `best`: the best_checkpoint/ step, train/best_checkpoint.py) as
+    a pure dict of float32 numpy arrays, restored on one host device whatever mesh trained it
+    (or, given `shardings(abstract_params)`, as jax arrays placed by it). Only the params are read
+    (orbax partial restore), not the optimizer moments, so exporting a large model needs ~1x its
+    size in host memory.
 
     Orbax lists only finalized checkpoints, but a live run may delete the one being read (with
     `checkpoint.keep=1` the previous step goes as soon as the next is saved). Then the latest
@@ -52,17 +54,18 @@ def load_params(workdir, step=None, attempts: int = 3):
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    directory = workdir / "checkpoints"
+    directory = workdir / ("best_checkpoint" if best else "checkpoints")
     for attempt in range(1, attempts + 1):
         steps = ocp.utils.checkpoint_steps(directory) if directory.exists() else []
         if not steps:
-            raise FileNotFoundError(f"no checkpoint in {directory}")
+            raise FileNotFoundError(f"no checkpoint in {directory}" + (
+                " (set checkpoint.best_metric to keep the best step)" if best else ""))
         chosen = max(steps) if step is None else int(step)
         if chosen not in steps:
             raise ValueError(f"no checkpoint for step {chosen} in {directory}; "
                              f"have {sorted(steps)}")
         try:
-            return config, _restore_params(directory, config, chosen), chosen
+            return config, _restore_params(directory, config, chosen, best, shardings), chosen
         except Exception as error:  # whatever orbax raises on files vanishing mid-read
             if (directory / str(chosen)).exists():
                 raise  # not a deletion: a real error
@@ -78,24 +81,29 @@ def load_params(workdir, step=None, attempts: int = 3):
                             "its last checkpoint.keep steps); reading the newest again", chosen)
 
 
-def _restore_params(directory, config, step: int):
-    """The params of checkpoint `step` as float32 numpy arrays, on one host device."""
+def _restore_params(directory, config, step: int, best: bool, shardings):
+    """The params of checkpoint `step`: float32 numpy arrays on one host device, or placed by
+    `shardings`."""
     import jax
     import numpy as np
     from flax import nnx
 
     from synthclip_jax.models.two_tower import build_model
 
-    manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA))
+    manager = ocp.CheckpointManager(directory, item_names=(STATE,) if best else (STATE, DATA))
     try:
         device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-        abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(config, 0))))
-        target = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+        abstract = nnx.eval_shape(lambda: build_model(config, 0))
+        placement = (shardings(nnx.state(abstract)) if shardings else
+                     jax.tree.map(lambda _: device, nnx.to_pure_dict(nnx.state(abstract))))
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              nnx.to_pure_dict(nnx.state(abstract)), placement)
         params = restore_params(manager, step, target)
     finally:
         manager.close()
-    return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    if shardings is None:
+        params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    return params
 
 
 def restore_params(manager, step: int, target):
