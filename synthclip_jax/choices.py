@@ -19,5 +19,9 @@ SOURCES = ("shapes", "tfrecord")  # data.source; data/source.py
 SOURCE_ALIASES = {"synthetic_shapes": "shapes"}
 
 
+# data.read_mode: how records are fetched from the shards (data/read_modes.py).
+READ_MODES = ("random", "coalesced", "streaming")
+
+
 def canonical_source(name: str) -> str:
     return SOURCE_ALIASES.get(name, name)

@@ -65,6 +65,11 @@ def base() -> ml_collections.ConfigDict:
         prefetch_per_worker=2,  # batches each worker prepares ahead
         read_threads=16,  # decoding threads per process (Grain ReadOptions.num_threads)
         read_ahead=64,  # examples decoded ahead per process (bounds host memory)
+        # How records are fetched (data/read_modes.py): random (one request per record; local
+        # disks) | coalesced | streaming (read_block records per request: object storage).
+        read_mode="random",
+        read_block=64,  # records per request in coalesced/streaming (~1.6 MB of 25 KB JPEGs)
+        read_lanes=16,  # blocks read at a time, interleaved; a multiple of the process count
         skip_corrupt=False,  # False: a bad record stops training with its file and offset
         max_corrupt_fraction=0.001,  # with skip_corrupt: of this process's share of records
         # The shapes demo dataset (data/shapes_demo.py): with data.train empty and num_train > 0,

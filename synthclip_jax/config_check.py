@@ -49,6 +49,7 @@ CHOICES = {
     "model.text.pool_type": choices.TEXT_POOL_TYPES,
     "data.source": choices.SOURCES,
     "data.text_reduction": TEXT_REDUCTIONS,
+    "data.read_mode": choices.READ_MODES,
     "eval.templates": tuple(TEMPLATE_SETS),
     "optim.weight_decay_policy": WEIGHT_DECAY_POLICIES,
 }
@@ -163,6 +164,11 @@ def check_data(config, training: bool = True) -> None:
     at_least(config, "data.image_size", 1)
     at_least(config, "data.num_workers", 0)
     at_least(config, "data.prefetch_per_worker", 1)
+    at_least(config, "data.read_block", 1)
+    at_least(config, "data.read_lanes", 1)
+    if d.read_mode != "random" and d.batch_order:
+        fail("data.read_mode", d.read_mode, "reorders the records, but data.batch_order fixes "
+             "the order", "set --config.data.read_mode=random with data.batch_order")
     fraction = d.max_corrupt_fraction
     if not 0 <= fraction <= 1:
         fail("data.max_corrupt_fraction", fraction, "must lie in [0, 1]",

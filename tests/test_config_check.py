@@ -82,6 +82,11 @@ RULES = {
     "checkpoint_keep": ("checkpoint.keep", {"checkpoint.keep": 0}),
     "decay_policy": ("optim.weight_decay_policy", {"optim.weight_decay_policy": "simclip"}),
     "negative_lr": ("lr", {"lr": -1e-3}),
+    "read_mode": ("data.read_mode", {"data.read_mode": "mmap"}),
+    "read_block": ("data.read_block", {"data.read_block": 0}),
+    "read_lanes": ("data.read_lanes", {"data.read_lanes": 0}),
+    "read_mode_with_order": ("data.read_mode", {"data.read_mode": "streaming",
+                                                "data.batch_order": "order.npy"}),
     "negative_weight_decay": ("weight_decay", {"weight_decay": -0.1}),
 }
 

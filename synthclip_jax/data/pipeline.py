@@ -21,6 +21,7 @@ neither reach the trainer nor follow a checkpoint restore.
 """
 import dataclasses
 import math
+from typing import Callable
 
 import grain
 import numpy as np
@@ -28,7 +29,7 @@ from absl import flags
 from etils import epath
 
 from synthclip_jax.config_error import ConfigError
-from synthclip_jax.data import text_reduction
+from synthclip_jax.data import read_modes, text_reduction
 from synthclip_jax.data.text_reduction import tokenize_reduced
 from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
 from synthclip_jax.data.transforms import decode_crop_normalize, random_resized_crop_box
@@ -111,26 +112,30 @@ def ordered_indices(path: str, num_records: int, batch_size: int) -> grain.MapDa
 
 
 def train_dataset(config, shards: TFRecordShards, process_index: int,
-                  process_count: int) -> grain.IterDataset:
+                  process_count: int, start: int = 0) -> grain.IterDataset:
     """This process's batches (batch_size / process_count rows; the trainer has checked that it
-    divides, `sharding.check_batch_size`, before making any source)."""
+    divides, `sharding.check_batch_size`, before making any source), from global example
+    `start` on (a multiple of batch_size: the examples of all processes consumed so far)."""
     d = config.data
-    load = LoadExample(shards, d.image_size, config.model.text.context_length,
+    records = read_modes.records_for(d, shards)  # data.read_mode: how records are fetched
+    load = LoadExample(records, d.image_size, config.model.text.context_length,
                        np.array(d.mean, np.float32), np.array(d.std, np.float32),
                        rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
                        text_reduction=text_reduction.check_mode(d.text_reduction))
     # Random choices are seeded by the global position, so that the examples do not depend
-    # on the number of processes. Element k of process p = global element k*P + p (lazily:
-    # only this process's elements are ever read).
+    # on the number of processes. Element k of process p = global element start + k*P + p
+    # (lazily: only this process's elements are ever read), so global batch n holds global
+    # elements [n*B, (n+1)*B) on any process count P, and a resume on another count continues.
     # Examples, not batches, go through the read threads: Grain's read-ahead buffer counts
     # elements (default 500, sized for 1-10 KiB records), which for whole decoded batches
     # would hold up to 500 batches (~150 GB at 512 x 224 px) in host memory.
     read = grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.read_ahead)
     indices = (ordered_indices(d.batch_order, len(shards), config.batch_size) if d.batch_order
-               else shuffled_indices(len(shards), config.seed))
+               else shuffled_indices(len(shards), config.seed) if d.read_mode == "random"
+               else grain.MapDataset.source(read_modes.block_indices(d, shards, config.seed)))
     ds = (indices
           .random_map(load, seed=config.seed)
-          [process_index::process_count]
+          [start + process_index::process_count]
           .to_iter_dataset(read)
           .batch(config.batch_size // process_count, drop_remainder=True))
     if d.num_workers > 0:
@@ -142,23 +147,40 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
 
 class GrainSource:
     """The trainer's source interface over a Grain dataset: host-local numpy batches,
-    `get_state`/`set_state` for checkpoints, and `stats()`: the skipped corrupt records."""
+    `get_state`/`set_state` for checkpoints, and `stats()`: the skipped corrupt records.
 
-    def __init__(self, dataset: grain.IterDataset, max_corrupt_fraction: float,
-                 records_per_epoch: float):
-        self.iterator = iter(dataset)
+    The saved position is global: the examples all processes have consumed (global batches x
+    batch_size), not a Grain iterator state, which counts this process's elements and would
+    mean another position on another process count. A run saved on P processes resumes on Q
+    with the same global batches from the next step on (SLURM requeue onto fewer nodes, a
+    smaller slice): `set_state` rebuilds the dataset from that position (`dataset_from`).
+    """
+
+    def __init__(self, dataset_from: Callable[[int], grain.IterDataset],
+                 max_corrupt_fraction: float, records_per_epoch: float, global_batch: int,
+                 process_count: int):
+        self.dataset_from = dataset_from  # global example position -> this process's batches
+        self.iterator = None  # built on first use: set_state may move the start
         self.max_corrupt_fraction = max_corrupt_fraction
         self.records_per_epoch = records_per_epoch  # this process's share of data.train
+        self.global_batch, self.process_count = global_batch, process_count
         self.corrupt = 0
-        self.examples = 0
+        self.examples = 0  # this process's
+        self.global_examples = 0  # all processes', the saved position
 
     def __iter__(self):
         return self
 
+    def _iterator(self):
+        if self.iterator is None:
+            self.iterator = iter(self.dataset_from(self.global_examples))
+        return self.iterator
+
     def __next__(self) -> dict:
-        batch = dict(next(self.iterator))
+        batch = dict(next(self._iterator()))
         self.corrupt += int(np.sum(batch.pop("corrupt")))
         self.examples += len(batch["text"])
+        self.global_examples += self.global_batch
         # The fraction is of the records read: every epoch meets the same bad records again.
         epochs = math.ceil(self.examples / self.records_per_epoch)
         allowed = self.max_corrupt_fraction * self.records_per_epoch * epochs
@@ -172,13 +194,25 @@ class GrainSource:
         return {"data_corrupt_skipped": self.corrupt}
 
     def get_state(self) -> dict:
-        return {"grain": self.iterator.get_state(), "corrupt": self.corrupt,
-                "examples": self.examples}
+        # Process 0's state is the one saved (orbax writes JSON items from the primary host).
+        return {"global_examples": self.global_examples, "process_count": self.process_count,
+                "corrupt": self.corrupt, "examples": self.examples}
 
     def set_state(self, state: dict):
-        self.iterator.set_state(state["grain"])
         self.corrupt = int(state["corrupt"])
         self.examples = int(state.get("examples", 0))  # absent in checkpoints before 0.3.0
+        if "global_examples" not in state:
+            # Earlier checkpoints: a per-process Grain position, valid on the same count only.
+            self._iterator().set_state(state["grain"])
+            self.global_examples = self.examples * self.process_count
+            return
+        self.global_examples = int(state["global_examples"])
+        if int(state["process_count"]) != self.process_count and self.examples:
+            # Process 0's counts, rescaled to this process's share of the same examples.
+            examples = self.global_examples // self.process_count
+            self.corrupt = round(self.corrupt * examples / self.examples)
+            self.examples = examples
+        self.iterator = None  # rebuilt from the global position on the next batch
 
 
 def make_grain_source(config, process_index: int, process_count: int) -> GrainSource:
@@ -189,5 +223,7 @@ def make_grain_source(config, process_index: int, process_count: int) -> GrainSo
         raise ConfigError("batch_size", f"data.train={config.data.train!r} holds {len(shards)} "
                           f"records, fewer than one batch (batch_size={config.batch_size}); add "
                           "data or lower --config.batch_size")
-    ds = train_dataset(config, shards, process_index, process_count)
-    return GrainSource(ds, config.data.max_corrupt_fraction, len(shards) / process_count)
+    return GrainSource(
+        lambda start: train_dataset(config, shards, process_index, process_count, start),
+        config.data.max_corrupt_fraction, len(shards) / process_count, config.batch_size,
+        process_count)
