@@ -45,6 +45,7 @@ from data_gen import fingerprint
 from data_gen.common import file_sha256
 from data_gen.tars import TarCutShort, check_ended, read_member
 from synthclip_jax.data.jpeg import encode_jpeg
+from synthclip_jax.data.shard_index import write_combined_index
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 from synthclip_jax.files import atomic_path
 
@@ -355,6 +356,7 @@ def run(args) -> None:
                 "counts": {"read": read, "written": written, "skipped": len(skipped)},
                 "shards": shards, "skipped_by_reason": dict(sorted(why.items())),
                 "skipped": skipped}
+    write_combined_index(args.out)  # one request at a reader's start (before the manifest)
     with atomic_path(manifest_path) as tmp, open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
     if skipped:

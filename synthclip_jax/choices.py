@@ -19,6 +19,8 @@ SOURCES = ("shapes", "tfrecord")  # data.source; data/source.py
 SOURCE_ALIASES = {"synthetic_shapes": "shapes"}
 
 
+WANDB_MODES = ("online", "offline")  # log.wandb.mode; metrics.py
+
 # data.read_mode: how records are fetched from the shards (data/read_modes.py).
 READ_MODES = ("random", "coalesced", "streaming")
 

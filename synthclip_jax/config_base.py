@@ -87,7 +87,16 @@ def base() -> ml_collections.ConfigDict:
         batch_size=256,
     )
     c.checkpoint = dict(every_steps=1000, keep=3)
-    c.log = dict(every_steps=50)
+    c.log = dict(
+        every_steps=50,
+        # Peak TFLOP/s of one device (chip) in the compute dtype, for the `mfu` metric (model
+        # FLOPs per second / (peak x devices), model_flops.py); 0 = no mfu. E.g. TPU v4 275,
+        # v5e 197, H100 SXM 989 (bf16 dense).
+        peak_tflops=0.0,
+        # Weights & Biases, optional (`pip install wandb`; imported only when project is set):
+        # project "" = off; mode online | offline (files under WORKDIR/wandb, `wandb sync`).
+        wandb=dict(project="", mode="online"),
+    )
     # Starting in a workdir that already has a run (synthclip_jax/resume_check.py,
     # synthclip_jax/workdir_lock.py): keys allowed to differ from the stored config.json beyond
     # the safe ones (comma-separated keys or groups, e.g. "lr,warmup_steps"), and after how long

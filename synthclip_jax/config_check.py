@@ -50,6 +50,7 @@ CHOICES = {
     "data.source": choices.SOURCES,
     "data.text_reduction": TEXT_REDUCTIONS,
     "data.read_mode": choices.READ_MODES,
+    "log.wandb.mode": choices.WANDB_MODES,
     "eval.templates": tuple(TEMPLATE_SETS),
     "optim.weight_decay_policy": WEIGHT_DECAY_POLICIES,
 }
@@ -82,6 +83,7 @@ def check_relations(config, training: bool = True) -> None:
     for key in ("eval.every_steps", "checkpoint.every_steps", "log.every_steps"):
         at_least(config, key, 0)  # 0 turns it off
     at_least(config, "checkpoint.keep", 1)
+    at_least(config, "log.peak_tflops", 0.0)  # 0 = no mfu
     at_least(config, "eval.batch_size", 1)
     at_least(config, "resume.stale_lock_minutes", 1)  # the heartbeat comes every few seconds
 

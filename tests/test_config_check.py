@@ -83,6 +83,8 @@ RULES = {
     "decay_policy": ("optim.weight_decay_policy", {"optim.weight_decay_policy": "simclip"}),
     "negative_lr": ("lr", {"lr": -1e-3}),
     "read_mode": ("data.read_mode", {"data.read_mode": "mmap"}),
+    "peak_tflops": ("log.peak_tflops", {"log.peak_tflops": -1.0}),
+    "wandb_mode": ("log.wandb.mode", {"log.wandb.mode": "disabled"}),
     "read_block": ("data.read_block", {"data.read_block": 0}),
     "read_lanes": ("data.read_lanes", {"data.read_lanes": 0}),
     "read_mode_with_order": ("data.read_mode", {"data.read_mode": "streaming",

@@ -1,13 +1,15 @@
 """Grain input pipeline over TFRecord shards.
 
   record indices -> seeded global shuffle, reshuffled every epoch -> this process's slice
-  -> read (CRC-checked) -> decode JPEG -> RandomResizedCrop -> normalise -> pick a caption
+  -> read (CRC-checked) -> decode JPEG -> RandomResizedCrop (uint8 pixels: the train step
+  normalises them on the device, image_normalize.py) -> pick a caption
   -> tokenize (in `data.read_threads` threads, `data.read_ahead` examples ahead) -> batch
   -> worker processes (`data.num_workers`) with prefetch.
 
 Every random choice comes from Grain's per-element generator (seeded by `seed` and the element's
-position), so the batches are a pure function of the config and the step: the iterator state
-(a small dict saved in every checkpoint) resumes the exact sequence.
+position), so the batches are a pure function of the config and the step: the saved position
+(examples consumed by all processes, `GrainSource`) resumes the exact sequence, on any
+process count.
 
 Bad records (CRC mismatch, truncation, undecodable image, bad caption) raise an error naming
 file and offset. With `data.skip_corrupt`, a bad record is replaced by the next good one in the
@@ -30,24 +32,23 @@ from etils import epath
 
 from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data import read_modes, text_reduction
+from synthclip_jax.data.shard_index import open_shards
 from synthclip_jax.data.text_reduction import tokenize_reduced
 from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
-from synthclip_jax.data.transforms import decode_crop_normalize, random_resized_crop_box
+from synthclip_jax.data.transforms import decode_crop, random_resized_crop_box
 
 MAX_REPLACEMENTS = 100  # consecutive bad records tolerated while looking for a good one
 
 
 @dataclasses.dataclass
 class LoadExample(grain.transforms.RandomMap):
-    """Record index -> one training example {'image': float32 (S, S, 3), 'text': int32 (L,),
+    """Record index -> one training example {'image': uint8 (S, S, 3), 'text': int32 (L,),
     'corrupt': int}: RandomResizedCrop, a random caption, `text_reduction`. (Evaluation sets
     load their records themselves, center-cropped with every caption: evaluate/retrieval.py.)"""
 
     shards: TFRecordShards
     image_size: int
     context_length: int
-    mean: tuple
-    std: tuple
     rrc_scale: tuple = (0.9, 1.0)
     rrc_ratio: tuple = (3 / 4, 4 / 3)
     skip_corrupt: bool = False
@@ -75,8 +76,7 @@ class LoadExample(grain.transforms.RandomMap):
         def crop(width, height):
             return random_resized_crop_box(width, height, self.rrc_scale, self.rrc_ratio, rng)
         try:
-            image = decode_crop_normalize(example["image"], crop, self.image_size, self.mean,
-                                          self.std)
+            image = decode_crop(example["image"], crop, self.image_size)
         except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
             raise CorruptRecordError(f"undecodable image in {where}: {e}") from e
         captions = example["captions"]
@@ -119,7 +119,6 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
     d = config.data
     records = read_modes.records_for(d, shards)  # data.read_mode: how records are fetched
     load = LoadExample(records, d.image_size, config.model.text.context_length,
-                       np.array(d.mean, np.float32), np.array(d.std, np.float32),
                        rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
                        text_reduction=text_reduction.check_mode(d.text_reduction))
     # Random choices are seeded by the global position, so that the examples do not depend
@@ -216,7 +215,7 @@ class GrainSource:
 
 
 def make_grain_source(config, process_index: int, process_count: int) -> GrainSource:
-    shards = TFRecordShards(config.data.train)
+    shards = open_shards(config.data.train)
     if len(shards) < config.batch_size:
         # Fewer records than one batch: every batch would hold the same pair more than once,
         # a false negative of itself for the contrastive loss.

@@ -3,8 +3,9 @@
 Start-up on object storage is requests: reading 1,000 shards' `.index` files one after another
 at ~20 ms each is 20 s, in every process. The combined index holds every shard's name, size and
 record lengths in one file, read with one request per folder; the shards are then only stat'ed
-(concurrently) to catch a shard rewritten after its index. Shards the combined index lacks fall
-back to their own `.index` files, read concurrently.
+(concurrently) to catch a shard rewritten after its index. Shards the combined index lacks, or
+whose size it gives wrong (rewritten since; a warning says to rebuild it), fall back to their
+own `.index` files, read concurrently, which say what is wrong if anything is.
 
 The writers (data_gen.write, data_gen.import_pairs, the demo) write it after their shards; for
 other folders, or after changing shards:
@@ -16,9 +17,10 @@ import os
 import sys
 
 import numpy as np
+from absl import logging
 
 from synthclip_jax.data import storage
-from synthclip_jax.data.tfrecord import glob_shards, read_index
+from synthclip_jax.data.tfrecord import TFRecordShards, glob_shards, index_bounds, read_index
 from synthclip_jax.files import atomic_path
 
 COMBINED = "tfrecord_index.npz"
@@ -74,15 +76,25 @@ def load_bounds(paths: list) -> list:
             continue
         indexed_size, lengths = combined[folder][name]
         if indexed_size != size:
-            raise ValueError(
-                f"stale combined index {folder}/{COMBINED}: it says {path} has {indexed_size} "
-                f"bytes, the file has {size}; rebuild it with "
-                f"`python -m synthclip_jax.data.shard_index {folder}`")
+            logging.warning("stale combined index %s/%s: it says %s has %d bytes, the file has "
+                            "%d; reading the shard's own index. Rebuild it with `python -m "
+                            "synthclip_jax.data.shard_index %s`", folder, COMBINED, path,
+                            indexed_size, size, folder)
+            missing.append(k)
+            continue
         bounds[k] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     rows = storage.concurrently(lambda k: read_index(paths[k], sizes[k]), missing)
     for k, r in zip(missing, rows):
-        bounds[k] = np.append(r[:, 0], r[-1].sum() if len(r) else 0).astype(np.int64)
+        bounds[k] = index_bounds(r)
     return bounds
+
+
+def open_shards(pattern) -> TFRecordShards:
+    """The shards of a glob, their offsets from the combined indexes where there are some."""
+    shards = glob_shards(pattern)
+    if not shards:
+        raise FileNotFoundError(f"no TFRecord shards match {pattern!r}")
+    return TFRecordShards(shards, bounds=load_bounds(shards))
 
 
 if __name__ == "__main__":

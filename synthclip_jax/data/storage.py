@@ -60,9 +60,11 @@ def glob(pattern) -> list:
     return sorted(found if protocol in (None, "file") else [f"{protocol}://{p}" for p in found])
 
 
-def concurrently(fn, items, concurrency: int = CONCURRENCY) -> list:
-    """[fn(x) for x in items] with up to `concurrency` calls in flight (requests wait on I/O)."""
+def concurrently(fn, items, concurrency: "int | None" = None) -> list:
+    """[fn(x) for x in items] with up to `concurrency` (default CONCURRENCY) calls in flight
+    (requests wait on I/O)."""
     items = list(items)
+    concurrency = concurrency or CONCURRENCY
     if len(items) <= 1:
         return [fn(x) for x in items]
     with concurrent.futures.ThreadPoolExecutor(min(concurrency, len(items))) as pool:

@@ -279,6 +279,11 @@ def read_index(shard_path: str, size: "int | None" = None) -> np.ndarray:
     return rows
 
 
+def index_bounds(rows: np.ndarray) -> np.ndarray:
+    """read_index rows -> the n + 1 record boundaries (byte offsets) of the shard."""
+    return np.append(rows[:, 0], rows[-1].sum() if len(rows) else 0).astype(np.int64)
+
+
 def _scan(path: str) -> Iterator[tuple[int, int, bytes]]:
     """Yields (offset, record length incl. framing, payload), verifying both CRCs."""
     with open(path, "rb") as f:
@@ -344,14 +349,15 @@ def check_record(record: bytes, path: str, offset: int, n: int) -> bytes:
 class TFRecordShards:
     """Random access over the records of many shards (a Grain RandomAccessDataSource).
 
-    The record offsets of all shards are loaded once, at construction (shard_index.py: one
-    combined index per folder, or every shard's `.index` read concurrently), and travel with
-    the object when it is pickled to Grain's worker processes, which therefore read no index.
+    The record offsets of all shards are loaded once, at construction (every shard's `.index`
+    read concurrently, or `bounds` given: shard_index.open_shards reads them from one combined
+    index per folder), and travel with the object when it is pickled to Grain's worker
+    processes, which therefore read no index.
     Files are opened lazily, per thread (LRU-bounded), so no file position is shared between
     threads or processes. Paths may be local or remote (see the module docstring).
     """
 
-    def __init__(self, pattern_or_paths: "str | Sequence[str]"):
+    def __init__(self, pattern_or_paths: "str | Sequence[str]", bounds=None):
         if isinstance(pattern_or_paths, (str, os.PathLike)):
             self.paths = glob_shards(pattern_or_paths)
             if not self.paths:
@@ -360,11 +366,16 @@ class TFRecordShards:
             self.paths = [os.fspath(p) for p in pattern_or_paths]
             if not self.paths:
                 raise ValueError("TFRecordShards needs at least one shard path")
-        from synthclip_jax.data.shard_index import load_bounds  # it reads indexes with ours
         # Record boundaries of each shard: n + 1 byte offsets (records are contiguous).
-        self._bounds = load_bounds(self.paths)
+        self._bounds = self._read_bounds() if bounds is None else list(bounds)
         self._cum = np.cumsum([0] + [len(b) - 1 for b in self._bounds]).astype(np.int64)
         self._local = threading.local()
+
+    def _read_bounds(self) -> list:
+        sizes = storage.concurrently(storage.size, self.paths)
+        rows = storage.concurrently(lambda k: read_index(self.paths[k], sizes[k]),
+                                    range(len(self.paths)))
+        return [index_bounds(r) for r in rows]
 
     def __getstate__(self):
         return {"paths": self.paths, "_cum": self._cum, "_bounds": self._bounds}

@@ -9,11 +9,17 @@ import numpy as np
 from flax import nnx
 
 from synthclip_jax import sharding
+from synthclip_jax.image_normalize import normalize
 
 
 class Encoder:
-    def __init__(self, graphdef, mesh, batch_size: int, rules=sharding.DEFAULT_RULES):
+    """`images` takes normalised float32 or uint8 pixels, which it normalises on the device with
+    `mean` and `std` (the config's data.mean / data.std)."""
+
+    def __init__(self, graphdef, mesh, batch_size: int, rules=sharding.DEFAULT_RULES,
+                 mean=None, std=None):
         shards = sharding.batch_shards(mesh)
+        self.mean, self.std = mean, std
         self.batch_size = max(shards, batch_size // shards * shards)
         self.mesh = mesh
         self.sharding = sharding.batch_sharding(mesh)
@@ -21,6 +27,8 @@ class Encoder:
 
         def encoder(method):
             def encode(params, x):
+                if method == "encode_image":
+                    x = normalize(x, mean, std)
                 with sharding.compute_layout(mesh, rules):  # FSDP: gather weights per layer
                     return getattr(nnx.merge(graphdef, params), method)(x)
             return jax.jit(encode, out_shardings=rep)
@@ -40,7 +48,9 @@ class Encoder:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def images(self, params, images: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) normalised float32 -> (N, E) L2-normalised features."""
+        """(N, S, S, 3) normalised float32, or uint8 pixels -> (N, E) L2-normalised features."""
+        if images.dtype == np.uint8 and self.mean is None:
+            raise ValueError("uint8 images need the Encoder's mean and std (data.mean/data.std)")
         return self._run(self._image, params, images)
 
     def texts(self, params, tokens: np.ndarray) -> np.ndarray:

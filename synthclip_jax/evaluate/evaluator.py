@@ -13,7 +13,8 @@ class Evaluator:
     def __init__(self, config, graphdef, mesh, workdir, resume_step: int):
         self.config = config
         self.enabled = bool(config.eval.zeroshot or config.eval.retrieval)
-        self.encoder = Encoder(graphdef, mesh, config.eval.batch_size, config.mesh.rules)
+        self.encoder = Encoder(graphdef, mesh, config.eval.batch_size, config.mesh.rules,
+                               mean=config.data.mean, std=config.data.std)
         self.writer = MetricWriter(workdir, resume_step, filename="eval.jsonl",
                                    tensorboard=False) if self.enabled else None
         self._zeroshot = self._retrieval = None
