@@ -117,7 +117,7 @@ def train_dataset(config, shards: TFRecordShards, process_index: int,
     divides, `sharding.check_batch_size`, before making any source), from global example
     `start` on (a multiple of batch_size: the examples of all processes consumed so far)."""
     d = config.data
-    records = read_modes.records_for(d, shards)  # data.read_mode: how records are fetched
+    records = read_modes.records_for(d, shards, process_count)  # data.read_mode
     load = LoadExample(records, d.image_size, config.model.text.context_length,
                        rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
                        text_reduction=text_reduction.check_mode(d.text_reduction))

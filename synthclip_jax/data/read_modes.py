@@ -24,6 +24,7 @@ import sys
 import threading
 
 import numpy as np
+from absl import logging
 
 from synthclip_jax.choices import READ_MODES
 from synthclip_jax.data.tfrecord import TFRecordShards
@@ -187,10 +188,14 @@ def block_indices(data_config, shards: TFRecordShards, seed: int) -> BlockOrder:
                       data_config.read_lanes, seed)
 
 
-def records_for(data_config, shards: TFRecordShards):
+def records_for(data_config, shards: TFRecordShards, process_count: int = 1):
     """What LoadExample reads records from: the shards themselves (random), or blocks."""
     if check_mode(data_config.read_mode) == "random":
         return shards
+    if data_config.read_lanes % process_count:
+        logging.warning("data.read_lanes=%d is not a multiple of the %d processes: processes "
+                        "share blocks, and each reads whole blocks for part of their records",
+                        data_config.read_lanes, process_count)
     align = "global" if data_config.read_mode == "coalesced" else "shard"
     # Two blocks per lane: a lane's next block arrives while its current one is in use.
     return BlockReader(shards, data_config.read_block, align, 2 * data_config.read_lanes + 2)

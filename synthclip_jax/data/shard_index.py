@@ -15,6 +15,7 @@ other folders, or after changing shards:
 import io
 import os
 import sys
+import zipfile
 
 import numpy as np
 from absl import logging
@@ -40,11 +41,16 @@ def write_combined_index(folder) -> str:
     rows = storage.concurrently(lambda ps: read_index(*ps), zip(paths, sizes))
     out = os.path.join(folder, COMBINED)
     lengths = [r[:, 1] for r in rows]
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.savez(f, names=np.array([_split(p)[1] for p in paths], dtype=str),
-                 sizes=np.array(sizes, np.int64),
-                 counts=np.array([len(x) for x in lengths], np.int64),
-                 lengths=np.concatenate(lengths or [np.zeros(0, np.int64)]).astype(np.int64))
+    arrays = {"names": np.array([_split(p)[1] for p in paths], dtype=str),
+              "sizes": np.array(sizes, np.int64),
+              "counts": np.array([len(x) for x in lengths], np.int64),
+              "lengths": np.concatenate(lengths or [np.zeros(0, np.int64)]).astype(np.int64)}
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w") as z:
+        for name, array in arrays.items():
+            # np.savez's layout with a fixed member time: the same shards give the same bytes.
+            with z.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                        "w") as f:
+                np.lib.format.write_array(f, array, allow_pickle=False)
     return out
 
 
