@@ -53,6 +53,7 @@ from data_gen.pair_inputs import Fatal, ImagePath, Item, Position, detect_kind, 
 from data_gen.progress import Progress, progress
 from data_gen.zip_members import ZipMembers, read_any
 from synthclip_jax.data.jpeg import encode_jpeg
+from synthclip_jax.data.shard_index import write_combined_index
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
 PROGRESS_SECONDS = 10.0  # between progress lines when not on a terminal
@@ -340,6 +341,8 @@ def write_manifest(args, out, spec, kind, settings, fp, parts) -> None:
     manifest = {"input": spec, "kind": kind, "settings": settings, "fingerprint": fp,
                 "counts": counts, "shards": shards, "skipped_by_reason": dict(sorted(why.items())),
                 "skipped": skipped}
+    if not out.remote:  # one request at a reader's start (before the manifest); remote: the
+        write_combined_index(args.out)  # reader reads the shards' own indexes concurrently
     out.write_json("manifest.json", manifest)
     if skipped:
         print(f"import_pairs: skipped {len(skipped)} of {counts['read']} items ("

@@ -42,6 +42,7 @@ from data_gen.common import add_worker_args, check_worker_args, file_sha256, pro
 from data_gen.concepts import load_bank
 from data_gen.tars import TarCutShort, check_ended, read_member
 from synthclip_jax.files import atomic_path
+from synthclip_jax.data.shard_index import write_combined_index
 from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
 
 
@@ -209,7 +210,8 @@ def concept_bank(path, bank) -> dict | None:
 
 
 def finish(args, out: Path, paths, total: int, inputs, bank) -> None:
-    """Contact sheet, then manifest.json (last: its presence means the output is complete)."""
+    """Contact sheet, the combined index (readers start with one request), then manifest.json
+    (last: its presence means the output is complete)."""
     k = min(args.contact_sheet, total)
     picks = sorted(random.Random(args.seed).sample(range(total), k))
     if k:
@@ -231,6 +233,7 @@ def finish(args, out: Path, paths, total: int, inputs, bank) -> None:
         settings.append({"folder": folder, "records": n, "settings": st})
         sources[(st or {}).get("source", "")] += n
     stages = {Path(f).stem: json.loads(Path(f).read_text()) for f in args.manifest_extra}
+    write_combined_index(out)
     manifest = {"prefix": args.prefix, "num_shards": args.num_shards,
                 "num_records": total, "shards": shards, "inputs": inputs,
                 "settings": settings, "sources": dict(sorted(sources.items())),

@@ -27,6 +27,12 @@ CLUSTER_MODALITIES = ("text", "image")  # data.clusters.modality; evaluate/recor
 SOURCE_ALIASES = {"synthetic_shapes": "shapes"}
 
 
+WANDB_MODES = ("online", "offline")  # log.wandb.mode; metrics.py
+
+# data.read_mode: how records are fetched from the shards (data/read_modes.py).
+READ_MODES = ("random", "coalesced", "streaming")
+
+
 def canonical_source(name: str) -> str:
     return SOURCE_ALIASES.get(name, name)
 

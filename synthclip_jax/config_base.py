@@ -114,6 +114,11 @@ def base() -> ml_collections.ConfigDict:
         read_threads=16,  # decoding threads per process (Grain ReadOptions.num_threads)
         read_ahead=64,  # examples decoded ahead per process (bounds host memory)
         device_prefetch=2,  # global batches transferred to the devices ahead of the step
+        # How records are fetched (data/read_modes.py): random (one request per record; local
+        # disks) | coalesced | streaming (read_block records per request: object storage).
+        read_mode="random",
+        read_block=64,  # records per request in coalesced/streaming (~1.6 MB of 25 KB JPEGs)
+        read_lanes=16,  # blocks read at a time, interleaved; a multiple of the process count
         skip_corrupt=False,  # False: a bad record stops training with its file and offset
         max_corrupt_fraction=0.001,  # with skip_corrupt: of this process's share of records
         # The shapes demo dataset (data/shapes_demo.py): with data.train empty and num_train > 0,
@@ -140,7 +145,16 @@ def base() -> ml_collections.ConfigDict:
     # best_metric: an eval metric key (e.g. "zeroshot/imagenet/top1"): the best step by it is
     # kept besides the latest `keep` (checkpoints/best/); best_mode says whether higher is better.
     c.checkpoint = dict(every_steps=1000, keep=3, best_metric="", best_mode="max")
-    c.log = dict(every_steps=50)
+    c.log = dict(
+        every_steps=50,
+        # Peak TFLOP/s of one device (chip) in the compute dtype, for the `mfu` metric (model
+        # FLOPs per second / (peak x devices), model_flops.py); 0 = no mfu. E.g. TPU v4 275,
+        # v5e 197, H100 SXM 989 (bf16 dense).
+        peak_tflops=0.0,
+        # Weights & Biases, optional (`pip install wandb`; imported only when project is set):
+        # project "" = off; mode online | offline (files under WORKDIR/wandb, `wandb sync`).
+        wandb=dict(project="", mode="online"),
+    )
     # Starting in a workdir that already has a run (synthclip_jax/resume_check.py,
     # synthclip_jax/workdir_lock.py): keys allowed to differ from the stored config.json beyond
     # the safe ones (comma-separated keys or groups, e.g. "lr,warmup_steps"), and after how long

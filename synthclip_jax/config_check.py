@@ -61,6 +61,8 @@ CHOICES = {
     "model.projection": choices.PROJECTIONS,
     "eval.templates": tuple(TEMPLATE_SETS) + (PER_DATASET,),
     "checkpoint.best_mode": choices.BEST_MODES,
+    "data.read_mode": choices.READ_MODES,
+    "log.wandb.mode": choices.WANDB_MODES,
     "optim.weight_decay_policy": WEIGHT_DECAY_POLICIES,
     "optim.lr_schedule": choices.LR_SCHEDULES,
     "model.text.tokenizer": choices.TOKENIZERS,
@@ -95,6 +97,7 @@ def check_relations(config, training: bool = True) -> None:
     for key in ("eval.every_steps", "checkpoint.every_steps", "log.every_steps"):
         at_least(config, key, 0)  # 0 turns it off
     at_least(config, "checkpoint.keep", 1)
+    at_least(config, "log.peak_tflops", 0.0)  # 0 = no mfu
     at_least(config, "eval.batch_size", 1)
     at_least(config, "resume.stale_lock_minutes", 1)  # the heartbeat comes every few seconds
     at_least(config, "profile_steps", 0)
@@ -217,6 +220,15 @@ def check_data(config, training: bool = True) -> None:
     check_clusters(config)
     check_loss_options(config)
     at_least(config, "data.device_prefetch", 0)
+    at_least(config, "data.read_block", 1)
+    at_least(config, "data.read_lanes", 1)
+    if d.read_mode != "random" and d.batch_order:
+        fail("data.read_mode", d.read_mode, "reorders the records, but data.batch_order fixes "
+             "the order", "set --config.data.read_mode=random with data.batch_order")
+    if d.read_mode != "random" and (mixture or d.clusters.enabled):
+        what = "a weighted mixture" if mixture else "SimCLIP's cluster order (data.clusters)"
+        fail("data.read_mode", d.read_mode, f"has its own block order, but {what} sets the "
+             "record order", "set --config.data.read_mode=random")
     fraction = d.max_corrupt_fraction
     if not 0 <= fraction <= 1:
         fail("data.max_corrupt_fraction", fraction, "must lie in [0, 1]",

@@ -2,20 +2,25 @@
 
 On resume from step s, lines for steps after s (logged before the run stopped but after its
 last checkpoint) are dropped, so the file reads as one uninterrupted run. Object stores (gs://)
-have no append: there the file is rewritten whole at each write.
+have no append: there rows are buffered and the file is rewritten at most every FLUSH_SECONDS
+(and at close), not at every row. Rows may also go to Weights & Biases (wandb_log.py).
 """
 import json
+import time
 
 import jax
 from etils import epath
 
+FLUSH_SECONDS = 60.0  # object storage: one whole-file rewrite a minute, whatever the log rate
+
 
 class MetricWriter:
     def __init__(self, workdir, resume_step: int, filename: str = "metrics.jsonl",
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, wandb=None):
         self.enabled = jax.process_index() == 0
         self.path = epath.Path(workdir) / filename
         self.tb = None
+        self.wandb = wandb  # a wandb_log.WandbRun, or None
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,6 +30,7 @@ class MetricWriter:
                           if line.strip() and json.loads(line)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in self.lines))
         self.appendable = "://" not in str(self.path)
+        self.flushed, self.unflushed = time.monotonic(), False
         if tensorboard:
             from tensorboardX import SummaryWriter  # light; no TensorFlow needed
             self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
@@ -39,12 +45,25 @@ class MetricWriter:
                 f.write(line + "\n")
         else:
             self.lines.append(line)
-            self.path.write_text("".join(x + "\n" for x in self.lines))
+            self.unflushed = True
+            if time.monotonic() - self.flushed >= FLUSH_SECONDS:
+                self.flush()
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step":
                     self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(step, {k: v for k, v in row.items() if k != "step"})
+
+    def flush(self):
+        """Object storage: the buffered rows, written (the whole file: no append there)."""
+        if self.enabled and not self.appendable and self.unflushed:
+            self.path.write_text("".join(x + "\n" for x in self.lines))
+            self.unflushed, self.flushed = False, time.monotonic()
 
     def close(self):
+        self.flush()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close()

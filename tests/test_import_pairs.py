@@ -111,7 +111,8 @@ def test_import_layouts(tmp_path, layout):
     _run("--input", src, "--out", tmp_path / "out", "--num-shards", 3, "--prefix", "p", *extra)
     files = sorted(os.listdir(tmp_path / "out"))
     assert files == ["manifest.json"] + [f"p-{i:05d}-of-00003.tfrecord{s}"
-                                         for i in range(3) for s in ("", ".index")]
+                                         for i in range(3) for s in ("", ".index")] + [
+                                             "tfrecord_index.npz"]
     examples = _read_back(tmp_path / "out")
     by_key = {e["key"]: e for e in examples}
     assert sorted(by_key) == sorted(key(n) for n in SIZES)

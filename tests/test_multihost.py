@@ -111,14 +111,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def process_env(process_id: int, port: int) -> dict:
+def process_env(process_id: int, port: int, num_processes: int = NUM_PROCESSES,
+                local_devices: int = LOCAL_DEVICES) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "OMPI_", "JAX_", "TPU_"))}
     env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}",
         JAX_PLATFORMS="cpu",
         JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-        JAX_NUM_PROCESSES=str(NUM_PROCESSES),
+        JAX_NUM_PROCESSES=str(num_processes),
         JAX_PROCESS_ID=str(process_id),
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     )
@@ -134,18 +135,19 @@ def kill_group(proc):
     proc.wait()
 
 
-def run_processes(tmp_path, phase: str, args: dict):
-    """Runs the driver on NUM_PROCESSES processes; kills all of them on failure or timeout."""
+def run_processes(tmp_path, phase: str, args: dict, num_processes: int = NUM_PROCESSES,
+                  local_devices: int = LOCAL_DEVICES, driver_code: str = DRIVER):
+    """Runs the driver on `num_processes` processes; kills all of them on failure or timeout."""
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(driver_code)
     port, procs, logs = free_port(), [], []
     try:
-        for i in range(NUM_PROCESSES):
+        for i in range(num_processes):
             log = open(tmp_path / f"{phase}.{i}.log", "w")
             logs.append(log)
             procs.append(subprocess.Popen(
                 [sys.executable, str(driver), json.dumps(args)], cwd=ROOT,
-                env=process_env(i, port), stdout=log, stderr=subprocess.STDOUT,
+                env=process_env(i, port, num_processes, local_devices), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True))  # own process group: killed with its children
         deadline = time.monotonic() + PHASE_TIMEOUT
         while any(p.poll() is None for p in procs):
@@ -155,7 +157,7 @@ def run_processes(tmp_path, phase: str, args: dict):
                 break  # one died: the others would only wait for it
             time.sleep(0.2)
         codes = [p.poll() for p in procs]
-        if codes != [0] * NUM_PROCESSES:
+        if codes != [0] * num_processes:
             raise AssertionError(f"{phase}: exit codes {codes}")
     except BaseException as e:
         for p in procs:
@@ -168,7 +170,7 @@ def run_processes(tmp_path, phase: str, args: dict):
     for log in logs:
         log.close()
     reports = []
-    for i in range(NUM_PROCESSES):
+    for i in range(num_processes):
         reports.append(json.loads(Path(f"{args['out']}.{i}.json").read_text()))
     return reports
 

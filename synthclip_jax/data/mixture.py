@@ -43,42 +43,38 @@ class Tag(grain.transforms.Map):
 
 
 def mixture_dataset(config, sources: list, weights: list, process_index: int,
-                    process_count: int) -> grain.IterDataset:
+                    process_count: int, start: int = 0) -> grain.IterDataset:
+    """From global element `start` on (pipeline.batched)."""
     loads = [load_example(config, s) for s in sources]
     parts = [shuffled_indices(len(s), config.seed + k).map(Tag(k))
              for k, s in enumerate(sources)]
     return batched(config, grain.MapDataset.mix(parts, weights), LoadTagged(loads),
-                   process_index, process_count)
-
-
-class CountingIterator:
-    """Counts each batch's `source` ids (and drops them); its state carries the counts."""
-
-    def __init__(self, iterator, num_sources: int):
-        self.iterator, self.counts = iterator, [0] * num_sources
-
-    def __next__(self):
-        batch = dict(next(self.iterator))
-        ids = np.bincount(np.asarray(batch.pop("source")), minlength=len(self.counts))
-        self.counts = [c + int(n) for c, n in zip(self.counts, ids)]
-        return batch
-
-    def get_state(self) -> dict:
-        return {"grain": self.iterator.get_state(), "per_source": list(self.counts)}
-
-    def set_state(self, state: dict):
-        self.iterator.set_state(state["grain"])
-        self.counts = [int(c) for c in state["per_source"]]
+                   process_index, process_count, start)
 
 
 class MixtureSource(GrainSource):
-    def __init__(self, dataset, num_sources, max_corrupt_fraction, records_per_epoch):
-        super().__init__(dataset, max_corrupt_fraction, records_per_epoch)
-        self.iterator = CountingIterator(self.iterator, num_sources)
+    """A GrainSource that counts each batch's examples per source (metrics, saved state)."""
+
+    def __init__(self, dataset_from, num_sources: int, *args):
+        super().__init__(dataset_from, *args)
+        self.counts = [0] * num_sources
+
+    def __next__(self) -> dict:
+        batch = super().__next__()
+        ids = np.bincount(batch.pop("source"), minlength=len(self.counts))
+        self.counts = [c + int(n) for c, n in zip(self.counts, ids)]
+        return batch
 
     def stats(self) -> dict:
         return {**super().stats(), **{f"data_mixture/{k}_examples": c
-                                      for k, c in enumerate(self.iterator.counts)}}
+                                      for k, c in enumerate(self.counts)}}
+
+    def get_state(self) -> dict:
+        return {**super().get_state(), "per_source": list(self.counts)}
+
+    def set_state(self, state: dict):
+        super().set_state(state)
+        self.counts = [int(c) for c in state["per_source"]]
 
 
 def make_mixture_source(config, mixture, process_index: int, process_count: int):
@@ -89,7 +85,9 @@ def make_mixture_source(config, mixture, process_index: int, process_count: int)
         raise ConfigError("batch_size", f"data.train={config.data.train!r} holds {records} "
                           f"records, fewer than one batch (batch_size={config.batch_size}); add "
                           "data or lower --config.batch_size")
-    ds = mixture_dataset(config, sources, weights, process_index, process_count)
     # the corrupt-record allowance: per "epoch" of all the sources' records together
-    return MixtureSource(ds, len(sources), config.data.max_corrupt_fraction,
-                         records / process_count)
+    return MixtureSource(
+        lambda start: mixture_dataset(config, sources, weights, process_index, process_count,
+                                      start),
+        len(sources), config.data.max_corrupt_fraction, records / process_count,
+        config.batch_size, process_count)

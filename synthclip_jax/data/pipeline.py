@@ -1,13 +1,15 @@
 """Grain input pipeline over TFRecord shards.
 
   record indices -> seeded global shuffle, reshuffled every epoch -> this process's slice
-  -> read (CRC-checked) -> decode JPEG -> RandomResizedCrop -> normalise -> pick a caption
+  -> read (CRC-checked) -> decode JPEG -> RandomResizedCrop (uint8 pixels: the train step
+  normalises them on the device, image_normalize.py) -> pick a caption
   -> tokenize (in `data.read_threads` threads, `data.read_ahead` examples ahead) -> batch
   -> worker processes (`data.num_workers`) with prefetch.
 
 Every random choice comes from Grain's per-element generator (seeded by `seed` and the element's
-position), so the batches are a pure function of the config and the step: the iterator state
-(a small dict saved in every checkpoint) resumes the exact sequence.
+position), so the batches are a pure function of the config and the step: the saved position
+(examples consumed by all processes, `GrainSource`) resumes the exact sequence, on any
+process count.
 
 Bad records (CRC mismatch, truncation, undecodable image, bad caption) raise an error naming
 file and offset. With `data.skip_corrupt`, a bad record is replaced by the next good one in the
@@ -23,6 +25,7 @@ import dataclasses
 import functools
 import math
 import os
+from typing import Callable
 
 import grain
 import numpy as np
@@ -30,11 +33,12 @@ from absl import flags
 from etils import epath
 
 from synthclip_jax.config_error import ConfigError
-from synthclip_jax.data import text_reduction
+from synthclip_jax.data import read_modes, text_reduction
+from synthclip_jax.data.shard_index import open_shards
 from synthclip_jax.data.text_reduction import tokenize_reduced
 from synthclip_jax.data.text_tokenizer import get_text_tokenizer
 from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
-from synthclip_jax.data.transforms import decode_crop_normalize, random_resized_crop_box
+from synthclip_jax.data.transforms import decode_crop, random_resized_crop_box
 from synthclip_jax.data.worker_cleanup import die_with_parent
 
 MAX_REPLACEMENTS = 100  # consecutive bad records tolerated while looking for a good one
@@ -42,7 +46,7 @@ MAX_REPLACEMENTS = 100  # consecutive bad records tolerated while looking for a 
 
 @dataclasses.dataclass
 class LoadExample(grain.transforms.RandomMap):
-    """Record index -> one training example {'image': float32 (S, S, 3), 'text': int32 (L,),
+    """Record index -> one training example {'image': uint8 (S, S, 3), 'text': int32 (L,),
     'corrupt': int}: RandomResizedCrop, a random caption, `text_reduction` (to at most
     `partial_tokens` tokens when set). (Evaluation sets load their records themselves,
     center-cropped with every caption: evaluate/retrieval.py.)
@@ -54,8 +58,6 @@ class LoadExample(grain.transforms.RandomMap):
     shards: TFRecordShards
     image_size: int
     context_length: int
-    mean: tuple
-    std: tuple
     rrc_scale: tuple = (0.9, 1.0)
     rrc_ratio: tuple = (3 / 4, 4 / 3)
     skip_corrupt: bool = False
@@ -96,8 +98,7 @@ class LoadExample(grain.transforms.RandomMap):
         def crop(width, height):
             return random_resized_crop_box(width, height, self.rrc_scale, self.rrc_ratio, rng)
         try:
-            image = decode_crop_normalize(example["image"], crop, self.image_size, self.mean,
-                                          self.std)
+            image = decode_crop(example["image"], crop, self.image_size)
         except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
             raise CorruptRecordError(f"undecodable image in {where}: {e}") from e
         captions = example["captions"]
@@ -132,11 +133,11 @@ def ordered_indices(path: str, num_records: int, batch_size: int) -> grain.MapDa
     return grain.MapDataset.source(order.astype(np.int64)).repeat()
 
 
-def load_example(config, shards: TFRecordShards) -> LoadExample:
-    """The training example loader of `config` over `shards`."""
+def load_example(config, shards: TFRecordShards, process_count: int = 1) -> LoadExample:
+    """The training example loader of `config` over `shards` (read as `data.read_mode` says)."""
     d = config.data
-    return LoadExample(shards, d.image_size, config.model.text.context_length,
-                       np.array(d.mean, np.float32), np.array(d.std, np.float32),
+    records = read_modes.records_for(d, shards, process_count)
+    return LoadExample(records, d.image_size, config.model.text.context_length,
                        rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
                        text_reduction=text_reduction.check_mode(d.text_reduction),
                        tokenizer=(config.model.text.tokenizer, config.model.text.vocab_path),
@@ -147,38 +148,41 @@ def load_example(config, shards: TFRecordShards) -> LoadExample:
                                       if config.model.captioner.enabled else 0))
 
 
-def train_dataset(config, shards: TFRecordShards, process_index: int,
-                  process_count: int, indices: grain.MapDataset | None = None,
+def train_dataset(config, shards: TFRecordShards, process_index: int, process_count: int,
+                  start: int = 0, indices: grain.MapDataset | None = None,
                   seed: int | None = None) -> grain.IterDataset:
     """This process's batches (batch_size / process_count rows; the trainer has checked that it
-    divides, `sharding.check_batch_size`, before making any source). `indices` (global record
-    order) and `seed` (of the per-example random choices) replace the config's: SimCLIP's
-    cluster orders (train/online_clusters.py)."""
+    divides, `sharding.check_batch_size`, before making any source), from global example
+    `start` on (a multiple of batch_size: the examples of all processes consumed so far).
+    `indices` (global record order) and `seed` (of the per-example random choices) replace the
+    config's: SimCLIP's cluster orders (train/online_clusters.py)."""
     d = config.data
-    load = load_example(config, shards)
+    load = load_example(config, shards, process_count)
     if indices is None:
-        indices = (ordered_indices(d.batch_order, len(shards), config.batch_size)
-                   if d.batch_order else shuffled_indices(len(shards), config.seed))
-    return batched(config, indices, load, process_index, process_count, seed)
+        indices = (ordered_indices(d.batch_order, len(shards), config.batch_size) if d.batch_order
+                   else shuffled_indices(len(shards), config.seed) if d.read_mode == "random"
+                   else grain.MapDataset.source(read_modes.block_indices(d, shards, config.seed)))
+    return batched(config, indices, load, process_index, process_count, start, seed)
 
 
 def batched(config, indices: grain.MapDataset, load: grain.transforms.RandomMap,
-            process_index: int, process_count: int,
+            process_index: int, process_count: int, start: int = 0,
             seed: int | None = None) -> grain.IterDataset:
     """This process's batches of `load` over `indices` (record indices, or the (source,
-    record) pairs of a weighted mixture: data/mixture.py); `seed` of the random choices
-    (default: the config's)."""
+    record) pairs of a weighted mixture: data/mixture.py) from global element `start`; `seed`
+    of the random choices (default: the config's)."""
     d = config.data
     # Random choices are seeded by the global position, so that the examples do not depend
-    # on the number of processes. Element k of process p = global element k*P + p (lazily:
-    # only this process's elements are ever read).
+    # on the number of processes. Element k of process p = global element start + k*P + p
+    # (lazily: only this process's elements are ever read), so global batch n holds global
+    # elements [n*B, (n+1)*B) on any process count P, and a resume on another count continues.
     # Examples, not batches, go through the read threads: Grain's read-ahead buffer counts
     # elements (default 500, sized for 1-10 KiB records), which for whole decoded batches
     # would hold up to 500 batches (~150 GB at 512 x 224 px) in host memory.
     read = grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.read_ahead)
     ds = (indices
           .random_map(load, seed=config.seed if seed is None else seed)
-          [process_index::process_count]
+          [start + process_index::process_count]
           .to_iter_dataset(read)
           .batch(config.batch_size // process_count, drop_remainder=True))
     if d.num_workers > 0:
@@ -191,23 +195,40 @@ def batched(config, indices: grain.MapDataset, load: grain.transforms.RandomMap,
 
 class GrainSource:
     """The trainer's source interface over a Grain dataset: host-local numpy batches,
-    `get_state`/`set_state` for checkpoints, and `stats()`: the skipped corrupt records."""
+    `get_state`/`set_state` for checkpoints, and `stats()`: the skipped corrupt records.
 
-    def __init__(self, dataset: grain.IterDataset, max_corrupt_fraction: float,
-                 records_per_epoch: float):
-        self.iterator = iter(dataset)
+    The saved position is global: the examples all processes have consumed (global batches x
+    batch_size), not a Grain iterator state, which counts this process's elements and would
+    mean another position on another process count. A run saved on P processes resumes on Q
+    with the same global batches from the next step on (SLURM requeue onto fewer nodes, a
+    smaller slice): `set_state` rebuilds the dataset from that position (`dataset_from`).
+    """
+
+    def __init__(self, dataset_from: Callable[[int], grain.IterDataset],
+                 max_corrupt_fraction: float, records_per_epoch: float, global_batch: int,
+                 process_count: int):
+        self.dataset_from = dataset_from  # global example position -> this process's batches
+        self.iterator = None  # built on first use: set_state may move the start
         self.max_corrupt_fraction = max_corrupt_fraction
         self.records_per_epoch = records_per_epoch  # this process's share of data.train
+        self.global_batch, self.process_count = global_batch, process_count
         self.corrupt = 0
-        self.examples = 0
+        self.examples = 0  # this process's
+        self.global_examples = 0  # all processes', the saved position
 
     def __iter__(self):
         return self
 
+    def _iterator(self):
+        if self.iterator is None:
+            self.iterator = iter(self.dataset_from(self.global_examples))
+        return self.iterator
+
     def __next__(self) -> dict:
-        batch = dict(next(self.iterator))
+        batch = dict(next(self._iterator()))
         self.corrupt += int(np.sum(batch.pop("corrupt")))
         self.examples += len(batch["text"])
+        self.global_examples += self.global_batch
         # The fraction is of the records read: every epoch meets the same bad records again.
         epochs = math.ceil(self.examples / self.records_per_epoch)
         allowed = self.max_corrupt_fraction * self.records_per_epoch * epochs
@@ -222,20 +243,34 @@ class GrainSource:
         return {"data_corrupt_skipped": self.corrupt}
 
     def get_state(self) -> dict:
-        return {"grain": self.iterator.get_state(), "corrupt": self.corrupt,
-                "examples": self.examples}
+        # Process 0's state is the one saved (orbax writes JSON items from the primary host).
+        return {"global_examples": self.global_examples, "process_count": self.process_count,
+                "corrupt": self.corrupt, "examples": self.examples}
 
     def set_state(self, state: dict):
-        self.iterator.set_state(state["grain"])
         self.corrupt = int(state["corrupt"])
         self.examples = int(state.get("examples", 0))  # absent in checkpoints before 0.3.0
+        if "global_examples" not in state:
+            # Earlier checkpoints: a per-process Grain position, valid on the same count only.
+            self._iterator().set_state(state["grain"])
+            self.global_examples = self.examples * self.process_count
+            return
+        self.global_examples = int(state["global_examples"])
+        if int(state["process_count"]) != self.process_count and self.examples:
+            # Process 0's counts, rescaled to this process's share of the same examples.
+            examples = self.global_examples // self.process_count
+            self.corrupt = round(self.corrupt * examples / self.examples)
+            self.examples = examples
+        self.iterator = None  # rebuilt from the global position on the next batch
 
 
 def make_grain_source(config, process_index: int, process_count: int) -> GrainSource:
-    shards = TFRecordShards(config.data.train)
+    shards = open_shards(config.data.train)
     check_enough_records(config, shards)
-    ds = train_dataset(config, shards, process_index, process_count)
-    return GrainSource(ds, config.data.max_corrupt_fraction, len(shards) / process_count)
+    return GrainSource(
+        lambda start: train_dataset(config, shards, process_index, process_count, start),
+        config.data.max_corrupt_fraction, len(shards) / process_count, config.batch_size,
+        process_count)
 
 
 def check_enough_records(config, shards: TFRecordShards):

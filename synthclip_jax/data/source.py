@@ -1,7 +1,8 @@
 """The trainer's data source, chosen by `data.source`.
 
-A source is an iterator of host-local batches {'image': float32 (b, H, W, 3) normalised,
-'text': int32 (b, context_length)} with `get_state()` / `set_state(dict)` for exact resume
+A source is an iterator of host-local batches {'image': uint8 (b, H, W, 3) pixels, which the
+train step normalises on the device (image_normalize.py), or float32 already normalised (the
+shapes source), 'text': int32 (b, context_length)} with `get_state()` / `set_state(dict)` for exact resume
 (the state is saved in every checkpoint). A source may have `stats() -> {name: number}`, e.g.
 the count of skipped corrupt records, which the trainer logs with its metrics. A source may
 have `prepare(step, params)`, called before every step with the current parameters: SimCLIP's

@@ -12,8 +12,11 @@ string; written only when non-empty): CLIPS's second caption role, the short web
 beside the long synthetic `caption` (see data/pipeline.py, where a record without one uses
 its `caption` in both roles).
 
-Reading goes through `etils.epath`, so shard globs may be local or `gs://bucket/...` (epath's
-GCS backend: `pip install gcsfs`, or TensorFlow's gfile when TF is installed); writing is local.
+Reading goes through fsspec (`storage.py`; local globs through `etils.epath`), so shard globs
+may be local, `gs://bucket/...` (`pip install gcsfs`) or any fsspec protocol; writing is local.
+How records are fetched (one request each, or many per request) is `data.read_mode`
+(read_modes.py); a folder's `tfrecord_index.npz` (shard_index.py) replaces the per-shard index
+reads at start-up.
 
 Rebuild a missing index: python -m synthclip_jax.data.tfrecord SHARD [SHARD ...]
 """
@@ -31,6 +34,7 @@ from etils import epath
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from synthclip_jax.data import storage
 from synthclip_jax.files import atomic_path, temp_path
 
 
@@ -243,6 +247,10 @@ class ShardWriter:
 def glob_shards(pattern) -> list:
     """Sorted matches of a glob (wildcards allowed in any component) on any epath filesystem."""
     pattern = os.fspath(pattern)
+    if storage.is_remote(pattern):  # object storage and other fsspec protocols
+        return [m for m in storage.glob(pattern)
+                if not m.rsplit("/", 1)[-1].startswith(".") or pattern.rsplit("/", 1)[-1]
+                .startswith(".")]
     scheme, sep, rest = pattern.rpartition("://")
     parts = rest.split("/")
     n = next((k for k, part in enumerate(parts) if glob.has_magic(part)), len(parts))
@@ -255,10 +263,12 @@ def glob_shards(pattern) -> list:
                   if not m.name.startswith(".") or parts[-1].startswith("."))
 
 
-def read_index(shard_path: str) -> np.ndarray:
+def read_index(shard_path: str, size: "int | None" = None) -> np.ndarray:
+    """(records, 2) rows of offset, length; checked against the shard's `size` (stat'ed when
+    not given)."""
     index_path = shard_path + ".index"
     try:
-        text = epath.Path(index_path).read_text()
+        text = storage.read_bytes(index_path).decode()
     except FileNotFoundError:
         raise FileNotFoundError(
             f"index {index_path} not found for shard {shard_path}; rebuild it with "
@@ -271,7 +281,7 @@ def read_index(shard_path: str) -> np.ndarray:
     if rows is None or rows.size != 2 * lines:
         raise ValueError(f"malformed index {index_path}: expected '<offset> <length>' lines")
     rows = rows.reshape(-1, 2)
-    size = epath.Path(shard_path).stat().length
+    size = storage.size(shard_path) if size is None else size
     starts = np.concatenate([[0], np.cumsum(rows[:, 1])[:-1]]).astype(np.int64)
     if len(rows) and (np.any(rows[:, 1] < _FRAMING) or np.any(rows[:, 0] != starts)):
         raise ValueError(f"index {index_path} is not contiguous/monotonic; rebuild it with "
@@ -282,6 +292,11 @@ def read_index(shard_path: str) -> np.ndarray:
         raise ValueError(f"{what}: {index_path} says {len(rows)} records ending at byte {end}, "
                          f"but {shard_path} has {size} bytes")
     return rows
+
+
+def index_bounds(rows: np.ndarray) -> np.ndarray:
+    """read_index rows -> the n + 1 record boundaries (byte offsets) of the shard."""
+    return np.append(rows[:, 0], rows[-1].sum() if len(rows) else 0).astype(np.int64)
 
 
 def _scan(path: str) -> Iterator[tuple[int, int, bytes]]:
@@ -303,28 +318,61 @@ def build_index(shard_path: str) -> int:
 
 
 class _OpenFile:
-    """A read-only file of this thread, closed when dropped (evicted, or with its thread)."""
+    """A read-only file of this thread, closed when dropped (evicted, or with its thread).
+    Remote files are not held open: a buffered remote handle fetches megabytes ahead of a
+    record; a ranged request fetches the record's bytes only."""
 
     def __init__(self, path: str):
-        self.file = epath.Path(path).open("rb")
+        self.path = path
+        self.file = None if storage.is_remote(path) else open(path, "rb")
 
     def read(self, offset: int, n: int) -> bytes:
+        if self.file is None:
+            return storage.read_range(self.path, offset, offset + n)
         self.file.seek(offset)
         return self.file.read(n)
 
     def __del__(self):
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def split_records(data: bytes, bounds: np.ndarray, path: str) -> list:
+    """The contiguous records whose byte offsets are `bounds` (n + 1), read as one range `data`
+    starting at bounds[0]: per record its payload, or the CorruptRecordError it raises (one
+    bad record does not spoil its neighbours)."""
+    out, base = [], int(bounds[0])
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        try:
+            out.append(check_record(data[start - base:end - base], path, int(start),
+                                    int(end - start)))
+        except CorruptRecordError as e:
+            out.append(e)
+    return out
+
+
+def check_record(record: bytes, path: str, offset: int, n: int) -> bytes:
+    length = _check_header(record[:_HEADER], path, offset)
+    if length + _FRAMING != n:
+        raise CorruptRecordError(f"{path} at byte offset {offset}: record length {length} "
+                                 f"disagrees with the index ({n - _FRAMING})")
+    payload = record[_HEADER:_HEADER + length]
+    _check_payload(payload, record[_HEADER + length:], length, path, offset)
+    return payload
 
 
 class TFRecordShards:
     """Random access over the records of many shards (a Grain RandomAccessDataSource).
 
-    Pickles as paths + per-shard counts only: each process reloads index offsets and opens
-    files lazily, per thread (LRU-bounded), so no file position is shared between threads or
-    processes. Paths may be local or remote (see the module docstring).
+    The record offsets of all shards are loaded once, at construction (every shard's `.index`
+    read concurrently, or `bounds` given: shard_index.open_shards reads them from one combined
+    index per folder), and travel with the object when it is pickled to Grain's worker
+    processes, which therefore read no index.
+    Files are opened lazily, per thread (LRU-bounded), so no file position is shared between
+    threads or processes. Paths may be local or remote (see the module docstring).
     """
 
-    def __init__(self, pattern_or_paths: "str | Sequence[str]"):
+    def __init__(self, pattern_or_paths: "str | Sequence[str]", bounds=None):
         if isinstance(pattern_or_paths, (str, os.PathLike)):
             self.paths = glob_shards(pattern_or_paths)
             if not self.paths:
@@ -333,23 +381,22 @@ class TFRecordShards:
             self.paths = [os.fspath(p) for p in pattern_or_paths]
             if not self.paths:
                 raise ValueError("TFRecordShards needs at least one shard path")
-        self._bounds = {}
-        counts = [len(self._load(s)) - 1 for s in range(len(self.paths))]
-        self._cum = np.cumsum([0] + counts).astype(np.int64)
+        # Record boundaries of each shard: n + 1 byte offsets (records are contiguous).
+        self._bounds = self._read_bounds() if bounds is None else list(bounds)
+        self._cum = np.cumsum([0] + [len(b) - 1 for b in self._bounds]).astype(np.int64)
         self._local = threading.local()
 
-    def _load(self, s: int) -> np.ndarray:
-        """Record boundaries of shard s: n + 1 byte offsets (records are contiguous)."""
-        if s not in self._bounds:
-            rows = read_index(self.paths[s])
-            self._bounds[s] = np.append(rows[:, 0], rows[-1].sum() if len(rows) else 0)
-        return self._bounds[s]
+    def _read_bounds(self) -> list:
+        sizes = storage.concurrently(storage.size, self.paths)
+        rows = storage.concurrently(lambda k: read_index(self.paths[k], sizes[k]),
+                                    range(len(self.paths)))
+        return [index_bounds(r) for r in rows]
 
     def __getstate__(self):
-        return {"paths": self.paths, "_cum": self._cum}
+        return {"paths": self.paths, "_cum": self._cum, "_bounds": self._bounds}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _bounds={}, _local=threading.local())
+        self.__dict__.update(state, _local=threading.local())
 
     def __len__(self) -> int:
         return int(self._cum[-1])
@@ -358,10 +405,28 @@ class TFRecordShards:
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(f"record {i} out of range [0, {len(self)})")
-        s = int(np.searchsorted(self._cum, i, side="right")) - 1
-        b = self._load(s)
-        j = i - int(self._cum[s])
+        s, j = self.shard_of(i)
+        b = self._bounds[s]
         return s, int(b[j]), int(b[j + 1] - b[j])
+
+    def shard_of(self, i: int) -> tuple[int, int]:
+        """(shard, record within the shard) of global record i."""
+        s = int(np.searchsorted(self._cum, i, side="right")) - 1
+        return s, int(i) - int(self._cum[s])
+
+    def shard_start(self, s: int) -> int:
+        """Global index of shard s's first record."""
+        return int(self._cum[s])
+
+    def shard_records(self, s: int) -> int:
+        return len(self._bounds[s]) - 1
+
+    def read_records(self, s: int, first: int, stop: int) -> list:
+        """Records [first, stop) of shard s (payloads or errors, `split_records`): one ranged
+        read."""
+        b = self._bounds[s][first:stop + 1]
+        data = storage.read_range(self.paths[s], int(b[0]), int(b[-1]))
+        return split_records(data, b, self.paths[s])
 
     def location(self, i) -> tuple[str, int]:
         s, offset, _ = self._find(i)
@@ -381,15 +446,7 @@ class TFRecordShards:
 
     def __getitem__(self, i: int) -> bytes:
         s, offset, n = self._find(i)
-        path = self.paths[s]
-        record = self._file(s).read(offset, n)
-        length = _check_header(record[:_HEADER], path, offset)
-        if length + _FRAMING != n:
-            raise CorruptRecordError(f"{path} at byte offset {offset}: record length {length} "
-                                     f"disagrees with the index ({n - _FRAMING})")
-        payload = record[_HEADER:_HEADER + length]
-        _check_payload(payload, record[_HEADER + length:], length, path, offset)
-        return payload
+        return check_record(self._file(s).read(offset, n), self.paths[s], offset, n)
 
 
 if __name__ == "__main__":

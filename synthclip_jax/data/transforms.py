@@ -38,11 +38,18 @@ def center_crop_box(width, height):
     return left, top, left + side, top + side
 
 
-def decode_crop_normalize(image_bytes: bytes, crop, size: int, mean, std) -> np.ndarray:
-    """Encoded image -> float32 (size, size, 3): `crop(width, height)` gives the box, resized
-    (bicubic) to size x size, then (x/255 - mean) / std. Evaluation uses `center_crop_box`, which
-    equals OpenCLIP's Resize(size) + CenterCrop(size) up to rounding."""
+def decode_crop(image_bytes: bytes, crop, size: int) -> np.ndarray:
+    """Encoded image -> uint8 (size, size, 3): `crop(width, height)` gives the box, resized
+    (bicubic) to size x size. Training sends these pixels to the device, which normalises them
+    (image_normalize.py)."""
     with Image.open(io.BytesIO(image_bytes)) as img:
         img = img.convert("RGB")
         img = img.resize((size, size), Image.Resampling.BICUBIC, box=crop(*img.size))
-    return ((np.asarray(img, np.float32) / 255.0 - mean) / std).astype(np.float32)
+    return np.asarray(img, np.uint8)
+
+
+def decode_crop_normalize(image_bytes: bytes, crop, size: int, mean, std) -> np.ndarray:
+    """`decode_crop`, then (x/255 - mean) / std as float32. Evaluation uses `center_crop_box`,
+    which equals OpenCLIP's Resize(size) + CenterCrop(size) up to rounding."""
+    pixels = decode_crop(image_bytes, crop, size)
+    return ((pixels.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)

@@ -10,11 +10,17 @@ import numpy as np
 from flax import nnx
 
 from synthclip_jax import sharding
+from synthclip_jax.image_normalize import normalize
 
 
 class Encoder:
-    def __init__(self, graphdef, mesh, batch_size: int, rules=sharding.DEFAULT_RULES):
+    """`images` takes normalised float32 or uint8 pixels, which it normalises on the device with
+    `mean` and `std` (the config's data.mean / data.std)."""
+
+    def __init__(self, graphdef, mesh, batch_size: int, rules=sharding.DEFAULT_RULES,
+                 mean=None, std=None):
         shards = sharding.batch_shards(mesh)
+        self.mean, self.std = mean, std
         self.batch_size = max(shards, batch_size // shards * shards)
         self.mesh = mesh
         self.sharding = sharding.batch_sharding(mesh)
@@ -22,6 +28,8 @@ class Encoder:
 
         def encoder(method):
             def encode(params, x):
+                if method == "encode_image":
+                    x = normalize(x, mean, std)
                 with sharding.compute_layout(mesh, rules):  # FSDP: gather weights per layer
                     return getattr(nnx.merge(graphdef, params), method)(x)
             return jax.jit(encode, out_shardings=rep)
@@ -30,6 +38,7 @@ class Encoder:
         self._text = encoder("encode_text")
 
         def encode_tagged(params, images, tags):
+            images = normalize(images, mean, std)
             with sharding.compute_layout(mesh, rules):
                 return nnx.merge(graphdef, params).encode_image(images), tags
         # tags (row index, label) travel with the rows, so every process gets every row's.
@@ -55,7 +64,9 @@ class Encoder:
         return np.asarray(features), np.asarray(tags)
 
     def images(self, params, images: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) normalised float32 -> (N, E) L2-normalised features."""
+        """(N, S, S, 3) normalised float32, or uint8 pixels -> (N, E) L2-normalised features."""
+        if images.dtype == np.uint8 and self.mean is None:
+            raise ValueError("uint8 images need the Encoder's mean and std (data.mean/data.std)")
         return self._run(self._image, params, images)
 
     def texts(self, params, tokens: np.ndarray) -> np.ndarray:

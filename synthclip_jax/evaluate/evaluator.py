@@ -99,7 +99,8 @@ class Evaluator:
         self.config = config
         specs = Specs.from_config(config)
         self.enabled = bool(specs)
-        encoder = Encoder(graphdef, mesh, config.eval.batch_size, config.mesh.rules)
+        encoder = Encoder(graphdef, mesh, config.eval.batch_size, config.mesh.rules,
+                          mean=config.data.mean, std=config.data.std)
         self.suite = Suite(config, encoder, specs)
         self.writer = MetricWriter(workdir, resume_step, filename="eval.jsonl",
                                    tensorboard=False) if self.enabled else None

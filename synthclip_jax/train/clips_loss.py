@@ -11,6 +11,7 @@ The batch carries 'image', 'text' (the partial synthetic caption), 'web_text' an
 captioner, 'caption' (data/pipeline.py). Both parts are returned for `metrics.jsonl`
 (`contrastive_loss`, `caption_loss`).
 """
+from synthclip_jax.image_normalize import normalize
 from synthclip_jax import losses
 from synthclip_jax.data.tokenizer import PAD_ID
 from synthclip_jax.models.captioner import caption_inputs_and_labels
@@ -31,7 +32,8 @@ def make_clips_loss(config, mesh):
     def loss_of(model, batch):
         inputs, labels = (caption_inputs_and_labels(batch["caption"]) if with_captioner
                           else (None, None))
-        outputs, logits = model.clips_outputs(batch["image"], batch["web_text"], inputs)
+        images = normalize(batch["image"], config.data.mean, config.data.std)  # uint8 pixels
+        outputs, logits = model.clips_outputs(images, batch["web_text"], inputs)
         contrastive = (contrastive_fn(outputs, model.encode_text(batch["text"])) if two
                        else contrastive_fn(outputs))
         parts = {"contrastive_loss": contrastive}

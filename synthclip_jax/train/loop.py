@@ -4,8 +4,8 @@ Metrics of step t are fetched to the host after step t+1 has been dispatched, so
 never waits for the host; the one-step lag also bounds how late the non-finite guard reacts.
 Each logged row also says where the time went, averaged over the steps since the previous row:
 `step_sec` (wall time per step) and `data_wait_sec` (of which the loop sat waiting for the next
-host batch; close to `step_sec` means input-bound), and the device memory where the backend
-reports it.
+host batch; close to `step_sec` means input-bound), the device memory where the backend
+reports it, and `mfu` (model FLOPs per second over `log.peak_tflops` x devices) when set.
 """
 import signal
 import threading
@@ -16,12 +16,13 @@ from jax.experimental import multihost_utils
 from absl import logging
 from etils import epath
 
-from synthclip_jax import provenance, sharding
+from synthclip_jax import provenance, sharding, wandb_log
 from synthclip_jax.data.device_prefetch import DevicePrefetch
 from synthclip_jax.data.source import make_train_source
 from synthclip_jax.device_memory import describe, device_memory
 from synthclip_jax.evaluate.evaluator import Evaluator
 from synthclip_jax.metrics import MetricWriter
+from synthclip_jax.model_flops import step_flops
 from synthclip_jax.plots import plot_curves
 from synthclip_jax.train import init_from
 from synthclip_jax.train.checkpoint import Checkpointer
@@ -104,7 +105,9 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     start = int(state["step"])
     resumed = checkpointer.latest_step() is not None
     provenance.record(workdir, start if resumed else None, devices=mesh.devices.flat)
-    writer = MetricWriter(workdir, resume_step=start)
+    writer = MetricWriter(workdir, resume_step=start, wandb=wandb_log.maybe_start(
+        config, workdir, enabled=jax.process_index() == 0))
+    peak_flops = config.log.peak_tflops * 1e12 * mesh.devices.size  # 0: no mfu
     evaluator = Evaluator(config, setup.graphdef, mesh, workdir, resume_step=start)
     eval_every = config.eval.every_steps
     if eval_every:
@@ -136,13 +139,16 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
             elapsed = max(dispatched - clock["time"], 1e-9)
             rate = steps * config.batch_size / elapsed
             timing = {"step_sec": elapsed / steps, "data_wait_sec": clock["data_wait"] / steps}
+            if peak_flops:
+                timing["mfu"] = step_flops(config) / timing["step_sec"] / peak_flops
             clock.update(time=dispatched, step=step, data_wait=0.0)
             memory = device_memory()
             writer.write(step, {**last, "examples_per_sec": rate, **timing, **memory})
             eta = (total - step) * config.batch_size / max(rate, 1e-9)
-            logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f ex/s  step %.3fs (data %.3fs)%s"
+            logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f ex/s  step %.3fs (data %.3fs)%s%s"
                          "  eta %dh%02dm", step, total, last["loss"], last["lr"], rate,
-                         timing["step_sec"], timing["data_wait_sec"], describe(memory),
+                         timing["step_sec"], timing["data_wait_sec"],
+                         f"  mfu {timing['mfu']:.1%}" if peak_flops else "", describe(memory),
                          eta // 3600, eta % 3600 // 60)
 
     def flush():

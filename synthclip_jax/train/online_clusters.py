@@ -176,10 +176,12 @@ class ClusterSource:
         if self.inner is not None:
             self.counts.update(corrupt=self.inner.corrupt, examples=self.inner.examples)
         seed = int(np.random.default_rng([config.seed, start, 1]).integers(2**31))
-        ds = pipeline.train_dataset(config, self.shards, jax.process_index(),
-                                    jax.process_count(), indices=grain.MapDataset.source(order),
-                                    seed=seed)
-        self.inner = pipeline.GrainSource(ds, config.data.max_corrupt_fraction,
-                                          len(self.shards) / jax.process_count())
+        indices = grain.MapDataset.source(order)
+        self.inner = pipeline.GrainSource(
+            lambda position: pipeline.train_dataset(
+                config, self.shards, jax.process_index(), jax.process_count(), position,
+                indices=indices, seed=seed),
+            config.data.max_corrupt_fraction, len(self.shards) / jax.process_count(),
+            config.batch_size, jax.process_count())
         self.inner.corrupt, self.inner.examples = self.counts["corrupt"], self.counts["examples"]
         self.start = start

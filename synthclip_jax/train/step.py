@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from synthclip_jax import losses, sharding
+from synthclip_jax.image_normalize import normalize
 from synthclip_jax.choices import ACCUM_NEGATIVES
 from synthclip_jax.train.clips_loss import make_clips_loss
 from synthclip_jax.train.optimizer import make_schedule
@@ -36,8 +37,9 @@ def make_train_step(config, setup, mesh):
     def model_of(params):
         return nnx.merge(setup.graphdef, params)
 
-    def outputs_of(params, batch):
-        return model_of(params)(batch["image"], batch["text"])
+    def outputs_of(params, batch):  # uint8 pixels are normalised here, on the device
+        images = normalize(batch["image"], config.data.mean, config.data.std)
+        return model_of(params)(images, batch["text"])
 
     def loss_of(params, batch):
         return loss_fn(outputs_of(params, batch))
