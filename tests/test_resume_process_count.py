@@ -17,6 +17,7 @@ import pytest
 from synthclip_jax.data.pipeline import make_grain_source
 from synthclip_jax.data.shapes_demo import write_shards
 from synthclip_jax.train import loop
+from tests.source_wrappers import ForwardingSource
 from tests.test_multihost import run_processes
 from tests.test_train_parallel import tiny_train_config
 
@@ -53,28 +54,17 @@ def config_for(pattern, total):
     return c
 
 
-class Recording:
+class Recording(ForwardingSource):
     """A train source that also appends each host batch to `batches`."""
 
     def __init__(self, inner, batches):
-        self.inner, self.batches = inner, batches
-
-    def __iter__(self):
-        return self
+        super().__init__(inner)
+        self.batches = batches
 
     def __next__(self):
         batch = next(self.inner)
         self.batches.append(batch)
         return batch
-
-    def get_state(self):
-        return self.inner.get_state()
-
-    def set_state(self, state):
-        self.inner.set_state(state)
-
-    def stats(self):
-        return self.inner.stats()
 
 
 def recording_source(make_source, batches):

@@ -30,6 +30,7 @@ from synthclip_jax.data.clips_tokenizer import clips_row  # noqa: E402
 from synthclip_jax.data.tokenizer import tokenize  # noqa: E402
 from synthclip_jax.export import openclip as oc  # noqa: E402
 from synthclip_jax.export import timm_vit  # noqa: E402
+from synthclip_jax.export.fit import unflatten  # noqa: E402
 from synthclip_jax.export.hf import hf_state_dict  # noqa: E402
 from synthclip_jax.models.two_tower import build_model  # noqa: E402
 from tests.test_convert_openclip import (TEXTS, jax_forward, openclip_parity,  # noqa: E402
@@ -54,17 +55,6 @@ def seed_config(name, **model):
 
 def flat(params):
     return oc._flatten(params)
-
-
-def unflat(leaves: dict) -> dict:
-    tree = {}
-    for path, value in leaves.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
 
 
 def perturb_(module, seed=0):
@@ -171,7 +161,7 @@ def synthclip_parity(config):
     visual["proj"] = image_projection.numpy()
     assert set(visual) == set(shapes), set(visual) ^ set(shapes)
     params.update({f"visual/{k}": v for k, v in visual.items()})
-    params = unflat(params)
+    params = unflatten(params)
 
     m = config.model.text
     text = OpenAIText(m.vocab_size, m.context_length, m.width, m.heads, m.depth, EMBED)

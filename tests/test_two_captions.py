@@ -17,6 +17,7 @@ from synthclip_jax.losses import (BATCH_AXES, LOSS_NAMES, ContrastiveOutputs, ca
                                   make_two_caption_loss)
 from tests.test_losses import _features, _mesh, reference
 from tests.test_pipeline import data_config, jpeg
+from tests.test_config_check import set_key
 
 LONG = ("a large red circle at the top left of the picture on a grey background, drawn with "
         "a thin dark outline and a soft shadow below it")
@@ -118,11 +119,7 @@ RULES = {  # key the error must name: {key: bad value}
 def test_clips_rules_name_the_key(key):
     config = demo_cpu.get_config()
     for k, v in RULES[key].items():
-        *parents, last = k.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[last] = v
+        set_key(config, k, v)
     with pytest.raises(ConfigError) as raised:
         validate(config, check_paths=False)
     assert raised.value.key == key and "\n" not in str(raised.value)

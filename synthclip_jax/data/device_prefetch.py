@@ -21,7 +21,9 @@ class DevicePrefetch:
             raise ValueError(f"data.device_prefetch={depth} must be >= 0")
         self.source, self.mesh, self.depth = source, mesh, depth
         self.queue = collections.deque()
-        self.state = source.get_state()
+        # None until a batch is handed out: then nothing is queued, and the source's own state
+        # is the one to save (asked lazily: a cluster source has none before `prepare`).
+        self.state = None
 
     def __iter__(self):
         return self
@@ -39,12 +41,12 @@ class DevicePrefetch:
         return batch
 
     def get_state(self):
-        return self.state
+        return self.source.get_state() if self.state is None else self.state
 
     def set_state(self, state):
         self.queue.clear()
         self.source.set_state(state)
-        self.state = self.source.get_state()
+        self.state = None
 
     def prepare(self, step: int, params):
         """Forwarded to a source whose order follows the model (SimCLIP's online clusters,
