@@ -102,11 +102,11 @@ def test_training_and_evaluation_use_the_configured_tokenizer(vocab_path, tmp_pa
     tok = tokenizer_of(config.model.text)
     pattern = write_dataset(tmp_path, n=2, num_shards=1)
     mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
-    load = pipeline.LoadExample(TFRecordShards(pattern), 16, 12, mean, std,
+    load = pipeline.LoadExample(TFRecordShards(pattern), 16, 12,
                                 tokenizer=("clips_wordpiece", vocab_path))
     text = load.random_map(0, np.random.default_rng(0))["text"]
     assert text.tolist() in (tok(["photo 0"], 12)[0].tolist(), tok(["picture 0"], 12)[0].tolist())
-    evaluate = RetrievalSet(pattern, 16, mean, std, 12, tok)
+    evaluate = RetrievalSet(pattern, 16, mean, std, 12, tokenizer=tok)
     np.testing.assert_array_equal(evaluate.tokens[:2], tok(["photo 0", "picture 0"], 12))
 
     class Encoder:  # the real encoder needs a model; this one records the prompts' tokens

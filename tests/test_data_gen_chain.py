@@ -280,7 +280,7 @@ def test_write_killed_then_rerun_equals_uninterrupted(shape_pairs, tmp_path):
     run("write", *common, "--out", ref)
     ref_files = visible_files(ref)
     assert sorted(ref_files) == sorted(
-        ["contact_sheet.png", "manifest.json"]
+        ["contact_sheet.png", "manifest.json", "tfrecord_index.npz"]
         + [f"synth-0000{s}-of-00003.tfrecord{x}" for s in range(3) for x in ("", ".index")])
 
     # The stage takes well under a second, so kill it at the first sign of work (its

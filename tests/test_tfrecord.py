@@ -54,7 +54,7 @@ def test_multiple_captions_concepts_source():
         concepts=[3, 2**40, -1], source="import_pairs:tsv"))
     assert ex == {"image": b"\xff\xd8jpeg", "captions": ["a cat", "ein Kätzchen ✓"],
                   "key": "id/7", "concepts": [3, 2**40, -1], "source": "import_pairs:tsv",
-                  "web_caption": ""}
+                  "web_caption": "", "label": None}
     plain = tfr.decode_example(tfr.encode_example(image=b"x", captions=["c"], key="k"))
     assert plain["concepts"] == [] and plain["source"] == ""
 

@@ -267,6 +267,8 @@ class GrainSource:
 def make_grain_source(config, process_index: int, process_count: int) -> GrainSource:
     shards = open_shards(config.data.train)
     check_enough_records(config, shards)
+    if config.data.batch_order:  # a bad order file fails here, not at the first batch
+        ordered_indices(config.data.batch_order, len(shards), config.batch_size)
     return GrainSource(
         lambda start: train_dataset(config, shards, process_index, process_count, start),
         config.data.max_corrupt_fraction, len(shards) / process_count, config.batch_size,
