@@ -102,6 +102,9 @@ def make_config():
     c.checkpoint.every_steps = CKPT_EVERY
     c.checkpoint.keep = TOTAL  # all of them, so the test sees which steps were saved
     c.log.every_steps = 1
+    # StopAfter signals when batch STOP_AT is drawn: batches drawn ahead for the devices would
+    # bring the notice steps earlier than the step it stands for.
+    c.data.device_prefetch = 0
     return c
 
 

@@ -51,6 +51,8 @@ def config_for(pattern, total):
     c.model.text.update(vocab_size=49408, context_length=16)
     c.data.update(source="tfrecord", train=pattern, num_workers=0)
     c.total_steps, c.checkpoint.every_steps, c.log.every_steps = total, 0, 1
+    # Recording keeps the batches as they are drawn: none may be drawn ahead of its step.
+    c.data.device_prefetch = 0
     return c
 
 
