@@ -53,8 +53,9 @@ from data_gen.pair_inputs import Fatal, ImagePath, Item, Position, detect_kind, 
 from data_gen.progress import Progress, progress
 from data_gen.zip_members import ZipMembers, read_any
 from synthclip_jax.data.jpeg import encode_jpeg
+from synthclip_jax.data.shard_files import ShardWriter, shard_name
 from synthclip_jax.data.shard_index import write_combined_index
-from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
+from synthclip_jax.data.tfrecord import encode_example
 
 PROGRESS_SECONDS = 10.0  # between progress lines when not on a terminal
 EXIF_ORIENTATION = 0x0112

@@ -7,7 +7,7 @@ Streams the tars written by data_gen.images (KEY.jpg + KEY.json, or KEY.txt when
 no .json; so any webdataset tar of JPEGs works) in sorted path order, then member order, and
 sends record j to shard j % N, so the same pairs give byte-identical shards. The JPEG bytes
 are stored as generated (no re-encoding). Writes OUT/PREFIX-0000i-of-0000N.tfrecord + .index
-with synthclip_jax.data.tfrecord, each under a temporary name, renamed when complete.
+with synthclip_jax.data.shard_files, each under a temporary name, renamed when complete.
 The int64 `concept` feature holds a row's `concept_ids`, or its balance-stage concept names as
 line numbers of the --concepts bank (recorded in the manifest as `concept_bank`); names with no
 bank given are counted and printed, not stored. A `web_caption` string in a sample's .json
@@ -42,8 +42,9 @@ from data_gen.common import add_worker_args, check_worker_args, file_sha256, pro
 from data_gen.concepts import load_bank
 from data_gen.tars import TarCutShort, check_ended, read_member
 from synthclip_jax.files import atomic_path
+from synthclip_jax.data.shard_files import ShardWriter, shard_name
 from synthclip_jax.data.shard_index import write_combined_index
-from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
+from synthclip_jax.data.tfrecord import encode_example
 
 
 def iter_samples(paths: list[str]):

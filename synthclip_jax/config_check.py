@@ -13,8 +13,8 @@ from synthclip_jax import choices
 from synthclip_jax.axis_rules import MESH_AXES
 from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data import mixture_spec
+from synthclip_jax.data.shard_files import glob_shards
 from synthclip_jax.data.text_reduction import MODES as TEXT_REDUCTIONS
-from synthclip_jax.data.tfrecord import glob_shards
 from synthclip_jax.evaluate import sources as eval_sources
 from synthclip_jax.evaluate.suite import PER_DATASET
 from synthclip_jax.evaluate.templates import TEMPLATE_SETS

@@ -90,7 +90,7 @@ def test_reduction_keeps_the_layout(vocab_path):
 
 def test_training_and_evaluation_use_the_configured_tokenizer(vocab_path, tmp_path):
     from synthclip_jax.data import pipeline
-    from synthclip_jax.data.tfrecord import TFRecordShards
+    from synthclip_jax.data.shard_files import TFRecordShards
     from synthclip_jax.data.text_tokenizer import tokenizer_of
     from synthclip_jax.evaluate import zeroshot
     from synthclip_jax.evaluate.retrieval import RetrievalSet

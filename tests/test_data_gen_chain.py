@@ -20,7 +20,8 @@ from PIL import Image
 
 from data_gen import balance
 from data_gen import images as images_stage
-from synthclip_jax.data.tfrecord import TFRecordShards, decode_example
+from synthclip_jax.data.shard_files import TFRecordShards
+from synthclip_jax.data.tfrecord import decode_example
 from tests.test_data_gen_images import tar_members, tiny_pipeline
 from tests.test_data_gen_text import caption_args, tiny_model  # noqa: F401 (a fixture)
 

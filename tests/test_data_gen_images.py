@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from data_gen import images as images_stage
-from synthclip_jax.data.tfrecord import TFRecordShards, decode_example
+from synthclip_jax.data.shard_files import TFRecordShards
+from synthclip_jax.data.tfrecord import decode_example
 
 ROOT = Path(__file__).resolve().parents[1]
 

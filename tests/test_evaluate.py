@@ -10,7 +10,8 @@ from PIL import Image
 
 from synthclip_jax import sharding
 from synthclip_jax.data import shapes
-from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
+from synthclip_jax.data.shard_files import ShardWriter, shard_name
+from synthclip_jax.data.tfrecord import encode_example
 from synthclip_jax.data.tokenizer import tokenize
 from synthclip_jax.evaluate import retrieval, zeroshot
 from synthclip_jax.evaluate.encode import Encoder

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from data_gen import import_pairs
-from synthclip_jax.data.tfrecord import TFRecordShards, decode_example
+from synthclip_jax.data.shard_files import TFRecordShards
+from synthclip_jax.data.tfrecord import decode_example
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"a": (64, 48), "b": (600, 300), "c": (30, 90), "d": (256, 256)}

@@ -16,7 +16,8 @@ from PIL import Image
 
 from data_gen import import_pairs
 from data_gen.progress import Progress
-from synthclip_jax.data.tfrecord import Example, TFRecordShards, decode_example
+from synthclip_jax.data.shard_files import TFRecordShards
+from synthclip_jax.data.tfrecord import Example, decode_example
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,8 @@ import pytest
 from synthclip_jax import config_check
 from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data import mixture_spec
-from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
+from synthclip_jax.data.shard_files import ShardWriter, shard_name
+from synthclip_jax.data.tfrecord import encode_example
 from synthclip_jax.data.tokenizer import tokenize
 from tests.test_pipeline import assert_same, batches, data_config, jpeg
 
@@ -106,7 +107,7 @@ def test_mixture_pipeline_pickles_for_worker_processes(two_sources):
     with workers runs in test_pipeline for the shared code; ~2 min here)."""
     import pickle
     from synthclip_jax.data import mixture
-    from synthclip_jax.data.tfrecord import TFRecordShards
+    from synthclip_jax.data.shard_files import TFRecordShards
     config = data_config("unused")
     ds = mixture.mixture_dataset(config, [TFRecordShards(p) for p in two_sources], [0.5, 0.5],
                                  0, 1)

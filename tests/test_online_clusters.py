@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from synthclip_jax import sharding
-from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
+from synthclip_jax.data.shard_files import ShardWriter, shard_name
+from synthclip_jax.data.tfrecord import encode_example
 from synthclip_jax.data.tokenizer import tokenize
 from synthclip_jax.models.two_tower import build_model
 from synthclip_jax.train.online_clusters import ClusterSource
@@ -145,7 +146,7 @@ def test_resume_mid_epoch_reproduces_the_batches(tmp_path, online):
 
 
 def test_record_features_equal_evaluation_inputs(tmp_path):
-    from synthclip_jax.data.tfrecord import TFRecordShards
+    from synthclip_jax.data.shard_files import TFRecordShards
     from synthclip_jax.evaluate.encode import Encoder
     from synthclip_jax.evaluate.record_features import record_features
     from synthclip_jax.evaluate.retrieval import RetrievalSet

@@ -7,8 +7,9 @@ from PIL import Image
 
 from synthclip_jax.config_base import base
 from synthclip_jax.data import pipeline, transforms
-from synthclip_jax.data.tfrecord import (CorruptRecordError, ShardWriter, TFRecordShards,
-                                         encode_example, shard_name)
+from synthclip_jax.data.shard_files import (CorruptRecordError, ShardWriter, TFRecordShards,
+                                            shard_name)
+from synthclip_jax.data.tfrecord import encode_example
 from synthclip_jax.data.tokenizer import EOT_ID, tokenize
 from synthclip_jax.evaluate.retrieval import RetrievalSet
 

@@ -8,7 +8,7 @@ from synthclip_jax.data import shard_index
 from synthclip_jax.data.pipeline import make_grain_source
 from synthclip_jax.data.read_modes import BlockOrder, BlockReader
 from synthclip_jax.data.shapes_demo import write_shards
-from synthclip_jax.data.tfrecord import TFRecordShards
+from synthclip_jax.data.shard_files import TFRecordShards
 from tests.test_train_parallel import tiny_train_config
 from tools.bench import latency_fs
 

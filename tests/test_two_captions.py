@@ -8,7 +8,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from synthclip_jax.data import pipeline
-from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
+from synthclip_jax.data.shard_files import ShardWriter, shard_name
+from synthclip_jax.data.tfrecord import encode_example
 from synthclip_jax.data.tokenizer import get_tokenizer, tokenize
 from synthclip_jax.losses import (BATCH_AXES, LOSS_NAMES, ContrastiveOutputs, caption_loss,
                                   make_two_caption_loss)

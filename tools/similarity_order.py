@@ -29,7 +29,7 @@ def caption_features(config, params, pattern: str) -> np.ndarray:
     from flax import nnx
 
     from synthclip_jax import sharding
-    from synthclip_jax.data.tfrecord import TFRecordShards
+    from synthclip_jax.data.shard_files import TFRecordShards
     from synthclip_jax.data.text_tokenizer import tokenizer_of
     from synthclip_jax.evaluate.encode import Encoder
     from synthclip_jax.evaluate.record_features import record_features

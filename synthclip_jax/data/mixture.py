@@ -19,7 +19,7 @@ import numpy as np
 
 from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data.pipeline import GrainSource, batched, load_example, shuffled_indices
-from synthclip_jax.data.tfrecord import TFRecordShards
+from synthclip_jax.data.shard_files import TFRecordShards
 
 @dataclasses.dataclass
 class LoadTagged(grain.transforms.RandomMap):

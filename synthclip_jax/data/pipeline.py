@@ -34,10 +34,11 @@ from etils import epath
 
 from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data import read_modes, text_reduction
+from synthclip_jax.data.shard_files import CorruptRecordError, TFRecordShards
 from synthclip_jax.data.shard_index import open_shards
 from synthclip_jax.data.text_reduction import tokenize_reduced
 from synthclip_jax.data.text_tokenizer import get_text_tokenizer
-from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
+from synthclip_jax.data.tfrecord import decode_example
 from synthclip_jax.data.transforms import decode_crop, random_resized_crop_box
 from synthclip_jax.data.worker_cleanup import die_with_parent
 

@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from synthclip_jax.choices import READ_MODES
-from synthclip_jax.data.tfrecord import TFRecordShards
+from synthclip_jax.data.shard_files import TFRecordShards
 
 
 class BlockOrder:

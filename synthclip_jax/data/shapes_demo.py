@@ -20,7 +20,8 @@ from PIL import Image
 
 from synthclip_jax.data import shapes
 from synthclip_jax.data.jpeg import encode_jpeg
-from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
+from synthclip_jax.data.shard_files import ShardWriter, shard_name
+from synthclip_jax.data.tfrecord import encode_example
 
 HELD_OUT = frozenset((color, shapes.SHAPES[i % len(shapes.SHAPES)])
                      for i, color in enumerate(shapes.COLORS))

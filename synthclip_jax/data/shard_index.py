@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from synthclip_jax.data import storage
-from synthclip_jax.data.tfrecord import TFRecordShards, glob_shards, index_bounds, read_index
+from synthclip_jax.data.shard_files import TFRecordShards, glob_shards, index_bounds, read_index
 from synthclip_jax.files import atomic_path
 
 COMBINED = "tfrecord_index.npz"

@@ -12,7 +12,8 @@ import time
 import numpy as np
 
 from synthclip_jax.choices import CLUSTER_MODALITIES as MODALITIES
-from synthclip_jax.data.tfrecord import CorruptRecordError, TFRecordShards, decode_example
+from synthclip_jax.data.shard_files import CorruptRecordError, TFRecordShards
+from synthclip_jax.data.tfrecord import decode_example
 from synthclip_jax.data.tokenizer import tokenize as tokenize_bpe
 from synthclip_jax.data.transforms import center_crop_box, decode_crop_normalize
 

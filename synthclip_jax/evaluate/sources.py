@@ -143,7 +143,7 @@ class ImageFolderReader:
 
 class TFRecordReader:
     def __init__(self, pattern: str, task: str):
-        from synthclip_jax.data.tfrecord import TFRecordShards, glob_shards
+        from synthclip_jax.data.shard_files import TFRecordShards, glob_shards
         self.shards = TFRecordShards(pattern)
         self.task = task
         self.classnames, self.own_classnames = None, False

@@ -32,8 +32,8 @@ from synthclip_jax.data import pipeline
 from synthclip_jax.data.clusters import (ClusterStats, cluster_layout, cluster_order,
                                          neighbours_needed, proportion_at)
 from synthclip_jax.data.neighbours import top_k_neighbours
+from synthclip_jax.data.shard_files import TFRecordShards
 from synthclip_jax.data.text_tokenizer import tokenizer_of
-from synthclip_jax.data.tfrecord import TFRecordShards
 from synthclip_jax.evaluate.encode import Encoder
 from synthclip_jax.evaluate.record_features import record_features
 from synthclip_jax.files import atomic_path

@@ -36,7 +36,8 @@ def load_config(path):
 
 def write_records(folder: Path, n: int):
     from synthclip_jax.data.jpeg import encode_jpeg
-    from synthclip_jax.data.tfrecord import ShardWriter, encode_example, shard_name
+    from synthclip_jax.data.shard_files import ShardWriter, shard_name
+    from synthclip_jax.data.tfrecord import encode_example
 
     rng = np.random.default_rng(0)
     with ShardWriter(str(folder / shard_name("bench", 0, 1))) as writer:

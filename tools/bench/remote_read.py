@@ -23,8 +23,8 @@ import numpy as np
 from absl import app, flags
 
 from synthclip_jax.data import read_modes, shard_index, storage
+from synthclip_jax.data.shard_files import ShardWriter, shard_name
 from synthclip_jax.data.shard_index import open_shards
-from synthclip_jax.data.tfrecord import ShardWriter, shard_name
 from tools.bench import latency_fs
 
 flags.DEFINE_float("latency_ms", 20.0, "Wait per request (object storage: ~10-50 ms).")
