@@ -35,98 +35,23 @@ import collections
 import functools
 import glob
 import hashlib
-import io
 import itertools
 import json
-import math
 import multiprocessing
 import os
 import resource
 import sys
 
-from PIL import Image, ImageOps
-
 from data_gen import fingerprint
 from data_gen.common import check_worker_args, file_sha256, worker_suffix
 from data_gen.import_output import Output
-from data_gen.pair_inputs import Fatal, ImagePath, Item, Position, detect_kind, read_items
-from data_gen.progress import Progress, progress
-from data_gen.zip_members import ZipMembers, read_any
-from synthclip_jax.data.jpeg import encode_jpeg
+from data_gen.pair_inputs import Fatal, Position, Resolver, detect_kind, read_items
+from data_gen.pair_records import process
+from data_gen.progress import Progress
 from synthclip_jax.data.shard_files import ShardWriter, shard_name
 from synthclip_jax.data.shard_index import write_combined_index
-from synthclip_jax.data.tfrecord import encode_example
 
 PROGRESS_SECONDS = 10.0  # between progress lines when not on a terminal
-EXIF_ORIENTATION = 0x0112
-
-
-def to_jpeg(data: bytes, max_side: int, quality: int) -> bytes:
-    with Image.open(io.BytesIO(data)) as im:
-        w, h = im.size
-        if im.format == "JPEG" and max(w, h) >= 2 * max_side:
-            # decode at 1/2, 1/4 or 1/8 scale (DCT scaling), never below the target size: the
-            # LANCZOS resize below then has less to do, at a fraction of the decode cost
-            s = max_side / max(w, h)
-            im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
-        im = ImageOps.exif_transpose(im)  # photos are often stored rotated + an EXIF flag
-        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-            im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-        im = im.convert("RGB")
-        w, h = im.size
-        if max(w, h) > max_side:
-            s = max_side / max(w, h)
-            im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
-        return encode_jpeg(im, quality)
-
-
-def can_pass_through(data: bytes, max_side: int) -> bool:
-    """A JPEG that to_jpeg would only re-encode: stored as is. Reads the header only; the
-    end-of-image marker catches a file cut short (a full decode would, at ~10x the cost)."""
-    if data[:3] != b"\xff\xd8\xff" or not data.rstrip(b"\0\r\n").endswith(b"\xff\xd9"):
-        return False
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return (im.format == "JPEG" and im.mode == "RGB" and max(im.size) <= max_side
-                    and im.getexif().get(EXIF_ORIENTATION, 1) == 1)
-    except Exception:  # unreadable header: to_jpeg reports it
-        return False
-
-
-def process(item: Item, *, source, max_side, quality):
-    """Returns (where, key, serialized Example or None, reason); may run in a worker."""
-    if item.bad:
-        return item.where, item.key, None, item.bad
-    captions = [c.strip() for c in item.captions]
-    if not captions or not all(captions):
-        return item.where, item.key, None, "empty caption"
-    for c in captions + [item.web_caption]:
-        try:
-            c.encode("utf-8")
-        except UnicodeEncodeError:
-            return item.where, item.key, None, f"caption is not valid UTF-8: {c[:60]!r}"
-    data = item.image
-    try:
-        if isinstance(data, list):  # zip members (ZipRefs)
-            data = read_any(data)
-        elif isinstance(data, str):
-            with open(data, "rb") as f:
-                data = f.read()
-    except FileNotFoundError:
-        return item.where, item.key, None, f"missing image file: {data}"
-    except KeyError as e:
-        return item.where, item.key, None, f"missing image file: {e} (not in the zip archives)"
-    except (OSError, ValueError) as e:  # zlib.error is neither; below
-        return item.where, item.key, None, f"cannot read image file: {e}"
-    except Exception as e:  # a damaged deflate stream
-        return item.where, item.key, None, f"cannot read image file: {type(e).__name__}: {e}"
-    try:
-        jpeg = data if can_pass_through(data, max_side) else to_jpeg(data, max_side, quality)
-    except Exception as e:  # Pillow raises many types for broken files; all mean "bad image"
-        return item.where, item.key, None, f"cannot decode image: {type(e).__name__}: {e}"
-    example = encode_example(image=jpeg, captions=captions, key=item.key, source=source,
-                             web_caption=item.web_caption)
-    return item.where, item.key, example, ""
 
 
 def input_files_stamp(kind: str, spec: str):
@@ -168,27 +93,6 @@ def already_done(args, out: Output, fp: dict, names: list) -> bool:
             out.remove(f)
     out.remove("manifest.json")
     return False
-
-
-class Resolver:
-    """Table image paths -> a zip member (the root's *.zip archives, indexed once) or a file."""
-
-    def __init__(self, quiet):
-        self.quiet, self.zips = quiet, {}
-
-    def __call__(self, image):
-        if not isinstance(image, ImagePath):
-            return image
-        if image.root not in self.zips:
-            has_zips = glob.glob(os.path.join(glob.escape(image.root), "*.zip"))
-            try:
-                self.zips[image.root] = has_zips and ZipMembers(
-                    image.root, lambda xs: progress(xs, len(xs), "import_pairs: indexing zips",
-                                                    unit="archives", quiet=self.quiet))
-            except ValueError as e:
-                raise Fatal(str(e)) from None
-        zips = self.zips[image.root]
-        return (zips and zips.find(image.rel)) or os.path.join(image.root, image.rel)
 
 
 def raise_open_files_limit(needed: int) -> None:

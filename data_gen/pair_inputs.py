@@ -22,7 +22,9 @@ import posixpath
 import tarfile
 from typing import Iterator, NamedTuple
 
+from data_gen.progress import progress
 from data_gen.tars import TarCutShort, check_ended, read_member
+from data_gen.zip_members import ZipMembers
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # priority order inside a webdataset sample
 PAIRS_HEADERS = (["image_path", "caption"], ["image_path", "caption", "web_caption"])
@@ -235,3 +237,22 @@ def detect_kind(spec: str) -> str:
                 ".tar shards (a file, glob or comma-separated list)")
 
 
+class Resolver:
+    """Table image paths -> a zip member (the root's *.zip archives, indexed once) or a file."""
+
+    def __init__(self, quiet):
+        self.quiet, self.zips = quiet, {}
+
+    def __call__(self, image):
+        if not isinstance(image, ImagePath):
+            return image
+        if image.root not in self.zips:
+            has_zips = glob.glob(os.path.join(glob.escape(image.root), "*.zip"))
+            try:
+                self.zips[image.root] = has_zips and ZipMembers(
+                    image.root, lambda xs: progress(xs, len(xs), "import_pairs: indexing zips",
+                                                    unit="archives", quiet=self.quiet))
+            except ValueError as e:
+                raise Fatal(str(e)) from None
+        zips = self.zips[image.root]
+        return (zips and zips.find(image.rel)) or os.path.join(image.root, image.rel)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_gen import import_pairs
+from data_gen import import_pairs, pair_records
 from data_gen.progress import Progress
 from synthclip_jax.data.shard_files import TFRecordShards
 from synthclip_jax.data.tfrecord import Example, decode_example
@@ -199,10 +199,10 @@ def test_gcs_output_written_once_manifest_last(tmp_path, memory_gcs):
 
 def test_truncated_jpeg_is_not_passed_through(tmp_path):
     good = _image(0, (64, 48))
-    assert import_pairs.can_pass_through(good, 256)
-    assert not import_pairs.can_pass_through(good[:-200], 256)  # cut short: no EOI marker
-    assert not import_pairs.can_pass_through(good, 32)  # too large: resized
-    assert not import_pairs.can_pass_through(_image(0, (64, 48), "PNG"), 256)
+    assert pair_records.can_pass_through(good, 256)
+    assert not pair_records.can_pass_through(good[:-200], 256)  # cut short: no EOI marker
+    assert not pair_records.can_pass_through(good, 32)  # too large: resized
+    assert not pair_records.can_pass_through(_image(0, (64, 48), "PNG"), 256)
 
 
 def test_progress_live_line_and_quiet(tmp_path):
