@@ -48,7 +48,7 @@ from data_gen.common import stage_parser, add_worker_args, check_worker_args, wo
 from data_gen.concepts import load_bank
 from data_gen.digest_set import DigestSet
 from data_gen.progress import Progress
-from synthclip_jax.files import atomic_path, read_jsonl
+from synthclip_jax.files import atomic_path
 
 PUNCTS_TO_WRAP = [",", ".", ";", ":", "?", "!", "`"]
 CHARS_TO_SPACE = ["\t", "\n", "\r"]

@@ -12,7 +12,6 @@ import dataclasses
 import importlib
 import io
 import json
-import os
 import re
 import tarfile
 from pathlib import Path

@@ -8,7 +8,6 @@ batch) at most 1/6 of data parallelism's. Before activations were constrained, X
 them across 'fsdp' instead of gathering weights: 4.2x the temporaries on the demo model.
 """
 import jax
-import numpy as np
 import pytest
 
 from tools.bench.mesh_efficiency import compile_step, size_config

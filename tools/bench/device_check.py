@@ -10,8 +10,8 @@ spent and says which it skipped), and after each part the whole JSON so far is p
 
   matmul_peak      measured bf16 (and f32) n x n matmul FLOP/s: the MFU denominator
   b16_step         ViT-B/16 + 12x512 text, 224 px, 77 tokens, bf16, softmax, batch 256/chip:
-                   samples/s, step ms, MFU (analytic FLOPs, tools/bench/flops.py), compile s,
-                   compiled temp memory, device peak memory
+                   samples/s, step ms, MFU (analytic FLOPs, synthclip_jax/model_flops.py),
+                   compile s, compiled temp memory, device peak memory
   step_sweep       batch 128/256/512 x softmax|sigmoid_ring x attention xla|cudnn
   input_pipeline   writes TFRecords of 256 px JPEGs, then the Grain pipeline's images/s with one
                    worker per core (and 0 workers)
@@ -31,9 +31,8 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
-
-from tools.bench.flops import clip_step_flops, measure_peak_flops
+from synthclip_jax.model_flops import clip_step_flops
+from tools.bench.flops import measure_peak_flops
 
 # Per-chip sizes. image: (width, depth, heads, patch), text: (width, depth, heads).
 FULL = dict(image=(768, 12, 12, 16), image_size=224, text=(512, 12, 8), embed_dim=512,

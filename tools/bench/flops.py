@@ -1,11 +1,7 @@
-"""Analytic model FLOPs of a CLIP train step (synthclip_jax/model_flops.py, which the trainer's
-`mfu` metric uses too) and the machine's measured matmul peak.
-
-What is counted: see synthclip_jax/model_flops.py.
+"""The machine's measured matmul peak: the MFU denominator. The analytic model FLOPs (the
+numerator, which the trainer's `mfu` metric uses too) are synthclip_jax/model_flops.py.
 """
 import time
-
-from synthclip_jax.model_flops import clip_step_flops  # noqa: F401 (train_step.py's import)
 
 
 def measure_peak_flops(n: int = 4096, repeats: int = 5, dtype: str = "float32") -> float:

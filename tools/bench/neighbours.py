@@ -10,7 +10,7 @@ On 8 fake CPU devices (XLA_FLAGS set before jax is imported). Measured here:
   dot products: a million vectors cost (1e6 / N)^2 times the measured N, at the same rate);
 - embedding: the text tower of `--text_size` (jitted, sharded like evaluation) over
   `--embed_captions` captions of `--context` tokens, per million captions.
-Projected from FLOP counts (matmuls only, tools/bench/flops.py) for a TPU v4-32 (16 chips,
+Projected from FLOP counts (matmuls only, synthclip_jax/model_flops.py) for a TPU v4-32 (16 chips,
 275 TFLOP/s bf16 each; the index runs in float32 at Precision.HIGHEST, ~6 bf16 passes) and
 8 H100 SXM (989 TFLOP/s bf16 dense, 67 TFLOP/s fp32 each), both at `--utilisation`.
 """
@@ -54,9 +54,9 @@ def text_embed_time(size: str, context: int, captions: int, embed_dim: int) -> t
 
     from configs.demo_cpu import get_config
     from synthclip_jax.evaluate.encode import Encoder
+    from synthclip_jax.model_flops import tower_forward_flops
     from synthclip_jax.models.sizes import text_size
     from synthclip_jax.models.two_tower import build_model
-    from tools.bench.flops import tower_forward_flops
 
     config = get_config()
     config.model.embed_dim = embed_dim

@@ -22,8 +22,8 @@ that follows seconds of idling (here: the other system's turn) re-faults its fre
 memory and ran 1-2 s slower at S16 on this VM (RESULTS.md), a cost a training loop running
 steps back to back does not pay. The peer runs in its own process (`PeerProcess`).
 Reported: median examples/s over rounds, step ms, analytic model GFLOPs/step
-(`tools/bench/flops.py`), achieved GFLOP/s, and MFU against the matmul peak measured in this
-run with a large `jnp.dot`. One line `ratio ours/NAME = X.XX` per peer, then the last line
+(`synthclip_jax/model_flops.py`), achieved GFLOP/s, and MFU against the matmul peak measured in
+this run with a large `jnp.dot`. One line `ratio ours/NAME = X.XX` per peer, then the last line
 `ratio ours/peer = X.XX` (examples/s), against the first peer of `--peers` (default hf).
 
 PyTorch's OpenMP threads spin-wait by default; on a shared, oversubscribed CPU that collapses
@@ -44,7 +44,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from synthclip_jax.data.tokenizer import EOT_ID, PAD_ID, SOT_ID, VOCAB_SIZE  # noqa: E402
-from tools.bench.flops import clip_step_flops, measure_peak_flops
+from synthclip_jax.model_flops import clip_step_flops
+from tools.bench.flops import measure_peak_flops
 
 # name -> image tower (width, depth, heads, patch), image size, text tower (width, depth, heads),
 # embed dim, default batch.
