@@ -327,6 +327,10 @@ class TFRecordShards:
         s, offset, n = self._find(i)
         return check_record(self._file(s).read(offset, n), self.paths[s], offset, n)
 
-if __name__ == "__main__":
-    for p in sys.argv[1:]:
+def main(argv=None):  # python -m synthclip_jax.data.shard_files SHARD...: (re)build indexes
+    for p in (sys.argv[1:] if argv is None else argv):
         print(f"{p}: indexed {build_index(p)} records")
+
+
+if __name__ == "__main__":
+    main()

@@ -127,3 +127,9 @@ def decode_example(serialized: bytes, *, where: str = "") -> dict:
             "source": text(sources[0], "source") if sources else "",
             "web_caption": text(web[0], "web_caption") if web else "",
             "label": int(labels[0]) if labels else None}
+
+
+if __name__ == "__main__":  # the index CLI's old name, kept: it now lives in shard_files.py
+    from synthclip_jax.data import shard_files
+
+    shard_files.main()
