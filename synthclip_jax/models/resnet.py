@@ -55,10 +55,10 @@ def _activation(x):
 class Conv(nnx.Module):
     """torch `nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=False)`, NHWC / HWIO."""
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int, *, dtype, rngs: nnx.Rngs):
-        # torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu')
-        self.kernel = layers.normal_param(rngs, (k, k, cin, cout), (None, None, None, "embed"),
-                                          (2.0 / (cout * k * k)) ** 0.5, kind="weight")
+    def __init__(self, cin: int, cout: int, k: int, stride: int, *, dtype):
+        # drawn by `init_kernels` for the whole tower at once
+        self.kernel = layers.const_param((k, k, cin, cout), (None, None, None, "embed"), 0.0,
+                                         kind="weight")
         self.stride = stride
         self.dtype = dtype
 
@@ -69,11 +69,25 @@ class Conv(nnx.Module):
             ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _downsample(cin, cout, stride, dtype, rngs):
+def init_kernels(tower: nnx.Module, rngs: nnx.Rngs):
+    """torchvision's conv init, kaiming_normal_(mode='fan_out', nonlinearity='relu'), for every
+    conv of `tower` from ONE normal draw: one threefry per kernel made XLA compile the seeded
+    init for minutes on CPU (ResNet-18: ~21 kernels, each a separate random-bits computation)."""
+    convs = [m for _, m in nnx.iter_modules(tower) if isinstance(m, Conv)]
+    noise = jax.random.normal(rngs.params(), (sum(c.kernel.size for c in convs),), jnp.float32)
+    offset = 0
+    for conv in convs:
+        k, _, _, cout = shape = conv.kernel.shape
+        size = conv.kernel.size
+        conv.kernel[...] = (2.0 / (cout * k * k)) ** 0.5 * noise[offset:offset + size].reshape(shape)
+        offset += size
+
+
+def _downsample(cin, cout, stride, dtype):
     if stride == 1 and cin == cout:
         return None
     # a list, so that the paths are torchvision's Sequential indices: downsample/0, downsample/1
-    return nnx.List([Conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs), BatchNorm(cout)])
+    return nnx.List([Conv(cin, cout, 1, stride, dtype=dtype), BatchNorm(cout)])
 
 
 def _shortcut(downsample, x):
@@ -81,12 +95,12 @@ def _shortcut(downsample, x):
 
 
 class BasicBlock(nnx.Module):
-    def __init__(self, cin: int, planes: int, stride: int, *, dtype, rngs: nnx.Rngs):
-        self.conv1 = Conv(cin, planes, 3, stride, dtype=dtype, rngs=rngs)
+    def __init__(self, cin: int, planes: int, stride: int, *, dtype):
+        self.conv1 = Conv(cin, planes, 3, stride, dtype=dtype)
         self.bn1 = BatchNorm(planes)
-        self.conv2 = Conv(planes, planes, 3, 1, dtype=dtype, rngs=rngs)
+        self.conv2 = Conv(planes, planes, 3, 1, dtype=dtype)
         self.bn2 = BatchNorm(planes)
-        self.downsample = _downsample(cin, planes, stride, dtype, rngs)
+        self.downsample = _downsample(cin, planes, stride, dtype)
 
     def __call__(self, x):
         h = jax.nn.relu(self.bn1(self.conv1(x)))
@@ -95,15 +109,15 @@ class BasicBlock(nnx.Module):
 
 
 class Bottleneck(nnx.Module):
-    def __init__(self, cin: int, planes: int, stride: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cin: int, planes: int, stride: int, *, dtype):
         out = planes * EXPANSION["bottleneck"]
-        self.conv1 = Conv(cin, planes, 1, 1, dtype=dtype, rngs=rngs)
+        self.conv1 = Conv(cin, planes, 1, 1, dtype=dtype)
         self.bn1 = BatchNorm(planes)
-        self.conv2 = Conv(planes, planes, 3, stride, dtype=dtype, rngs=rngs)  # v1.5: stride here
+        self.conv2 = Conv(planes, planes, 3, stride, dtype=dtype)  # v1.5: stride here
         self.bn2 = BatchNorm(planes)
-        self.conv3 = Conv(planes, out, 1, 1, dtype=dtype, rngs=rngs)
+        self.conv3 = Conv(planes, out, 1, 1, dtype=dtype)
         self.bn3 = BatchNorm(out)
-        self.downsample = _downsample(cin, out, stride, dtype, rngs)
+        self.downsample = _downsample(cin, out, stride, dtype)
 
     def __call__(self, x):
         h = jax.nn.relu(self.bn1(self.conv1(x)))
@@ -123,7 +137,7 @@ class ResNet(nnx.Module):
                              f"{RESNET_DEPTHS}")
         block, stages = LAYOUTS[cfg.resnet_depth]
         width = cfg.resnet_width
-        self.conv1 = Conv(3, width, 7, 2, dtype=dtype, rngs=rngs)
+        self.conv1 = Conv(3, width, 7, 2, dtype=dtype)
         self.bn1 = BatchNorm(width)
         cin = width
         for s, count in enumerate(stages):
@@ -131,10 +145,11 @@ class ResNet(nnx.Module):
             stage = []
             for i in range(count):
                 stride = 2 if s > 0 and i == 0 else 1
-                stage.append(BLOCKS[block](cin, planes, stride, dtype=dtype, rngs=rngs))
+                stage.append(BLOCKS[block](cin, planes, stride, dtype=dtype))
                 cin = planes * EXPANSION[block]
             setattr(self, f"layer{s + 1}", nnx.List(stage))
         self.num_stages = len(stages)
+        init_kernels(self, rngs)
         self.proj = layers.normal_param(rngs, (cin, embed_dim), ("embed", None), cin**-0.5,
                                         kind="weight")
         self.dtype = dtype
