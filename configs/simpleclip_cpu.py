@@ -1,10 +1,13 @@
-"""simple-clip's recipe at CPU size: MLP projection heads, a mean-pooled bidirectional text tower,
-the logit bias under the softmax loss, Adam with coupled L2 decay, 64 px images.
+"""simple-clip's recipe at CPU size: a ResNet-18 image tower (BatchNorm, average pool), MLP
+projection heads, a mean-pooled bidirectional text tower, the logit bias under the softmax loss,
+Adam with coupled L2 decay, 64 px images.
 
   python -m synthclip_jax.main --config=configs/simpleclip_cpu.py --workdir=/tmp/simpleclip \
       [--config.data.train='shards/*.tfrecord']
 
-From simple-clip (filipbasara0/simple-clip, train.py / clip.py): projection heads
+From simple-clip (filipbasara0/simple-clip, train.py / clip.py): torchvision's ResNet-18 with
+its classifier replaced by the average pool (`model.image.tower=resnet`, `resnet_depth=18`;
+simple-clip's `--image_encoder_name resnet18`); projection heads
 Linear(d, d) - ReLU - Linear(d, proj) without biases (`model.projection=mlp`); logits
 exp(t) * cos + b with t = ln 5, b = 0 learnable (`loss.softmax_bias`; b has zero gradient under
 softmax, as there); `torch.optim.Adam(lr=1e-4, weight_decay=wd)` over all parameters
@@ -12,8 +15,13 @@ softmax, as there); `torch.optim.Adam(lr=1e-4, weight_decay=wd)` over all parame
 images only resized, no mean/std normalisation (mean 0, std 1 here).
 
 Deviations, written down:
-- **Image tower: a small ViT, not ResNet-18.** The ResNet/BatchNorm tower of the issue is not
-  built yet; this config keeps every other piece of the recipe so that it can be swapped in.
+- Image tower initialisation: random (torchvision's init), where simple-clip starts from the
+  ImageNet-pretrained ResNet-18 (IMAGENET1K_V1); nothing is downloaded here. The architecture is
+  torchvision's exactly (tests/test_resnet.py), so its weights can be copied in.
+- BatchNorm under gradient accumulation: the running statistics move once per step, by the mean
+  of the micro-batches' statistics (train/step.py); simple-clip does not accumulate.
+- Training stays in train mode after an evaluation; simple-clip's validate() leaves the model
+  in eval mode, so its BatchNorm statistics freeze after the first evaluation (a bug, not kept).
 - Text tower: ours, bidirectional with mean pooling over the real tokens, instead of a
   pretrained DistilBERT (a port is out of scope); simple-clip's mean also averages padding.
 - Crops: RandomResizedCrop with a mild scale range (the shapes captions name positions) where
@@ -32,6 +40,7 @@ def get_config():
     c.optim.update(name="adam_l2", b1=0.9, b2=0.999, eps=1e-8, weight_decay_policy="all",
                    grad_clip_norm=0.0, lr_warmup_init=0.0, lr_end=1e-8)
     c.model.projection = "mlp"
+    c.model.image.update(tower="resnet", resnet_depth=18, resnet_width=64)  # torchvision's
     c.model.text.update(causal=False, pool_type="mean")
     c.model.logit_scale_init = math.log(5.0)
     c.model.logit_bias_init = 0.0

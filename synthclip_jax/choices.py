@@ -19,6 +19,8 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 REMAT_POLICIES = ("auto", "none", "dots", "full")  # model.remat_policy; models/layers.py
 MU_DTYPES = ("float32", "bfloat16")  # optim.mu_dtype (Adam's first moment); train/optimizer.py
 IMAGE_POOL_TYPES = ("tok", "avg")  # model.image.pool_type; models/vit.py
+IMAGE_TOWERS = ("vit", "resnet")  # model.image.tower; models/two_tower.py
+RESNET_DEPTHS = (18, 34, 50, 101, 152)  # model.image.resnet_depth; models/resnet.py
 TEXT_POOL_TYPES = ("argmax", "last", "mean")  # model.text.pool_type; models/text.py
 
 SOURCES = ("shapes", "tfrecord")  # data.source; data/source.py

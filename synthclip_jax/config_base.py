@@ -76,7 +76,12 @@ def base() -> ml_collections.ConfigDict:
                    layernorm_eps=config_dict.placeholder(float),
                    activation=config_dict.placeholder(str),
                    patch_bias=False,  # bias on the patch conv (timm ViTs have one)
-                   final_ln_after_pool=False),  # ln_post after pooling (CLIPA/CLIPS avg pool)
+                   final_ln_after_pool=False,  # ln_post after pooling (CLIPA/CLIPS avg pool)
+                   # tower: "vit" | "resnet" (torchvision's ResNet-{resnet_depth}, BatchNorm,
+                   # average pool: simple-clip; models/resnet.py). The ResNet reads only
+                   # resnet_depth and resnet_width (the stem width, torchvision's 64; smaller
+                   # for tiny test towers) of the image keys.
+                   tower="vit", resnet_depth=50, resnet_width=64),
         text=dict(**text_size("B"), mlp_ratio=4.0, context_length=77, vocab_size=49408,
                   causal=True, pool_type="argmax",
                   layernorm_eps=config_dict.placeholder(float),

@@ -66,6 +66,8 @@ CHOICES = {
     "optim.weight_decay_policy": WEIGHT_DECAY_POLICIES,
     "optim.lr_schedule": choices.LR_SCHEDULES,
     "model.text.tokenizer": choices.TOKENIZERS,
+    "model.image.tower": choices.IMAGE_TOWERS,
+    "model.image.resnet_depth": choices.RESNET_DEPTHS,
 }
 
 
@@ -78,7 +80,7 @@ def check_choices(config) -> None:
         value = get(config, key)
         if value not in names and value not in ALIASES.get(key, {}):
             fail(key, value, "is not a valid choice",
-                 f"set --config.{key} to one of {', '.join(names)}")
+                 f"set --config.{key} to one of {', '.join(map(str, names))}")
 
 
 def at_least(config, key: str, low) -> None:
@@ -148,12 +150,13 @@ def check_mesh(mesh) -> None:
 
 def check_model(config) -> None:
     m = config.model
+    resnet = check_resnet(config)
     image_size, patch = config.data.image_size, m.image.patch_size
     at_least(config, "model.image.patch_size", 1)
-    if image_size % patch:
+    if image_size % patch and not resnet:
         fail("data.image_size", image_size, f"is not divisible by model.image.patch_size={patch}",
              "make --config.data.image_size a multiple of the patch size")
-    for tower in ("image", "text"):
+    for tower in ("text",) if resnet else ("image", "text"):
         width, heads = m[tower].width, m[tower].heads
         at_least(config, f"model.{tower}.heads", 1)
         if width % heads:
@@ -177,6 +180,23 @@ def check_model(config) -> None:
             fail("model.text.tokenizer", m.text.tokenizer, "does not apply to data.source="
                  f"{config.data.source!r} (the shapes data carries its own word ids)",
                  "set --config.model.text.tokenizer=openclip_bpe or use data.source=tfrecord")
+
+
+def check_resnet(config) -> bool:
+    """The ResNet image tower's keys and what it cannot do; True if the image tower is one."""
+    if config.model.image.tower != "resnet":
+        return False
+    at_least(config, "model.image.resnet_width", 1)
+    clips = "model.captioner.enabled" if config.model.captioner.enabled else (
+        "loss.two_captions" if config.loss.two_captions else None)
+    if clips:  # models/two_tower.py clips_outputs: the ViT's output tokens
+        fail(clips, True, "needs the ViT's image tokens; model.image.tower='resnet' has none",
+             "set --config.model.image.tower=vit or turn the CLIPS options off")
+    if config.log.peak_tflops:
+        fail("log.peak_tflops", config.log.peak_tflops, "needs the model FLOPs, which "
+             "model_flops.py counts for the ViT image tower only",
+             "set --config.log.peak_tflops=0 with model.image.tower='resnet'")
+    return True
 
 
 def check_tower_options(m) -> None:

@@ -108,9 +108,25 @@ RULES = {
     "best_mode": ("checkpoint.best_mode", {"checkpoint.best_mode": "highest"}),
     "best_metric_without_eval": ("checkpoint.best_metric", {
         "checkpoint.best_metric": "zeroshot/x/top1", "eval.zeroshot": ""}),
+    "image_tower": ("model.image.tower", {"model.image.tower": "convnext"}),
+    "resnet_depth": ("model.image.resnet_depth", {"model.image.resnet_depth": 26}),
+    "resnet_width": ("model.image.resnet_width", {"model.image.tower": "resnet",
+                                                  "model.image.resnet_width": 0}),
+    "resnet_no_captioner": ("model.captioner.enabled", {"model.image.tower": "resnet",
+                                                        "model.captioner.enabled": True}),
+    "resnet_no_two_captions": ("loss.two_captions", {"model.image.tower": "resnet",
+                                                     "loss.two_captions": True}),
+    "resnet_no_mfu": ("log.peak_tflops", {"model.image.tower": "resnet",
+                                          "log.peak_tflops": 100.0}),
     "best_metric_needs_schedule": ("checkpoint.best_metric", {
         "checkpoint.best_metric": "zeroshot/top1", "eval.zeroshot": "/x", "eval.every_steps": 0}),
 }
+
+
+def test_resnet_tower_ignores_the_vit_keys():
+    config = demo_cpu.get_config()
+    config.model.image.update(tower="resnet", heads=5, patch_size=7)  # unused by a ResNet
+    validate(config, check_paths=False)
 
 
 def refusal(overrides: dict) -> ConfigError:

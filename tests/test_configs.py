@@ -47,3 +47,19 @@ def test_vitb16_matches_openclip_parameter_count():
     assert num_params(config) == 149_620_737
     config.model.image.patch_size = 32  # ViT-B-32: 151,277,313
     assert num_params(config) == 151_277_313
+
+
+def test_simpleclip_r50_image_tower_is_torchvision_resnet50():
+    import torchvision
+
+    config = load(Path(__file__).parents[1] / "configs" / "simpleclip_r50.py")
+    model = nnx.eval_shape(lambda: build_model(config, 0))
+    count = lambda kind: sum(math.prod(x.shape) for x in jax.tree.leaves(
+        nnx.state(model.visual, kind)))
+    proj = math.prod(model.visual.proj.shape)  # (2048, 2048): simple-clip's first head Linear
+    reference = torchvision.models.resnet50()
+    trunk = sum(p.numel() for name, p in reference.named_parameters() if not name.startswith("fc."))
+    stats = sum(b.numel() for name, b in reference.named_buffers() if "running_" in name)
+    assert count(nnx.Param) - proj == trunk == 23_508_032
+    assert count(nnx.BatchStat) == stats
+    assert proj == 2048 * 2048 and model.visual_head.kernel.shape == (2048, 256)

@@ -10,7 +10,7 @@ from synthclip_jax.train import loop
 from tests.test_configs import CONFIGS, load
 from tests.test_pipeline import write_dataset
 
-SEED_CPU = ("clips_cpu", "simclip_cpu", "simpleclip_cpu")
+SEED_CPU = ("clips_cpu", "simclip_cpu", "simpleclip_cpu", "simpleclip_r50")
 
 
 @pytest.mark.parametrize("name", SEED_CPU)
@@ -21,6 +21,8 @@ def test_seed_cpu_config_trains_on_shards(name, tmp_path):
     c.data.procedural.num_train = 0
     c.total_steps, c.batch_size, c.warmup_steps = 2, 8, 1
     c.data.num_workers = 0
+    if name == "simpleclip_r50":  # the full recipe's model at a CPU-sized image
+        c.data.image_size = 64
     c.eval.every_steps, c.checkpoint.every_steps, c.log.every_steps = 0, 0, 1
     if c.data.clusters.enabled:
         c.data.clusters.update(proportion=0.5, warmup_epochs=())  # clusters in every batch

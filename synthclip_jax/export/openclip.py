@@ -97,6 +97,11 @@ def check_torch_clip(config):
     """What neither OpenCLIP's CLIP nor transformers' CLIPModel can compute (`hf.py` adds its
     own refusals)."""
     m = config.model
+    if m.image.get("tower", "vit") != "vit":
+        # OpenCLIP could hold a timm ResNet (`vision_cfg.timm_model_name`), but this exporter
+        # does not write one yet: refused rather than written as a ViT.
+        refuse("model.image.tower", m.image.tower, "the OpenCLIP/HF export writes ViT image "
+               "towers only (a ResNet export through OpenCLIP's timm tower is not built yet)")
     if m.text.get("tokenizer", "openclip_bpe") != "openclip_bpe":
         # OpenCLIP 3.3's tokenizers cannot write CLIPS's layout (its HF tokenizer puts [CLS]
         # first; REFERENCE 4.1): the exported model would be read with the wrong ids.

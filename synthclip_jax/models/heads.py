@@ -26,7 +26,7 @@ class MLPHead(nnx.Module):
 
 class _Linear:
     @staticmethod
-    def tower_dim(tower_cfg) -> dict:
+    def tower_dim(width) -> dict:
         return {}
 
     @staticmethod
@@ -36,8 +36,8 @@ class _Linear:
 
 class _MLP:
     @staticmethod
-    def tower_dim(tower_cfg) -> dict:
-        return {"embed_dim": tower_cfg.width}
+    def tower_dim(width) -> dict:
+        return {"embed_dim": width}
 
     @staticmethod
     def head(width, embed_dim, rngs):

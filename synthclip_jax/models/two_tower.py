@@ -12,6 +12,7 @@ from synthclip_jax.losses import ContrastiveOutputs
 from synthclip_jax.data.tokenizer import EOT_ID, PAD_ID, SOT_ID
 from synthclip_jax.models import layers
 from synthclip_jax.models.heads import apply_head, projection_heads
+from synthclip_jax.models.resnet import ResNet, feature_width
 from synthclip_jax.models.captioner import Captioner
 from synthclip_jax.models.text import TextTransformer
 from synthclip_jax.models.tower_config import tower_key, tower_option
@@ -43,11 +44,17 @@ class TwoTower(nnx.Module):
         # 'mlp' (simple-clip): the tower's own projection is the first Linear(d, d), the head
         # (ReLU, then Linear(d, embed_dim)) follows.
         mlp = projection_heads(cfg)
-        self.visual = VisionTransformer(cfg.image, image_size=image_size, **tower("image"),
-                                        **{**common, **mlp.tower_dim(cfg.image)})
+        if cfg.image.get("tower", "vit") == "resnet":  # absent in configs from before ResNets
+            image_width = feature_width(cfg.image)
+            self.visual = ResNet(cfg.image, dtype=common["dtype"], rngs=rngs,
+                                 **{"embed_dim": cfg.embed_dim, **mlp.tower_dim(image_width)})
+        else:
+            image_width = cfg.image.width
+            self.visual = VisionTransformer(cfg.image, image_size=image_size, **tower("image"),
+                                            **{**common, **mlp.tower_dim(image_width)})
         self.text = TextTransformer(cfg.text, **tower("text"),
-                                    **{**common, **mlp.tower_dim(cfg.text)})
-        self.visual_head = mlp.head(cfg.image.width, cfg.embed_dim, rngs)
+                                    **{**common, **mlp.tower_dim(cfg.text.width)})
+        self.visual_head = mlp.head(image_width, cfg.embed_dim, rngs)
         self.text_head = mlp.head(cfg.text.width, cfg.embed_dim, rngs)
         self.logit_scale_min = cfg.get("logit_scale_min", 0.0)  # absent in old configs
         self.logit_scale = layers.const_param((), (), cfg.logit_scale_init, kind="scalar")

@@ -2,6 +2,14 @@
 
 Parameters are a pure dict of float32 arrays (`nnx.to_pure_dict`), which is what optax, orbax
 and the OpenCLIP converter all consume; the module structure lives in the `graphdef`.
+
+'params' is the model's whole state, as a torch state_dict holds buffers: its `nnx.Param`s
+and, for a model with BatchNorm (the ResNet tower), the running statistics (`nnx.BatchStat`)
+at their module paths. So checkpoints, `load_params`, `init_from`, evaluation and export carry
+the statistics with no change, and a model without BatchNorm (every ViT) has the same tree as
+before they existed: old checkpoints restore. The optimizer sees only the Params
+(`split_params`): no moments and no weight decay for the statistics; the train step updates
+them from the forward pass (train/step.py).
 """
 import dataclasses
 
@@ -18,7 +26,8 @@ from synthclip_jax.train.optimizer import (Optimizer, OptState, make_optimizer,
 
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
-    graphdef: nnx.GraphDef
+    graphdef: nnx.GraphDef  # eval mode: BatchNorm reads its running statistics
+    train_graphdef: nnx.GraphDef  # train mode (`Module.train()`): batch statistics
     optimizer: Optimizer
     abstract_state: dict  # ShapeDtypeStructs carrying their shardings (orbax restore target)
     state_shardings: dict
@@ -27,30 +36,42 @@ class TrainSetup:
 
 def make_train_setup(config, mesh) -> TrainSetup:
     abstract_model = nnx.eval_shape(lambda: build_model(config, config.seed))
-    graphdef, abstract_params = nnx.split(abstract_model)
-    param_sh = sharding.param_shardings(abstract_params, mesh, config.mesh.rules)
+    graphdef, model_state = nnx.split(abstract_model)
+    param_sh = sharding.param_shardings(model_state, mesh, config.mesh.rules)
+    trainable = nnx.state(abstract_model, nnx.Param)
     optimizer = make_optimizer(
-        config, weight_decay_mask(abstract_params, config.optim.weight_decay_policy))
-    abstract_params = nnx.to_pure_dict(abstract_params)
-    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+        config, weight_decay_mask(trainable, config.optim.weight_decay_policy))
+    abstract_opt = jax.eval_shape(optimizer.init, nnx.to_pure_dict(trainable))
     rep = sharding.replicated(mesh)
     # Moments mirror the params' shardings; counters are replicated.
-    adamw_sh = optax.tree_map_params(optimizer.adamw, lambda _, s: s, abstract_opt.adamw,
-                                     param_sh, transform_non_params=lambda _: rep)
+    adamw_sh = optax.tree_map_params(
+        optimizer.adamw, lambda _, s: s, abstract_opt.adamw,
+        sharding.param_shardings(trainable, mesh, config.mesh.rules),
+        transform_non_params=lambda _: rep)
     opt_sh = OptState(adamw_sh, rep, rep)
     state_sh = {"step": rep, "params": param_sh, "opt_state": opt_sh}
+    abstract_model.train()
+    train_graphdef = nnx.graphdef(abstract_model)
 
     def init_state():
-        params = nnx.to_pure_dict(nnx.state(build_model(config, config.seed)))
-        return {"step": jnp.zeros((), jnp.int32), "params": params,
-                "opt_state": optimizer.init(params)}
+        model = build_model(config, config.seed)
+        return {"step": jnp.zeros((), jnp.int32), "params": nnx.to_pure_dict(nnx.state(model)),
+                "opt_state": optimizer.init(nnx.to_pure_dict(nnx.state(model, nnx.Param)))}
 
     abstract_state = jax.eval_shape(init_state)
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sh)
     # Seeded init under jit: with partitionable threefry the values do not depend on the mesh.
     init = jax.jit(init_state, out_shardings=state_sh)
-    return TrainSetup(graphdef, optimizer, abstract_state, state_sh, init)
+    return TrainSetup(graphdef, train_graphdef, optimizer, abstract_state, state_sh, init)
+
+
+def split_params(graphdef, params) -> tuple:
+    """The train state's 'params' (the model's whole state) -> (its Params, its BatchNorm
+    running statistics), pure dicts at the same paths ({} for a model without BatchNorm)."""
+    model = nnx.merge(graphdef, params)
+    return (nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+            nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
 
 def count_params(params) -> int:

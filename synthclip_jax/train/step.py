@@ -8,6 +8,15 @@ gradient w.r.t. the features are taken over the whole batch, and each micro-batc
 backpropagates its rows of that gradient through the towers (OpenCLIP's `--accum-freq` feature
 cache, in GradCache form; one extra forward pass per micro-batch). With 'micro' each micro-batch
 is its own contrastive batch and the gradients are averaged (cheaper; fewer negatives).
+
+BatchNorm (the ResNet tower): the towers run in train mode (`setup.train_graphdef`), each
+micro-batch normalised by its own batch statistics (over the whole micro-batch, all devices:
+the mean under SPMD jit is global). The running statistics move once per step, by one momentum
+update with the mean of the micro-batches' statistics: every micro-batch's forward starts from
+the step's old statistics, and the updated statistics are averaged (the update is affine in the
+batch statistics, so that average is old * (1 - m) + m * mean of the batch statistics). In
+'full' mode the statistics come from the feature pass; the backward pass's recomputation gives
+the same ones and is not counted again. A skipped (non-finite) step keeps the old statistics.
 """
 import jax
 import jax.numpy as jnp
@@ -19,6 +28,7 @@ from synthclip_jax.image_normalize import normalize
 from synthclip_jax.choices import ACCUM_NEGATIVES
 from synthclip_jax.train.clips_loss import make_clips_loss
 from synthclip_jax.train.optimizer import make_schedule
+from synthclip_jax.train.state import split_params
 
 
 def make_train_step(config, setup, mesh):
@@ -34,21 +44,29 @@ def make_train_step(config, setup, mesh):
         raise ValueError(f"train.accum_negatives={config.train.accum_negatives!r}; "
                          f"expected one of {ACCUM_NEGATIVES}")
 
-    def model_of(params):
-        return nnx.merge(setup.graphdef, params)
+    def model_of(params, stats):  # train mode: BatchNorm normalises by batch statistics
+        return nnx.merge(setup.train_graphdef, params, stats)
 
-    def outputs_of(params, batch):  # uint8 pixels are normalised here, on the device
+    def outputs_of(params, stats, batch):
+        """-> (outputs, the running statistics after this forward); uint8 pixels are normalised
+        here, on the device."""
         images = normalize(batch["image"], config.data.mean, config.data.std)
-        return model_of(params)(images, batch["text"])
+        model = model_of(params, stats)
+        return model(images, batch["text"]), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
-    def loss_of(params, batch):
-        return loss_fn(outputs_of(params, batch))
+    def loss_of(params, stats, batch):
+        outputs, stats = outputs_of(params, stats, batch)
+        return loss_fn(outputs), stats
 
-    grad_of = jax.value_and_grad(loss_of)
-    # CLIPS (train/clips_loss.py; grad_accum_steps is 1, config_check): loss and its parts
+    grad_of = jax.value_and_grad(loss_of, has_aux=True)  # ((loss, stats), grads)
+    # CLIPS (train/clips_loss.py; grad_accum_steps is 1, no BatchNorm: config_check): loss and
+    # its parts
     clips_loss = make_clips_loss(config, mesh)
     clips_grad_of = clips_loss and jax.value_and_grad(
-        lambda params, batch: clips_loss(model_of(params), batch), has_aux=True)
+        lambda params, stats, batch: clips_loss(model_of(params, stats), batch), has_aux=True)
+
+    def mean(stacked):  # per-micro-batch statistics (leading axis) -> their mean
+        return jax.tree.map(lambda x: x.mean(0), stacked)
 
     def split(x):  # micro-batch m = rows m, m+accum, ...: every device keeps its own rows
         x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
@@ -58,23 +76,25 @@ def make_train_step(config, setup, mesh):
         x = x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
         return jax.lax.with_sharding_constraint(x, batch_sharding)
 
-    def micro_negatives_grads(params, micro):
+    def micro_negatives_grads(params, stats, micro):
         def add(carry, batch):
-            return jax.tree.map(jnp.add, carry, grad_of(params, batch)), None
+            (loss, new_stats), grads = grad_of(params, stats, batch)
+            return jax.tree.map(jnp.add, carry, (loss, grads)), new_stats
 
         zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-        total, _ = jax.lax.scan(add, zeros, micro)
-        return jax.tree.map(lambda x: x / accum, total)
+        total, new_stats = jax.lax.scan(add, zeros, micro)
+        return (*jax.tree.map(lambda x: x / accum, total), mean(new_stats))
 
-    def full_negatives_grads(params, micro):
+    def full_negatives_grads(params, stats, micro):
         def features(_, batch):
-            outputs = outputs_of(params, batch)
-            return None, (outputs.image, outputs.text)
+            outputs, new_stats = outputs_of(params, stats, batch)
+            return None, (outputs.image, outputs.text, new_stats)
 
-        _, (image, text) = jax.lax.scan(features, None, micro)
+        _, (image, text, new_stats) = jax.lax.scan(features, None, micro)
         # The temperature and bias enter the loss directly, not through the towers: their
         # gradient is the whole-batch loss's, taken once through the model's own accessor.
-        scalars, scalars_vjp = jax.vjp(lambda p: model_of(p).contrastive_scalars(), params)
+        scalars, scalars_vjp = jax.vjp(lambda p: model_of(p, stats).contrastive_scalars(),
+                                       params)
         loss, d = jax.value_and_grad(loss_fn)(
             losses.ContrastiveOutputs(merge(image), merge(text), *scalars))
         (grads,) = scalars_vjp((d.logit_scale, d.logit_bias))
@@ -82,31 +102,36 @@ def make_train_step(config, setup, mesh):
 
         def backprop(grads, xs):
             batch, d_img, d_txt = xs
-            _, vjp = jax.vjp(lambda p: outputs_of(p, batch), params)
+            _, vjp = jax.vjp(lambda p: outputs_of(p, stats, batch)[0], params)
             (g,) = vjp(losses.ContrastiveOutputs(d_img, d_txt, zero, zero))
             return jax.tree.map(jnp.add, grads, g), None
 
         grads, _ = jax.lax.scan(backprop, grads, (micro, split(d.image), split(d.text)))
-        return loss, grads
+        return loss, grads, mean(new_stats)
 
-    def accumulated_grads(params, batch):
+    def accumulated_grads(params, stats, batch):
+        """-> (loss, grads, the running statistics moved once)"""
         if accum == 1:
-            return grad_of(params, batch)
+            (loss, stats), grads = grad_of(params, stats, batch)
+            return loss, grads, stats
         micro = jax.tree.map(split, batch)
         if config.train.accum_negatives == "full":
-            return full_negatives_grads(params, micro)
-        return micro_negatives_grads(params, micro)
+            return full_negatives_grads(params, stats, micro)
+        return micro_negatives_grads(params, stats, micro)
 
     def train_step(state, batch):
-        params = state["params"]
+        params, stats = split_params(setup.graphdef, state["params"])
         parts = {}
         with sharding.compute_layout(mesh, config.mesh.rules):
             if clips_loss is None:
-                loss, grads = accumulated_grads(params, batch)
+                loss, grads, new_stats = accumulated_grads(params, stats, batch)
             else:
-                (loss, parts), grads = clips_grad_of(params, batch)
+                (loss, parts), grads = clips_grad_of(params, stats, batch)
+                new_stats = stats
         params, opt_state, grad_norm = setup.optimizer.apply(params, grads, state["opt_state"])
-        model = model_of(params)
+        finite = jnp.isfinite(grad_norm)  # a skipped step keeps the old statistics too
+        stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_stats, stats)
+        model = nnx.merge(setup.graphdef, params, stats)
         model.clamp_logit_scale(scale_max)
         params = nnx.to_pure_dict(nnx.state(model))
         logit_scale, logit_bias = model.contrastive_scalars()
@@ -114,7 +139,7 @@ def make_train_step(config, setup, mesh):
             "loss": loss,
             "lr": schedule(state["step"]),
             "grad_norm": grad_norm,
-            "param_norm": optax.tree.norm(params),
+            "param_norm": optax.tree.norm(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
             "logit_scale": jnp.exp(logit_scale),
             "nonfinite_in_a_row": opt_state.nonfinite_in_a_row,
             "nonfinite_total": opt_state.nonfinite_total,
