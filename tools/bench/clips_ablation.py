@@ -83,7 +83,7 @@ def prepare(args):
 
 def command(args, name, paths, vocab, vocab_size, longest):
     overrides = {
-        "total_steps": args.steps, "warmup_steps": max(1, args.steps // 15),
+        "seed": args.seed, "total_steps": args.steps, "warmup_steps": max(1, args.steps // 15),
         "data.train": paths["train"], "eval.retrieval": paths["retrieval"],
         "eval.zeroshot": paths["zeroshot"], "eval.every_steps": args.steps,
         "checkpoint.every_steps": 0, "log.every_steps": args.log_every,
@@ -94,8 +94,12 @@ def command(args, name, paths, vocab, vocab_size, longest):
         "model.text.context_length": longest + 3, "model.captioner.num_queries": longest + 1,
         **VARIANTS[name]}
     return [sys.executable, "-m", "synthclip_jax.main", "--config=configs/clips_cpu.py",
-            f"--workdir={os.path.join(args.out, name)}"] + [
+            f"--workdir={run_dir(args, name)}"] + [
         f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def run_dir(args, name):
+    return os.path.join(args.out, name if not args.seed else f"{name}_seed{args.seed}")
 
 
 def summary(workdir):
@@ -124,6 +128,8 @@ def main(argv=None):
     p.add_argument("--num-retrieval", type=int, default=256, help="held-out retrieval pairs")
     p.add_argument("--log-every", type=int, default=25, help="metrics.jsonl row every N steps")
     p.add_argument("--parallel", type=int, default=3, help="runs at a time")
+    p.add_argument("--seed", type=int, default=0, help="config.seed of all three runs (their "
+                   "init and data order; the data and vocab are the same for every seed)")
     p.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -133,7 +139,7 @@ def main(argv=None):
     while pending or running:
         while pending and len(running) < args.parallel:
             name = pending.pop(0)
-            log = open(os.path.join(args.out, f"{name}.log"), "w")
+            log = open(run_dir(args, name) + ".log", "w")
             cmd = command(args, name, paths, vocab, vocab_size, longest)
             print(f"[{time.strftime('%H:%M:%S')}] start {name}: {' '.join(cmd[1:])}", flush=True)
             running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
@@ -145,14 +151,14 @@ def main(argv=None):
                 print(f"[{time.strftime('%H:%M:%S')}] {name} exited {proc.returncode}",
                       flush=True)
                 if proc.returncode:
-                    sys.exit(f"{name} failed: see {args.out}/{name}.log")
-    results = {name: summary(os.path.join(args.out, name)) for name in names}
+                    sys.exit(f"{name} failed: see {run_dir(args, name)}.log")
+    results = {name: summary(run_dir(args, name)) for name in names}
     keys = list(dict.fromkeys(k for r in results.values() for k in r))
     print(f"\n{'':34s}" + "".join(f"{n:>14s}" for n in names))
     for k in keys:
         print(f"{k:34s}" + "".join(
             f"{results[n].get(k, float('nan')):14.4f}" for n in names))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    with open(run_dir(args, "results") + ".json", "w") as f:
         json.dump(results, f, indent=2)
 
 
