@@ -27,7 +27,8 @@ class SpecialIds(NamedTuple):
 def special_ids(name: str = "openclip_bpe") -> SpecialIds:
     """The start/end/pad ids of a tokenizer by name (fixed per layout: no vocab file is read)."""
     if name not in TOKENIZER_CLASSES:
-        raise ValueError(f"model.text.tokenizer={name!r}; choose one of {sorted(TOKENIZER_CLASSES)}")
+        raise ValueError(f"model.text.tokenizer={name!r}; choose one of "
+                         f"{sorted(TOKENIZER_CLASSES)}")
     cls = TOKENIZER_CLASSES[name]
     return SpecialIds(cls.start_id, cls.end_id, cls.pad_id)
 

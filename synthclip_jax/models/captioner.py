@@ -11,7 +11,7 @@ Sequence = [image tokens | web-caption tokens | queries]:
   * queries: `model.captioner.num_queries` learnable vectors (CLIPS: 128). Query q also carries
     the embedding of target token q (the start token first: teacher forcing) and predicts
     token q + 1. Start, end and pad ids are the text tokenizer's (`data/text_tokenizer.py`:
-    BPE's SOT/EOT, or CLIPS's WordPiece BOS=1/EOS=2), so is the vocabulary.
+    BPE's SOT/EOT, or CLIPS's WordPiece BOS=1/EOS=2), and so is the vocabulary.
     CLIPS's released sketch feeds the queries alone; then nothing tells query q which tokens
     came before it, the causal mask among queries would carry no information and decoding could
     not be autoregressive. With the shifted target added (as CoCa's decoder embeds its text) the
@@ -93,8 +93,9 @@ class Captioner(nnx.Module):
 
     def greedy(self, image_tokens, text_tokens, start_id: int, end_id: int, pad_id: int = 0):
         """The most likely caption, token by token: int32 (B, num_queries), the tokens after
-        `start_id` (`end_id` included) then `pad_id`. Each step reruns the decoder on the prefix and the tokens
-        so far (no key/value cache: the decoder is small and decoding is for inspection)."""
+        `start_id` (`end_id` included) then `pad_id`. Each step reruns the decoder on the prefix
+        and the tokens so far (no key/value cache: the decoder is small and decoding is for
+        inspection)."""
         prefix = self.prefix(image_tokens, text_tokens)
         b, q = prefix.shape[0], self.num_queries
         inputs = jnp.full((b, q), pad_id, jnp.int32).at[:, 0].set(start_id)
