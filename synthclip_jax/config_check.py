@@ -15,6 +15,7 @@ from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data import mixture_spec
 from synthclip_jax.data.shard_files import glob_shards
 from synthclip_jax.data.text_reduction import MODES as TEXT_REDUCTIONS
+from synthclip_jax.data.tokenizer import VOCAB_SIZE as BPE_VOCAB_SIZE
 from synthclip_jax.evaluate import sources as eval_sources
 from synthclip_jax.evaluate.suite import PER_DATASET
 from synthclip_jax.evaluate.templates import TEMPLATE_SETS
@@ -352,10 +353,12 @@ def check_clips(config) -> None:
     at_least(config, "loss.contrastive_weight", 0.0)
     if not m.captioner.enabled:
         return
-    if m.text.get("tokenizer", "openclip_bpe") != "openclip_bpe":
-        fail("model.captioner.enabled", True, "decodes OpenAI BPE captions (greedy decoding "
-             f"starts at its SOT), not model.text.tokenizer={m.text.tokenizer!r}",
-             "set --config.model.text.tokenizer=openclip_bpe or turn the captioner off")
+    if m.text.tokenizer == "openclip_bpe" and m.text.vocab_size < BPE_VOCAB_SIZE:
+        # the captioner predicts the tokenizer's ids, its end id (BPE: 49407) included
+        fail("model.text.vocab_size", m.text.vocab_size, "cannot hold the OpenAI BPE ids the "
+             f"captioner predicts (end id {BPE_VOCAB_SIZE - 1})",
+             f"set --config.model.text.vocab_size={BPE_VOCAB_SIZE} or use "
+             "model.text.tokenizer=clips_wordpiece with a small vocab.txt")
     for key in ("width", "depth", "heads", "num_queries"):
         at_least(config, f"model.captioner.{key}", 1)
     if m.captioner.width % m.captioner.heads:

@@ -11,9 +11,9 @@ import pytest
 from flax import nnx
 
 from synthclip_jax import sharding
-from synthclip_jax.data.shapes import tokenize_words
 from synthclip_jax.data.shapes_demo import write_shards
-from synthclip_jax.data.tokenizer import PAD_ID, tokenize
+from synthclip_jax.data.text_tokenizer import caption_targets, tokenizer_of
+from synthclip_jax.data.tokenizer import EOT_ID, SOT_ID, tokenize
 from synthclip_jax.models.captioner import cross_causal_mask
 from synthclip_jax.models.two_tower import build_model
 from synthclip_jax.train import loop
@@ -62,14 +62,10 @@ def test_query_q_sees_only_earlier_tokens():
                            base[:, 0], atol=1e-3)
 
 
-VOCAB = 64  # the shapes word vocabulary (synthclip_jax.data.shapes): a fast vocabulary head
+VOCAB = 64  # a small vocabulary: a fast vocabulary head
 WEB = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
 FULL = ["a large red circle at the top left", "a small blue square at the bottom right",
         "a large green triangle at the center", "a small yellow circle at the top right"]
-
-
-def words(texts, length):
-    return np.stack([tokenize_words(t, length, VOCAB) for t in texts])
 
 
 def word_config(mesh=(1, 1, 1)):
@@ -78,23 +74,37 @@ def word_config(mesh=(1, 1, 1)):
     return config
 
 
-def overfit_batch(n_copies=4):
+def wordpiece_config(tmp_path):
+    """CLIPS's WordPiece layout on a small vocab.txt: the vocabulary (and the captioner's head)
+    is the tokenizer's, its start/end ids BOS=1/EOS=2."""
+    from tests.test_clips_tokenizer import write_vocab
+    vocab = write_vocab(tmp_path / "vocab.txt", " ".join(WEB + FULL).split())
+    config = clips_config(queries=9)
+    config.model.text.update(tokenizer="clips_wordpiece", vocab_path=vocab)
+    config.model.text.vocab_size = tokenizer_of(config.model.text).vocab_size
+    return config
+
+
+def overfit_batch(config, n_copies=4):
+    """The 4 pairs, each n_copies times, in the config's tokenizer."""
+    tok = tokenizer_of(config.model.text)
     rng = np.random.default_rng(0)
     images = np.repeat(rng.normal(size=(4, 16, 16, 3)).astype(np.float32), n_copies, 0)
-    web = np.repeat(words(WEB, 12), n_copies, 0)
-    partial = np.repeat(words([f.split(" at ")[0] for f in FULL], 12), n_copies, 0)
-    caption = np.repeat(words(FULL, 10), n_copies, 0)
+    web = np.repeat(tok(WEB, 12), n_copies, 0)
+    partial = np.repeat(tok([f.split(" at ")[0] for f in FULL], 12), n_copies, 0)
+    caption = np.repeat(caption_targets(tok, FULL, 10), n_copies, 0)
     return {"image": images, "text": partial, "web_text": web, "caption": caption}
 
 
-def test_overfits_and_greedy_decoding_gives_the_captions_back():
-    config = word_config()
+def test_overfits_and_greedy_decoding_gives_the_captions_back(tmp_path):
+    """With CLIPS's WordPiece tokenizer: targets, decoding ids and vocabulary are its own."""
+    config = wordpiece_config(tmp_path)
     config.lr, config.warmup_steps, config.total_steps = 3e-3, 5, 80
     config.optim.lr_end, config.weight_decay = 3e-3, 0.0  # constant after the warmup
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     setup = make_train_setup(config, mesh)
     state, step = setup.init(), make_train_step(config, setup, mesh)
-    batch = sharding.global_batch(overfit_batch(), mesh)
+    batch = sharding.global_batch(overfit_batch(config), mesh)
     first = None
     for _ in range(config.total_steps):
         state, metrics = step(state, batch)
@@ -104,10 +114,10 @@ def test_overfits_and_greedy_decoding_gives_the_captions_back():
     np.testing.assert_allclose(  # the logged total is the weighted sum of the logged parts
         last["loss"], 2.0 * last["caption_loss"] + last["contrastive_loss"], rtol=1e-5)
     model = nnx.merge(setup.graphdef, state["params"])
-    images = overfit_batch(1)["image"]
-    decoded = model.caption(jnp.asarray(images), jnp.asarray(words(WEB, 12)), VOCAB - 2,
-                            VOCAB - 1)
-    np.testing.assert_array_equal(decoded, words(FULL, 10)[:, 1:])
+    pairs = overfit_batch(config, 1)
+    # start/end ids from the config's tokenizer (BOS=1, EOS=2)
+    decoded = model.caption(jnp.asarray(pairs["image"]), jnp.asarray(pairs["web_text"]))
+    np.testing.assert_array_equal(decoded, pairs["caption"][:, 1:])
 
 
 def test_captioner_is_placed_by_the_logical_axis_rules():
@@ -172,5 +182,7 @@ def test_export_writes_towers_as_before_and_the_decoder_in_its_own_format(tmp_pa
     meta, loaded = load_captioner(tmp_path)
     assert (meta["width"], meta["depth"], meta["heads"], meta["num_queries"]) == (32, 2, 2, 9)
     assert meta["vocab_size"] == VOCAB and meta["layernorm_eps"] == config.model.layernorm_eps
+    assert (meta["tokenizer"], meta["start_id"], meta["end_id"], meta["pad_id"]) == (
+        "openclip_bpe", SOT_ID, EOT_ID, 0)
     jax.tree.map(np.testing.assert_array_equal, loaded, decoder)
     assert meta["tensors"]["transformer.resblocks.in_proj_kernel"] == [2, 32, 3, 2, 16]

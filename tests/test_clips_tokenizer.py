@@ -18,16 +18,20 @@ WORDS = ("a photo of the large red dog sitting on green grass next to small hous
 SUFFIXES = ("##s", "##ing", "##ed", "##er", "##est", "##ly")
 
 
-@pytest.fixture(scope="module")
-def vocab_path(tmp_path_factory):
+def write_vocab(path, words=WORDS) -> str:
+    """A vocab.txt laid out as bert-base-uncased's (ids 0..103 special) with `words`."""
     specials = (["[PAD]"] + [f"[unused{i}]" for i in range(99)]
                 + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?;:'\"-()&/") + ["日", "本"]
-    tokens = specials + chars + ["##" + c for c in chars[:36]] + list(SUFFIXES) + list(WORDS)
+    tokens = specials + chars + ["##" + c for c in chars[:36]] + list(SUFFIXES) + list(words)
     assert tokens.index("[CLS]") == ct.CLS_ID and tokens.index("[unused0]") == ct.BOS_ID
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
     path.write_text("\n".join(dict.fromkeys(tokens)) + "\n")
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def vocab_path(tmp_path_factory):
+    return write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt")
 
 
 def random_texts(n, seed=0):
@@ -117,3 +121,17 @@ def test_training_and_evaluation_use_the_configured_tokenizer(vocab_path, tmp_pa
     encoder = Encoder()
     zeroshot.classifier(encoder, None, ["dog"], "simple", 12, tok)
     assert (encoder.tokens[:, -1] == ct.CLS_ID).all()
+
+
+def test_captioner_targets_in_either_tokenizer(vocab_path):
+    """The captioner's target rows: WordPiece = CLIPS's row one longer without its last slot
+    (the [CLS] pooling token is no word of the caption); BPE = open_clip's own row."""
+    from open_clip import get_tokenizer as open_clip_get_tokenizer
+    from synthclip_jax.data.text_tokenizer import caption_targets
+    texts = random_texts(200, seed=1)
+    tok = get_text_tokenizer("clips_wordpiece", vocab_path)
+    np.testing.assert_array_equal(caption_targets(tok, texts, 12),
+                                  reference_rows(texts, vocab_path, 13)[:, :12])
+    bpe = get_text_tokenizer("openclip_bpe")
+    np.testing.assert_array_equal(caption_targets(bpe, texts, 12),
+                                  open_clip_get_tokenizer("ViT-B-16")(texts, 12).numpy())

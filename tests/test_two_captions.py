@@ -108,6 +108,7 @@ RULES = {  # key the error must name: {key: bad value}
     "train.grad_accum_steps": {"loss.two_captions": True, "train.grad_accum_steps": 2},
     "loss.caption_weight": {"loss.caption_weight": -1.0},
     "model.captioner.width": {"model.captioner.enabled": True, "model.captioner.heads": 7},
+    "model.text.vocab_size": {"model.captioner.enabled": True, "model.text.vocab_size": 64},
     "model.captioner.num_queries": {"model.captioner.enabled": True,
                                     "model.captioner.num_queries": 0},
 }

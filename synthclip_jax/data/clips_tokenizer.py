@@ -37,6 +37,8 @@ def clips_row(ids, context_length: int) -> np.ndarray:
 class ClipsTokenizer:
     """Same interface as `data.tokenizer.Tokenizer`: encode_batch, row, content_length, call."""
 
+    start_id, end_id, pad_id = BOS_ID, EOS_ID, PAD_ID
+
     def __init__(self, vocab_path: str):
         self._tok = BertWordPieceTokenizer(str(vocab_path), lowercase=True)
         self.vocab_size = self._tok.get_vocab_size()

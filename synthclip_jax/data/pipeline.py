@@ -37,7 +37,7 @@ from synthclip_jax.data import read_modes, text_reduction
 from synthclip_jax.data.shard_files import CorruptRecordError, TFRecordShards
 from synthclip_jax.data.shard_index import open_shards
 from synthclip_jax.data.text_reduction import tokenize_reduced
-from synthclip_jax.data.text_tokenizer import get_text_tokenizer
+from synthclip_jax.data.text_tokenizer import caption_targets, get_text_tokenizer
 from synthclip_jax.data.tfrecord import decode_example
 from synthclip_jax.data.transforms import decode_crop, random_resized_crop_box
 from synthclip_jax.data.worker_cleanup import die_with_parent
@@ -86,7 +86,7 @@ class LoadExample(grain.transforms.RandomMap):
             if self.caption_roles:
                 example["web_text"] = tok([web_caption or caption], self.context_length)[0]
             if self.target_length:
-                example["caption"] = tok([caption], self.target_length)[0]
+                example["caption"] = caption_targets(tok, [caption], self.target_length)[0]
             return example
         raise CorruptRecordError(f"{MAX_REPLACEMENTS + 1} bad records in a row from record "
                                  f"{index} ({self.shards.location(int(index))})")

@@ -66,6 +66,8 @@ def clean(text: str) -> str:
 class Tokenizer:
     """OpenCLIP `SimpleTokenizer` equivalent; `tokenize` below uses one cached instance."""
 
+    start_id, end_id, pad_id, vocab_size = SOT_ID, EOT_ID, PAD_ID, VOCAB_SIZE
+
     def __init__(self, bpe_path: str = BPE_PATH):
         # Same vocab construction as open_clip: bytes, bytes + '</w>', merges, special tokens.
         with gzip.open(bpe_path) as f:

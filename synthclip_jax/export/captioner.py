@@ -8,7 +8,10 @@ as OpenCLIP (or HF) weights as for any run and the decoder is written beside the
                                  kernel (heads, head_dim, width)
   OUTDIR/captioner_config.json   {"format": FORMAT, the `model.captioner` sizes, vocab_size,
                                   image_width, text_width, layernorm_eps, activation,
-                                  "tensors": {name: shape}, "inputs": how the prefix is built}
+                                  "tokenizer" (model.text.tokenizer), "start_id", "end_id",
+                                  "pad_id" (its special ids: the decoding starts at start_id
+                                  and stops at end_id), "tensors": {name: shape}, "inputs":
+                                  how the prefix is built}
 
 `load_captioner(OUTDIR)` reads both back (numpy); `models/captioner.py` documents the function
 these weights compute.
@@ -19,6 +22,7 @@ import os
 import numpy as np
 from safetensors.numpy import load_file
 
+from synthclip_jax.data.text_tokenizer import special_ids_of
 from synthclip_jax.export.openclip import _flatten, save_safetensors
 
 FORMAT = "synthclip_jax.clips_captioner.v1"
@@ -36,12 +40,15 @@ def export_captioner(config, captioner_params: dict, out_dir):
     m = config.model
     tensors = {k.replace("/", "."): np.asarray(v, np.float32)
                for k, v in _flatten(captioner_params).items()}
+    ids = special_ids_of(m.text)
     meta = {"format": FORMAT, **dict(m.captioner), "vocab_size": m.text.vocab_size,
+            "tokenizer": m.text.get("tokenizer", "openclip_bpe"), "start_id": ids.start,
+            "end_id": ids.end, "pad_id": ids.pad,
             "image_width": m.image.width, "text_width": m.text.width,
             "layernorm_eps": m.layernorm_eps, "activation": m.activation,
             "inputs": "prefix = [ViT output tokens (class + patches, after ln_post) @ image_proj"
                       " | text tower output tokens of the web caption (after ln_final) @ "
-                      "text_proj]; query q = query_tokens[q] + token_embedding[SOT + caption]"
+                      "text_proj]; query q = query_tokens[q] + token_embedding[start + caption]"
                       "[q], predicting caption token q + 1; see synthclip_jax/models/"
                       "captioner.py",
             "tensors": {k: list(v.shape) for k, v in sorted(tensors.items())}}

@@ -5,10 +5,13 @@ Sequence = [image tokens | web-caption tokens | queries]:
   * image tokens: the ViT's output tokens (class token + patches, after ln_post), projected to
     the decoder width;
   * web-caption tokens: the text tower's output tokens for the web caption (after ln_final, all
-    `context_length` positions; CLIPS drops the last one, its [CLS] slot, which our BPE layout
-    does not have), projected to the decoder width;
+    `context_length` positions; CLIPS drops the last one, the [CLS] slot of its WordPiece
+    layout; we keep it, so both tokenizers' rows feed the decoder alike), projected to the
+    decoder width;
   * queries: `model.captioner.num_queries` learnable vectors (CLIPS: 128). Query q also carries
-    the embedding of target token q (SOT first: teacher forcing) and predicts token q + 1.
+    the embedding of target token q (the start token first: teacher forcing) and predicts
+    token q + 1. Start, end and pad ids are the text tokenizer's (`data/text_tokenizer.py`:
+    BPE's SOT/EOT, or CLIPS's WordPiece BOS=1/EOS=2), and so is the vocabulary.
     CLIPS's released sketch feeds the queries alone; then nothing tells query q which tokens
     came before it, the causal mask among queries would carry no information and decoding could
     not be autoregressive. With the shifted target added (as CoCa's decoder embeds its text) the
@@ -73,7 +76,7 @@ class Captioner(nnx.Module):
         return sharding.constrain(x, ("batch", "seq", "embed"))
 
     def logits_from_prefix(self, prefix, inputs):
-        """prefix (B, P, width), inputs (B, num_queries) int32 (SOT + the caption so far) ->
+        """prefix (B, P, width), inputs (B, num_queries) int32 (start + the caption so far) ->
         float32 logits (B, num_queries, vocab): row q predicts token q + 1."""
         w = lambda p: layers.read(p, self.dtype)
         queries = w(self.query_tokens) + jnp.take(w(self.token_embedding), inputs, axis=0)
@@ -88,13 +91,14 @@ class Captioner(nnx.Module):
     def __call__(self, image_tokens, text_tokens, inputs):
         return self.logits_from_prefix(self.prefix(image_tokens, text_tokens), inputs)
 
-    def greedy(self, image_tokens, text_tokens, sot_id: int, eot_id: int, pad_id: int = 0):
-        """The most likely caption, token by token: int32 (B, num_queries), the tokens after SOT
-        (EOT included) then `pad_id`. Each step reruns the decoder on the prefix and the tokens
-        so far (no key/value cache: the decoder is small and decoding is for inspection)."""
+    def greedy(self, image_tokens, text_tokens, start_id: int, end_id: int, pad_id: int = 0):
+        """The most likely caption, token by token: int32 (B, num_queries), the tokens after
+        `start_id` (`end_id` included) then `pad_id`. Each step reruns the decoder on the prefix
+        and the tokens so far (no key/value cache: the decoder is small and decoding is for
+        inspection)."""
         prefix = self.prefix(image_tokens, text_tokens)
         b, q = prefix.shape[0], self.num_queries
-        inputs = jnp.full((b, q), pad_id, jnp.int32).at[:, 0].set(sot_id)
+        inputs = jnp.full((b, q), pad_id, jnp.int32).at[:, 0].set(start_id)
 
         def step(t, carry):
             inputs, out, done = carry
@@ -105,7 +109,7 @@ class Captioner(nnx.Module):
             # the last query's token is an output only: there is no query after it to feed
             inputs = jnp.where(t + 1 < q, inputs.at[:, jnp.minimum(t + 1, q - 1)].set(token),
                                inputs)
-            return inputs, out, done | (token == eot_id)
+            return inputs, out, done | (token == end_id)
 
         out = jnp.full((b, q), pad_id, jnp.int32)
         _, out, _ = jax.lax.fori_loop(0, q, step, (inputs, out, jnp.zeros((b,), bool)))
@@ -113,6 +117,6 @@ class Captioner(nnx.Module):
 
 
 def caption_inputs_and_labels(caption):
-    """Target rows (B, num_queries + 1): SOT, caption, EOT, padding -> (inputs, labels)."""
+    """Target rows (B, num_queries + 1): start, caption, end, padding -> (inputs, labels)."""
     return caption[:, :-1], caption[:, 1:]
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from synthclip_jax.losses import ContrastiveOutputs
-from synthclip_jax.data.tokenizer import EOT_ID, PAD_ID, SOT_ID
+from synthclip_jax.data.text_tokenizer import SpecialIds, special_ids_of
 from synthclip_jax.models import layers
 from synthclip_jax.models.heads import apply_head, projection_heads
 from synthclip_jax.models.resnet import ResNet, feature_width
@@ -66,6 +66,8 @@ class TwoTower(nnx.Module):
                                     **tower("text"),
                                     **{k: v for k, v in common.items() if k != "embed_dim"})
                           if captioner is not None and captioner.enabled else None)
+        # the captioner's start/end/pad: those of the tokenizer that made its targets
+        self.caption_ids = special_ids_of(cfg.text)
 
     def encode_image(self, images):
         return l2_normalize(apply_head(self.visual_head, self.visual(images)))
@@ -103,11 +105,13 @@ class TwoTower(nnx.Module):
             return outputs, None
         return outputs, self.captioner(image_tokens, web_tokens, caption_inputs)
 
-    def caption(self, images, web_text, sot_id: int = SOT_ID, eot_id: int = EOT_ID):
-        """Greedy captions (the tokens after SOT, models/captioner.py) of images, given their
-        web captions (e.g. `tokenize([""])` for none); the ids default to the BPE tokenizer's."""
+    def caption(self, images, web_text, ids: SpecialIds | None = None):
+        """Greedy captions (the tokens after the start token, models/captioner.py) of images,
+        given their web captions (e.g. the tokenizer's row of "" for none); `ids` (start, end,
+        pad) default to those of the config's `model.text.tokenizer`."""
+        start, end, pad = ids or self.caption_ids
         return self.captioner.greedy(self.visual.tokens(images), self.text.tokens(web_text),
-                                     sot_id, eot_id, PAD_ID)
+                                     start, end, pad)
 
     def __call__(self, images, tokens) -> ContrastiveOutputs:
         return ContrastiveOutputs(self.encode_image(images), self.encode_text(tokens),

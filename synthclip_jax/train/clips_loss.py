@@ -13,7 +13,7 @@ captioner, 'caption' (data/pipeline.py). Both parts are returned for `metrics.js
 """
 from synthclip_jax.image_normalize import normalize
 from synthclip_jax import losses
-from synthclip_jax.data.tokenizer import PAD_ID
+from synthclip_jax.data.text_tokenizer import special_ids_of
 from synthclip_jax.models.captioner import caption_inputs_and_labels
 
 
@@ -26,6 +26,7 @@ def make_clips_loss(config, mesh):
     if not clips_enabled(config):
         return None
     two, with_captioner = config.loss.two_captions, config.model.captioner.enabled
+    pad_id = special_ids_of(config.model.text).pad  # the captioner's targets: data/pipeline.py
     make = losses.make_two_caption_loss if two else losses.make_contrastive_loss
     contrastive_fn = make(config.loss.name, mesh)
 
@@ -39,7 +40,7 @@ def make_clips_loss(config, mesh):
         parts = {"contrastive_loss": contrastive}
         if not with_captioner:
             return contrastive, parts
-        parts["caption_loss"] = losses.caption_loss(logits, labels, PAD_ID)
+        parts["caption_loss"] = losses.caption_loss(logits, labels, pad_id)
         return (config.loss.contrastive_weight * contrastive
                 + config.loss.caption_weight * parts["caption_loss"]), parts
 
