@@ -259,6 +259,14 @@ def unflatten(flat: dict) -> dict:
     return tree
 
 
+def like(tree, flat: dict) -> dict:
+    """`flat` ('/'-paths) nested as `tree`, whose keys may be ints (an `nnx.List`'s entries,
+    e.g. the ResNet's blocks) where `unflatten` would make strings."""
+    import jax
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: flat["/".join(str(k.key) for k in path)], tree)
+
+
 def flat_shapes(abstract_params) -> dict:
     """{path: shape} of a pure dict of arrays or ShapeDtypeStructs."""
     return {k: tuple(v.shape) for k, v in _flatten(abstract_params).items()}
