@@ -29,6 +29,7 @@ FORMATS = ("openclip", "hf", "synthclip") + load_resnet.FORMATS  # + ImageNet Re
 FREE_MODEL_KEYS = ("model.dtype", "model.remat", "model.logit_scale_init",
                    "model.logit_scale_max", "model.logit_scale_min", "model.logit_bias_init")
 RESIZABLE = ("data.image_size", "model.text.context_length")
+RESNET_KEYS = ("model.image.tower", "model.image.resnet_depth", "model.image.resnet_width")
 CONFIG_PY = '''"""The model tools.import_weights wrote into this workdir: config.json beside this file.
 
 Use as --config=THIS_FILE (with --config.KEY=VALUE overrides) for --mode=eval, or copy the
@@ -123,6 +124,8 @@ def check_agrees(source_config, config, src, resize_pos_embed, guessed=()):
     keys the source's config only assumes)."""
     theirs, ours = effective(source_config), effective(config)
     keys = [k for k in theirs if k.startswith("model.") and k not in FREE_MODEL_KEYS + guessed]
+    if theirs.get("model.image.tower") == "resnet":  # it reads none of the ViT's image keys
+        keys = [k for k in keys if not k.startswith("model.image.") or k in RESNET_KEYS]
     keys.append("data.image_size")
     for key in keys:
         if resize_pos_embed and key in RESIZABLE:
