@@ -21,8 +21,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (libgomp): t
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 
-from tools.bench.train_step import (CONTEXT, Ours, PeerProcess, load_line, make_adamw,  # noqa: E402
-                                    make_inputs, run_rounds)
+from tools.bench.train_step import (CONTEXT, Ours, PeerProcess, TorchSteps,  # noqa: E402
+                                    load_line, make_adamw, make_inputs, run_rounds)
 
 
 def parse_args(argv=None):
@@ -54,7 +54,7 @@ def our_config(args):
     return c
 
 
-class ResNetPeer:
+class ResNetPeer(TorchSteps):
     """torchvision ResNet + OpenCLIP TextTransformer + ClipLoss, fused AdamW (see the module
     docstring); the attributes `train_step._peer_worker` reports."""
 
@@ -108,13 +108,6 @@ class ResNetPeer:
             self.logit_scale.clamp_(0.0, self.scale_max)
         return loss
 
-    def run(self, steps: int):
-        loss = None
-        for _ in range(steps):
-            loss = self.step()
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
-        return float(loss.detach())
 
 
 def main(argv=None):

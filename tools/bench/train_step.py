@@ -195,7 +195,19 @@ def make_adamw(torch, params, adamw: str, **kwargs):
         return torch.optim.AdamW(params, foreach=True, **kwargs), "foreach"
 
 
-class Peer:
+class TorchSteps:
+    """`run(steps)` for a PyTorch peer with `step()`, `torch` and `device`."""
+
+    def run(self, steps: int):
+        loss = None
+        for _ in range(steps):
+            loss = self.step()
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+        return float(loss.detach())
+
+
+class Peer(TorchSteps):
     def __init__(self, config, images, tokens, dtype, threads, adamw="fused", kind="hf"):
         import torch
 
@@ -234,13 +246,6 @@ class Peer:
             self.model.logit_scale.clamp_(0.0, self.scale_max)
         return loss
 
-    def run(self, steps: int):
-        loss = None
-        for _ in range(steps):
-            loss = self.step()
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
-        return float(loss.detach())
 
 
 def _peer_worker(conn, factory, args):
