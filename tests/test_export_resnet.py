@@ -55,3 +55,25 @@ def test_openclip_refuses_what_its_timm_tower_cannot_compute(over, key, reason):
 def test_hf_refuses_a_resnet():
     with pytest.raises(conv.ExportError, match=r"model\.image\.tower='resnet'.*--format openclip"):
         check_hf(tiny_config(**RESNET))
+
+
+def test_openclip_timm_resnet_imports(tmp_path):
+    """OpenCLIP's own model with a timm ResNet tower (built by open_clip, not by our exporter),
+    BatchNorm statistics perturbed, read by `--format openclip`: the same features."""
+    import torch
+    from tests.test_convert_openclip import torch_forward
+    from tests.test_import_weights import (features_match, openclip_cfg, openclip_model,
+                                           run_cli, save_local_dir)
+    vision = dict(timm_model_name="resnet18", timm_model_pretrained=False, timm_pool="avg",
+                  timm_proj="linear", timm_proj_bias=False, image_size=32)
+    cfg = dict(openclip_cfg(), vision_cfg=vision)
+    model = openclip_model(cfg, seed=3)
+    with torch.no_grad():
+        for bn in model.visual.trunk.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.normal_(0, 0.1)
+                bn.running_var.uniform_(0.5, 1.5)
+    save_local_dir(model, cfg, tmp_path / "src")
+    assert run_cli("--format", "openclip", "--src", tmp_path / "src", "--out", tmp_path / "w") == 0
+    config, _ = features_match(tmp_path / "w", lambda i, t: torch_forward(model, i, t))
+    assert (config.model.image.tower, config.model.image.resnet_depth) == ("resnet", 18)
