@@ -1,12 +1,18 @@
-"""Import PyTorch CLIP weights (OpenCLIP, transformers CLIPModel, SynthCLIP) into a workdir.
+"""Import PyTorch CLIP weights (OpenCLIP, transformers CLIPModel, SynthCLIP), or an
+ImageNet-pretrained ResNet trunk (torchvision, timm), into a workdir.
 
-  python -m tools.import_weights --format openclip|hf|synthclip --src PATH --out WORKDIR
-      [--config FILE] [--resize-pos-embed] [--skip-keys PATTERN ...] [--init-missing PARAM ...]
+  python -m tools.import_weights --format openclip|hf|synthclip|torchvision|timm --src PATH
+      --out WORKDIR [--config FILE] [--resize-pos-embed] [--skip-keys PATTERN ...]
+      [--init-missing PARAM ...]
 
 --src: openclip: a `local-dir` export (open_clip_config.json + open_clip_model.safetensors or
 open_clip_pytorch_model.bin) or a state dict file (.safetensors, .bin/.pt, a trainer checkpoint
 with 'state_dict' and DDP's 'module.' prefix); hf: a CLIPModel save_pretrained directory;
-synthclip: a SynthCLIP checkpoint.pt. Pickled files are read with
+synthclip: a SynthCLIP checkpoint.pt; torchvision / timm: a ResNet state dict (.pth/.pt/.bin or
+.safetensors, e.g. `torch.save(torchvision.models.resnet50(weights=...).state_dict(), PATH)` or
+timm's `resnet50.a1_in1k` model.safetensors), which needs --config with
+model.image.tower='resnet': its trunk (running statistics included) becomes the image tower,
+the classifier `fc` is dropped (printed), and everything else keeps the config's seeded init. Pickled files are read with
 torch.load(weights_only=True) and an allowlist of data-only types; anything else is refused.
 
 WORKDIR gets config.json (the model), an orbax checkpoint at step 0 (weights only), config.py
@@ -49,20 +55,25 @@ def main(argv=None):
     try:
         config = read_config(args.config) if args.config else None
         print(f"reading {args.format} weights from {args.src} ...", flush=True)
+        notes = []
         config, params = import_weights(
             args.format, args.src, config, resize_pos_embed=args.resize_pos_embed,
-            skip_keys=args.skip_keys, init_missing=args.init_missing)
+            skip_keys=args.skip_keys, init_missing=args.init_missing, notes=notes)
+        for note in notes:
+            print(f"note: {note}", flush=True)
         print(f"writing {args.out} ...", flush=True)
         write_workdir(args.out, config, params, {
             "format": args.format, "src": args.src, "config": args.config,
             "resize_pos_embed": args.resize_pos_embed, "skip_keys": args.skip_keys,
-            "init_missing": args.init_missing})
+            "init_missing": args.init_missing, "notes": notes})
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = config.model
-    print(f"imported {args.format} {args.src} -> {args.out} (image {m.image.width}x"
-          f"{m.image.depth}/{m.image.patch_size} at {config.data.image_size}px, text "
+    image = (f"ResNet-{m.image.resnet_depth}" if m.image.get("tower", "vit") == "resnet" else
+             f"{m.image.width}x{m.image.depth}/{m.image.patch_size}")
+    print(f"imported {args.format} {args.src} -> {args.out} (image {image} at "
+          f"{config.data.image_size}px, text "
           f"{m.text.width}x{m.text.depth}, embed {m.embed_dim}, eps {m.layernorm_eps}, "
           f"{m.activation})")
     return 0

@@ -151,8 +151,11 @@ def to_params(source: dict, abstract: dict, *, names=None, skip_keys=(), init_mi
         return invert(fn, shape, value, key, name(key))
 
     timm = timm_prefix(source)
+    resnet = RESNET_TRUNK + "conv1.weight" in source
     if timm is not None:  # a timm image tower (SynthCLIP, OpenCLIP's timm tower)
         flat.update(take_timm(source, abstract, timm, name))
+    elif resnet:  # OpenCLIP's timm tower holding a ResNet
+        flat.update(take_resnet(source, abstract))
     elif "visual/conv1_bias" in abstract:  # OpenCLIP's native conv1 has no bias
         missing.append(("visual/conv1_bias", "visual.conv1.bias"))
     for ours, theirs, fn in TOP_RULES:
@@ -161,7 +164,7 @@ def to_params(source: dict, abstract: dict, *, names=None, skip_keys=(), init_mi
             if value is not None:
                 flat[ours] = value
     for tower, prefix, _ in TOWERS:
-        if tower == "visual" and timm is not None:
+        if tower == "visual" and (timm is not None or resnet):
             continue
         for ours, theirs, fn in BLOCK_RULES:
             path = f"{tower}/transformer/resblocks/{ours}"
@@ -246,6 +249,24 @@ def take_timm(source, abstract, prefix, name) -> dict:
 
 
 BLOCKS = "transformer/resblocks/"
+RESNET_TRUNK = "visual.trunk."  # OpenCLIP's TimmModel: timm's ResNet keys (torchvision's)
+
+
+def take_resnet(source, abstract) -> dict:
+    """Our flat visual leaves (all but proj) from a timm ResNet trunk's keys, popped from
+    `source` (its BatchNorms' unused num_batches_tracked too)."""
+    from synthclip_jax.export.torchvision_resnet import from_torchvision, to_torchvision
+    shapes = {k[len("visual/"):]: v for k, v in abstract.items() if k.startswith("visual/")}
+    if "conv1/kernel" not in shapes:
+        raise WeightsError(f"{RESNET_TRUNK}*: the source's image tower is a ResNet; set "
+                           "model.image.tower=resnet (and resnet_depth)")
+    try:
+        visual = from_torchvision(source, shapes, prefix=RESNET_TRUNK)
+    except (KeyError, ValueError) as error:  # names the key, both shapes and the config key
+        raise WeightsError(error.args[0]) from None
+    for key in to_torchvision(visual, prefix=RESNET_TRUNK):
+        source.pop(key, None)
+    return {f"visual/{k}": v for k, v in visual.items()}
 
 
 def unflatten(flat: dict) -> dict:
@@ -257,6 +278,14 @@ def unflatten(flat: dict) -> dict:
             node = node.setdefault(p, {})
         node[leaf] = value
     return tree
+
+
+def like(tree, flat: dict) -> dict:
+    """`flat` ('/'-paths) nested as `tree`, whose keys may be ints (an `nnx.List`'s entries,
+    e.g. the ResNet's blocks) where `unflatten` would make strings."""
+    import jax
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: flat["/".join(str(k.key) for k in path)], tree)
 
 
 def flat_shapes(abstract_params) -> dict:

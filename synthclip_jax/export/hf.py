@@ -26,8 +26,11 @@ HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick
 
 
 def check_hf(config):
-    check_torch_clip(config)  # vocab, mean pooling, ... are refused for the same reasons
     m = config.model
+    if m.image.get("tower", "vit") != "vit":
+        refuse("model.image.tower", m.image.tower, "CLIPModel's vision tower is a ViT; export "
+               "the ResNet with --format openclip (its timm tower)")
+    check_torch_clip(config)  # vocab, mean pooling, ... are refused for the same reasons
     if not m.text.causal:
         refuse("model.text.causal", m.text.causal, "CLIPModel's text tower is always causal")
     if m.text.pool_type != "argmax":

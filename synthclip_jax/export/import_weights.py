@@ -20,15 +20,16 @@ import time
 import ml_collections
 
 from synthclip_jax.config_base import base
-from synthclip_jax.export import fit, load_hf, load_openclip, load_synthclip
+from synthclip_jax.export import fit, load_hf, load_openclip, load_resnet, load_synthclip
 from synthclip_jax.export.torch_files import WeightsError
 from synthclip_jax.resume_check import IMPORTED, flatten
 
-FORMATS = ("openclip", "hf", "synthclip")
+FORMATS = ("openclip", "hf", "synthclip") + load_resnet.FORMATS  # + ImageNet ResNet trunks
 # Keys that neither shape the parameters nor change the function the weights compute.
 FREE_MODEL_KEYS = ("model.dtype", "model.remat", "model.logit_scale_init",
                    "model.logit_scale_max", "model.logit_scale_min", "model.logit_bias_init")
 RESIZABLE = ("data.image_size", "model.text.context_length")
+RESNET_KEYS = ("model.image.tower", "model.image.resnet_depth", "model.image.resnet_width")
 CONFIG_PY = '''"""The model tools.import_weights wrote into this workdir: config.json beside this file.
 
 Use as --config=THIS_FILE (with --config.KEY=VALUE overrides) for --mode=eval, or copy the
@@ -82,6 +83,8 @@ def detect_format(path) -> str:
         raise WeightsError(f"{path}: neither an OpenCLIP local-dir ({load_openclip.CONFIG_NAME})"
                            " nor a CLIPModel directory (config.json with model_type 'clip') nor a"
                            " workdir (config.json + checkpoints/)")
+    if load_resnet.is_resnet(path):
+        return "torchvision"
     return "synthclip" if load_synthclip.is_synthclip(path) else "openclip"
 
 
@@ -121,6 +124,8 @@ def check_agrees(source_config, config, src, resize_pos_embed, guessed=()):
     keys the source's config only assumes)."""
     theirs, ours = effective(source_config), effective(config)
     keys = [k for k in theirs if k.startswith("model.") and k not in FREE_MODEL_KEYS + guessed]
+    if theirs.get("model.image.tower") == "resnet":  # it reads none of the ViT's image keys
+        keys = [k for k in keys if not k.startswith("model.image.") or k in RESNET_KEYS]
     keys.append("data.image_size")
     for key in keys:
         if resize_pos_embed and key in RESIZABLE:
@@ -135,9 +140,19 @@ def check_agrees(source_config, config, src, resize_pos_embed, guessed=()):
 
 
 def import_weights(fmt, src, config=None, *, resize_pos_embed=False, skip_keys=(),
-                   init_missing=()):
+                   init_missing=(), notes=None):
     """(config, params): params a pure dict of float32 numpy arrays fitting `config` (the given
-    one, or derived from the source's own config)."""
+    one, or derived from the source's own config). `notes` (a list) receives what an import
+    left out on purpose (an ImageNet ResNet's classifier)."""
+    if fmt in load_resnet.FORMATS:  # an image trunk only: the rest of the model is the config's
+        if config is None:
+            raise WeightsError(f"{src}: an ImageNet ResNet carries no CLIP config (text tower, "
+                               "embed_dim, ...); pass --config FILE with "
+                               "model.image.tower='resnet'")
+        if not os.path.isfile(os.fspath(src)):
+            raise WeightsError(f"--src {src}: a {fmt} ResNet source is a state dict file")
+        return config, load_resnet.import_resnet(src, config, lambda: seeded_tree(config),
+                                                 skip_keys=skip_keys, notes=notes)
     tensors, names, derive = read_source(fmt, src)
     if config is None:
         if derive is None:
@@ -152,19 +167,24 @@ def import_weights(fmt, src, config=None, *, resize_pos_embed=False, skip_keys=(
         guessed = load_synthclip.GUESSED if fmt == "synthclip" else ()
         check_agrees(source_config, config, src, resize_pos_embed, guessed)
     abstract = abstract_params(config)
-
-    def init_params():
-        from flax import nnx
-        from synthclip_jax.models.two_tower import build_model
-        state = nnx.to_pure_dict(nnx.state(build_model(config, config.seed)))
-        return fit._flatten(state)
-
     params = fit.to_params(tensors, fit.flat_shapes(abstract), names=names, skip_keys=skip_keys,
-                           init_missing=init_missing, init_params=init_params,
+                           init_missing=init_missing, init_params=lambda: seeded_params(config),
                            resize_pos_embed=resize_pos_embed,
                            depths={"image": config.model.image.depth,
                                    "text": config.model.text.depth})
     return config, params
+
+
+def seeded_tree(config) -> dict:
+    """The config's seeded initial params as a pure dict (BatchNorm statistics included)."""
+    from flax import nnx
+    from synthclip_jax.models.two_tower import build_model
+    return nnx.to_pure_dict(nnx.state(build_model(config, config.seed)))
+
+
+def seeded_params(config) -> dict:
+    """The config's seeded initial params, flat ('/'-paths)."""
+    return fit._flatten(seeded_tree(config))
 
 
 def abstract_params(config) -> dict:

@@ -1,9 +1,10 @@
 """OpenCLIP -> ours: a `local-dir` export (`open_clip_config.json` + weights) or a state dict file.
 
 `model_config` reads OpenCLIP's `model_cfg` into our `config.model` (and `data.*` from its
-`preprocess_cfg`): the inverse of `openclip.openclip_config`. Only OpenCLIP's native `CLIP`
-(native ViT and TextTransformer) is read; a field that would make it compute something our
-model cannot (layer scale, attentional pooling, a timm or HF tower, a custom tokenizer, ...) is
+`preprocess_cfg`): the inverse of `openclip.openclip_config`. Only OpenCLIP's native `CLIP` (native ViT or a timm image tower
+holding a ViT of `timm_vit.TIMM_VITS` or timm's `resnet{18..152}`, and the native
+TextTransformer) is read; a field that would make it compute something our model cannot (layer
+scale, attentional pooling, another timm model or an HF tower, a custom tokenizer, ...) is
 refused naming the field, never dropped. A bare state dict carries no config (head counts, eps
 and activation cannot be read off tensors): it needs `--config`.
 """
@@ -77,6 +78,7 @@ def model_config(open_clip_cfg: dict, config):
         refuse("custom_text", True, "only the native CLIP layout (text keys at the top level)")
     v, t = dict(m_cfg["vision_cfg"]), dict(m_cfg["text_cfg"])
     timm_name = v.pop("timm_model_name", None)
+    resnet = timm_resnet(timm_name, v)
     check_fields(v, "vision_cfg", {"layers", "width", "head_width", "mlp_ratio", "patch_size",
                                    "image_size", "no_ln_pre", "pool_type", "norm_kwargs",
                                    "act_kwargs", "final_ln_after_pool"})
@@ -91,7 +93,9 @@ def model_config(open_clip_cfg: dict, config):
     if t.get("pool_type", "argmax") not in ("argmax", "last"):
         refuse("text_cfg.pool_type", t["pool_type"])
     m = config.model
-    if timm_name is not None:
+    if resnet is not None:  # BatchNorm and ReLU: no LayerNorm eps or GELU to carry
+        image, (v_eps, v_act) = resnet, (t_eps, t_act)
+    elif timm_name is not None:
         image = timm_image(timm_name, size)
         v_eps, v_act = TIMM_LAYERNORM_EPS, "gelu"  # timm's ViT, whatever quick_gelu says
     else:
@@ -143,6 +147,20 @@ def timm_image(name: str, size: int) -> dict:
         refuse("vision_cfg.image_size", size, f"{name} is built at {timm_size} px")
     return dict(width=width, depth=depth, heads=heads, patch_size=patch, mlp_ratio=mlp_ratio,
                 pool_type="tok", ln_pre=False, patch_bias=True, final_ln_after_pool=False)
+
+
+def timm_resnet(name, v: dict):
+    """model.image.* of OpenCLIP's timm tower holding timm's `resnet{depth}` (average pool, then
+    the bias-free linear `head.proj`), or None for another timm model; pops `timm_pool`."""
+    from synthclip_jax.models.resnet import LAYOUTS
+    if name is None or not name.startswith("resnet") or not name[6:].isdigit():
+        return None
+    if int(name[6:]) not in LAYOUTS:
+        refuse("vision_cfg.timm_model_name", name, f"known ResNets: resnet{sorted(LAYOUTS)}")
+    pool = v.pop("timm_pool", "avg")  # CLIPVisionCfg's default
+    if pool != "avg":
+        refuse("vision_cfg.timm_pool", pool, "our ResNet tower average-pools")
+    return dict(tower="resnet", resnet_depth=int(name[6:]), resnet_width=64)
 
 
 def weights_file(directory) -> str:

@@ -25,6 +25,7 @@ from safetensors.numpy import save_file
 from synthclip_jax.data.tokenizer import VOCAB_SIZE
 from synthclip_jax.export.timm_vit import (TIMM_LAYERNORM_EPS, TIMM_LEAVES, TIMM_VITS,
                                           timm_model_name, to_timm)
+from synthclip_jax.export.torchvision_resnet import to_torchvision
 from synthclip_jax.models.tower_config import TOWERS, tower_key, tower_option
 
 WEIGHTS_NAME = "open_clip_model.safetensors"  # first in open_clip 3.3 factory's preferred_order
@@ -43,13 +44,16 @@ def tower_acts(m) -> dict:
 
 
 def image_tower_kind(config) -> str:
-    """'native' (OpenCLIP's VisionTransformer) or 'timm' (`vision_cfg.timm_model_name`).
+    """'native' (OpenCLIP's VisionTransformer), 'timm' (a timm ViT) or 'resnet' (a timm ResNet),
+    the last two through `vision_cfg.timm_model_name`.
 
     OpenCLIP chooses QuickGELU for both native towers at once (`quick_gelu`); exact vs tanh GELU
     is per tower (`act_kwargs`). An exact-GELU image tower beside a QuickGELU text tower
     (SynthCLIP) is only expressible through the timm tower, which always uses exact GELU.
     """
     m = config.model
+    if m.image.get("tower", "vit") == "resnet":
+        return "resnet"
     acts = tower_acts(m)
     quick = {t: a == "quick_gelu" for t, a in acts.items()}
     if quick["image"] == quick["text"]:
@@ -87,21 +91,37 @@ def check_timm_image(config) -> str:
     return name
 
 
+def check_timm_resnet(config) -> str:
+    """The timm model name of a ResNet image tower (OpenCLIP's TimmModel builds
+    `timm.create_model(name)`: timm's resnet{18..152} are torchvision's architecture and keys;
+    its head: timm's average pool, then `head.proj`, a bias-free nn.Linear), or ExportError."""
+    m = config.model
+    if m.get("projection", "linear") != "linear":
+        # simple-clip's head is Linear(d, d)-ReLU-Linear(d, E), no biases; OpenCLIP's timm
+        # 'mlp' head is timm's Mlp(d, 2E, E): GELU, a bias on its first Linear, hidden 2E.
+        refuse("model.projection", m.projection, "OpenCLIP's timm tower has a linear head or "
+               "timm's Mlp (hidden 2*embed_dim, GELU, biased fc1), not Linear-ReLU-Linear "
+               "without biases")
+    if m.image.resnet_width != 64:
+        refuse("model.image.resnet_width", m.image.resnet_width, "timm's registered ResNets "
+               "(what OpenCLIP's timm tower can build by name) have stem width 64")
+    return f"resnet{m.image.resnet_depth}"
+
+
 def check_openclip(config):
     check_torch_clip(config)
-    if image_tower_kind(config) == "timm":
+    kind = image_tower_kind(config)
+    if kind == "timm":
         check_timm_image(config)
+    elif kind == "resnet":
+        check_timm_resnet(config)
 
 
 def check_torch_clip(config):
     """What neither OpenCLIP's CLIP nor transformers' CLIPModel can compute (`hf.py` adds its
     own refusals)."""
     m = config.model
-    if m.image.get("tower", "vit") != "vit":
-        # OpenCLIP could hold a timm ResNet (`vision_cfg.timm_model_name`), but this exporter
-        # does not write one yet: refused rather than written as a ViT.
-        refuse("model.image.tower", m.image.tower, "the OpenCLIP/HF export writes ViT image "
-               "towers only (a ResNet export through OpenCLIP's timm tower is not built yet)")
+    vit = m.image.get("tower", "vit") == "vit"  # a ResNet reads none of the ViT's keys
     if m.text.get("tokenizer", "openclip_bpe") != "openclip_bpe":
         # OpenCLIP 3.3's tokenizers cannot write CLIPS's layout (its HF tokenizer puts [CLS]
         # first; REFERENCE 4.1): the exported model would be read with the wrong ids.
@@ -111,9 +131,9 @@ def check_torch_clip(config):
         # OpenCLIP's text_global_pool has first/last/argmax/eos, no masked mean.
         refuse("model.text.pool_type", m.text.pool_type,
                "OpenCLIP's TextTransformer has no mean pooling (it has argmax, last, first, eos)")
-    if m.image.pool_type not in ("tok", "avg"):
+    if vit and m.image.pool_type not in ("tok", "avg"):
         refuse("model.image.pool_type", m.image.pool_type, "OpenCLIP's ViT supports tok and avg")
-    if m.get("projection", "linear") != "linear":
+    if m.get("projection", "linear") != "linear" and vit:  # ResNet: check_timm_resnet
         refuse("model.projection", m.projection, "OpenCLIP's towers project with one matrix "
                "(no Linear-ReLU-Linear head)")
     for tower, act in tower_acts(m).items():
@@ -124,7 +144,7 @@ def check_torch_clip(config):
         # as `synthclip_jax.data.tokenizer`; a smaller embedding table cannot take its ids.
         refuse("model.text.vocab_size", m.text.vocab_size,
                f"the exported tokenizer (OpenAI BPE) emits ids up to {VOCAB_SIZE - 1}")
-    for tower in ("image", "text"):
+    for tower in ("image", "text") if vit else ("text",):
         width, heads = m[tower].width, m[tower].heads
         if width % heads:
             refuse(f"model.{tower}.heads", heads, f"does not divide width {width}")
@@ -148,7 +168,13 @@ def openclip_config(config) -> dict:
         no_causal_mask=not m.text.causal, pool_type=m.text.pool_type,
         final_ln_after_pool=bool(m.text.get("final_ln_after_pool", False)),
         norm_kwargs=norm("text"))
-    if image_tower_kind(config) == "timm":
+    kind = image_tower_kind(config)
+    if kind == "resnet":
+        # timm's BatchNorms and ReLUs are built in; 'avg' is timm's global average pool
+        vision = dict(image_size=int(config.data.image_size),
+                      timm_model_name=check_timm_resnet(config), timm_model_pretrained=False,
+                      timm_pool="avg", timm_proj="linear", timm_proj_bias=False)
+    elif kind == "timm":
         # timm: LN eps 1e-6 and exact GELU built in (check_timm_image); the projection is
         # OpenCLIP's head.proj, a bias-free nn.Linear, after timm's 'token' pooling.
         vision = dict(image_size=int(config.data.image_size),
@@ -165,7 +191,7 @@ def openclip_config(config) -> dict:
     # QuickGELU is the top-level quick_gelu flag (both native towers; the text tower only beside a
     # timm image tower); exact GELU is nn.GELU's default; tanh is act_kwargs, per tower.
     for tower, cfg in (("image", vision), ("text", text)):
-        if acts[tower] == "gelu_tanh":
+        if acts[tower] == "gelu_tanh" and not (tower == "image" and kind == "resnet"):
             cfg["act_kwargs"] = {"approximate": "tanh"}
     model_cfg = dict(embed_dim=m.embed_dim, vision_cfg=vision, text_cfg=text)
     if acts["text"] == "quick_gelu":
@@ -232,7 +258,11 @@ def openclip_state_dict(params, image_tower: str = "native") -> dict:
     native image tower or (`image_tower='timm'`) the timm one (`visual.trunk.*`)."""
     flat = {k: np.asarray(v, np.float32) for k, v in _flatten(params).items()}
     out = {}
-    if image_tower == "timm":
+    if image_tower == "resnet":  # timm's ResNet keys are torchvision's; BatchNorm statistics too
+        visual = {k[len("visual/"):]: flat.pop(k) for k in list(flat) if k.startswith("visual/")}
+        out.update(to_torchvision(visual, prefix="visual.trunk."))
+        out["visual.head.proj.weight"] = visual["proj"].T  # x @ proj -> nn.Linear, as for timm
+    elif image_tower == "timm":
         visual = {k[len("visual/"):]: flat.pop(k) for k in list(flat) if k.startswith("visual/")}
         unmapped = set(visual) - set(TIMM_LEAVES) - {"proj"}
         if unmapped:  # e.g. ln_pre: timm's ViT has no place for it
@@ -249,7 +279,7 @@ def openclip_state_dict(params, image_tower: str = "native") -> dict:
     for ours, theirs, fn in TOP_RULES:
         if ours in flat:
             out[theirs] = (fn or (lambda x: x))(flat.pop(ours))
-    towers = (("text", "transformer"),) if image_tower == "timm" else (
+    towers = (("text", "transformer"),) if image_tower in ("timm", "resnet") else (
         ("visual", "visual.transformer"), ("text", "transformer"))
     for tower, dst in towers:
         for ours, theirs, fn in BLOCK_RULES:
@@ -263,7 +293,9 @@ def openclip_state_dict(params, image_tower: str = "native") -> dict:
 
 
 def save_safetensors(tensors: dict, path):
-    save_file({k: np.array(v, np.float32, order="C") for k, v in tensors.items()}, str(path))
+    """Floats as float32; integers (BatchNorm's num_batches_tracked) keep their dtype."""
+    save_file({k: np.array(v, None if np.issubdtype(np.asarray(v).dtype, np.integer)
+                           else np.float32, order="C") for k, v in tensors.items()}, str(path))
 
 
 def export_openclip(config, params, out_dir):

@@ -196,7 +196,19 @@ def make_adamw(torch, params, adamw: str, **kwargs):
         return torch.optim.AdamW(params, foreach=True, **kwargs), "foreach"
 
 
-class Peer:
+class TorchSteps:
+    """`run(steps)` for a PyTorch peer with `step()`, `torch` and `device`."""
+
+    def run(self, steps: int):
+        loss = None
+        for _ in range(steps):
+            loss = self.step()
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+        return float(loss.detach())
+
+
+class Peer(TorchSteps):
     def __init__(self, config, images, tokens, dtype, threads, adamw="fused", kind="hf"):
         import torch
 
@@ -235,17 +247,10 @@ class Peer:
             self.model.logit_scale.clamp_(0.0, self.scale_max)
         return loss
 
-    def run(self, steps: int):
-        loss = None
-        for _ in range(steps):
-            loss = self.step()
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
-        return float(loss.detach())
 
 
-def _peer_worker(conn, args):
-    peer = Peer(*args)
+def _peer_worker(conn, factory, args):
+    peer = factory(*args)
     conn.send(dict(name=peer.name, version=peer.torch.__version__, device=peer.device,
                    threads=peer.torch.get_num_threads(), attn_impl=peer.attn_impl,
                    adamw=peer.adamw, num_params=peer.num_params))
@@ -259,10 +264,12 @@ class PeerProcess:
     user running only one of them; neither can leave memory or threads behind for the other.
     (Measured: this is for isolation, not speed; neither side got faster by the move.)"""
 
-    def __init__(self, *args):
+    def __init__(self, *args, factory=Peer):
+        """`factory(*args)` builds the peer in the child (a module-level class: spawn pickles
+        it by name); it has the attributes `_peer_worker` reports and `run(steps)`."""
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_peer_worker, args=(child, args), daemon=True)
+        self.process = ctx.Process(target=_peer_worker, args=(child, factory, args), daemon=True)
         self.process.start()
         self.info = self.conn.recv()
 
@@ -279,6 +286,41 @@ def timed(runner, steps):
     start = time.perf_counter()
     loss = runner.run(steps)
     return time.perf_counter() - start, loss
+
+
+def run_rounds(runners: dict, batch: int, args) -> dict:
+    """One warm-up step each (excluded), then `args.repeats` rounds in rotating order, each
+    timing `args.steps_per_repeat` steps per runner after `args.round_warmup` untimed ones;
+    -> {name: [examples/s per round]} (printed as it goes)."""
+    first = []
+    for name, runner in runners.items():
+        t0 = time.perf_counter()
+        loss = runner.run(1)
+        first.append(f"{name} {time.perf_counter() - t0:.1f} s (loss {loss:.4f})")
+    print("warm-up step (excluded; ours incl. compile): " + ", ".join(first), flush=True)
+
+    k = args.steps_per_repeat
+    rates = {name: [] for name in runners}
+    names = list(runners)
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # each goes first in turn
+        line = []
+        for name in order:
+            if args.round_warmup:
+                runners[name].run(args.round_warmup)
+            seconds, _ = timed(runners[name], k)
+            rates[name].append(k * batch / seconds)
+            line.append(f"{name} {k * batch / seconds:8.2f} ex/s")
+        print(f"  round {r + 1}/{args.repeats}: " + ", ".join(line), flush=True)
+    return rates
+
+
+def load_line() -> str:
+    try:
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average: unavailable"
+    return f"load average (1, 5, 15 min): {load} on {os.cpu_count()} CPUs"
 
 
 def main(argv=None):
@@ -317,27 +359,7 @@ def main(argv=None):
             print(f"WARNING: {name}: parameter counts differ by "
                   f"{ours.num_params - info['num_params']:+,}")
 
-    runners = {"ours": ours, **peers}
-    first = []
-    for name, runner in runners.items():
-        t0 = time.perf_counter()
-        loss = runner.run(1)
-        first.append(f"{name} {time.perf_counter() - t0:.1f} s (loss {loss:.4f})")
-    print("warm-up step (excluded; ours incl. compile): " + ", ".join(first), flush=True)
-
-    k = args.steps_per_repeat
-    rates = {name: [] for name in runners}
-    names = list(runners)
-    for r in range(args.repeats):
-        order = names[r % len(names):] + names[:r % len(names)]  # each goes first in turn
-        line = []
-        for name in order:
-            if args.round_warmup:
-                runners[name].run(args.round_warmup)
-            seconds, _ = timed(runners[name], k)
-            rates[name].append(k * batch / seconds)
-            line.append(f"{name} {k * batch / seconds:8.2f} ex/s")
-        print(f"  round {r + 1}/{args.repeats}: " + ", ".join(line), flush=True)
+    rates = run_rounds({"ours": ours, **peers}, batch, args)
     for peer in peers.values():
         peer.close()
 
@@ -354,11 +376,7 @@ def main(argv=None):
         achieved = flops["step"] / step_s
         print(f"{name:9} {median[name]:11.2f} {min(vals):8.2f}..{max(vals):<8.2f} "
               f"{1e3 * step_s:9.1f} {achieved / 1e9:9.1f} {100 * achieved / peak:6.1f}%")
-    try:
-        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        print(f"load average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} CPUs")
-    except OSError:
-        pass
+    print(f"{load_line()} (at the end)")
 
     def ratio(name):
         value = median["ours"] / median[name]
