@@ -51,6 +51,17 @@ def test_train_step_tiny_output_format():
 
 
 @pytest.mark.slow
+def test_resnet_step_output_format():
+    pytest.importorskip("torchvision")
+    out = run_module("tools.bench.resnet_step", "--depth", "18", "--image_size", "32",
+                     "--batch", "2", "--text_width", "32", "--text_depth", "1", "--embed_dim",
+                     "16", "--repeats", "1", "--steps_per_repeat", "1", env=single_device_env())
+    params = re.findall(r"([\d,]+) params", out)
+    assert len(params) >= 2 and len(set(params)) == 1, out  # the same model on both sides
+    assert re.search(r"^ratio ours/peer = \d+\.\d\d", out, re.M), out
+
+
+@pytest.mark.slow
 def test_sigmoid_memory_output_format():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     out = run_module("tools.bench.sigmoid_memory", "--batches", "64", "--loss_batches",

@@ -39,7 +39,9 @@ SPECIALS = (["[PAD]"] + [f"[unused{i}]" for i in range(99)]
 
 
 def training_captions(pattern):
-    from synthclip_jax.data.tfrecord import TFRecordShards, decode_example
+    from synthclip_jax.data.shard_files import TFRecordShards
+    from synthclip_jax.data.tfrecord import decode_example
+
     shards = TFRecordShards(pattern)
     for i in range(len(shards)):
         example = decode_example(shards[i])
