@@ -17,7 +17,8 @@ images only resized, no mean/std normalisation (mean 0, std 1 here).
 Deviations, written down:
 - Image tower initialisation: random (torchvision's init), where simple-clip starts from the
   ImageNet-pretrained ResNet-18 (IMAGENET1K_V1); nothing is downloaded here. The architecture is
-  torchvision's exactly (tests/test_resnet.py), so its weights can be copied in.
+  torchvision's exactly (tests/test_resnet.py): `python -m tools.import_weights --format
+  torchvision --src resnet18.pth --config THIS --out DIR`, then `--config.init_from=DIR`.
 - BatchNorm under gradient accumulation: the running statistics move once per step, by the mean
   of the micro-batches' statistics (train/step.py); simple-clip does not accumulate.
 - Training stays in train mode after an evaluation; simple-clip's validate() leaves the model

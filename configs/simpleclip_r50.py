@@ -18,8 +18,9 @@ warmup, stepped per iteration; images resized to 224 with no mean/std normalisat
 
 Deviations, written down:
 - Image tower initialisation: random (torchvision's init), where simple-clip starts from the
-  ImageNet-pretrained ResNet-50 (IMAGENET1K_V2); start from those weights with `init_from` once
-  they are imported (the architecture and names are torchvision's, export/torchvision_resnet.py).
+  ImageNet-pretrained ResNet-50 (IMAGENET1K_V2); start from them with `python -m tools.import_weights
+  --format torchvision --src resnet50.pth --config THIS --out DIR` and `--config.init_from=DIR`
+  (or `--config.init_from=resnet50.pth` directly).
 - Text tower: ours, bidirectional with mean pooling over the real tokens and DistilBERT's size
   (6 layers, width 768, 12 heads, MLP 3072), randomly initialised, with the OpenAI BPE tokenizer
   (77 tokens), instead of a pretrained `distilbert-base-uncased` with its WordPiece tokenizer
