@@ -21,13 +21,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (libgomp): t
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 
+from synthclip_jax.choices import RESNET_DEPTHS  # noqa: E402
+
 from tools.bench.train_step import (CONTEXT, Ours, PeerProcess, TorchSteps,  # noqa: E402
                                     load_line, make_adamw, make_inputs, run_rounds)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--depth", type=int, default=50, choices=(18, 34, 50, 101, 152))
+    p.add_argument("--depth", type=int, default=50, choices=RESNET_DEPTHS)
     p.add_argument("--batch", type=int, default=8, help="global batch")
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--text_width", type=int, default=256)
