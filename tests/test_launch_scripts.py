@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TPU = ROOT / "tools" / "tpu"
-SCRIPTS = sorted([*TPU.glob("*.sh"), ROOT / "tools" / "gpu" / "slurm_train.sbatch",
+SCRIPTS = sorted([*TPU.glob("*.sh"), *(ROOT / "tools" / "gpu").glob("*.sbatch"),
                   *(ROOT / "tools" / "gpu").glob("*.sh"), *(ROOT / "tools" / "bench").glob("*.sh")])
 
 
