@@ -46,6 +46,7 @@ from data_gen import fingerprint
 from data_gen.caption_rows import caption_rows
 from data_gen.common import (stage_parser, add_worker_args, check_worker_args, progress,
                              worker_items)
+from data_gen.engine import add_engine_args, check_engine_args
 from synthclip_jax.data.jpeg import encode_jpeg
 from synthclip_jax.files import atomic_path
 
@@ -181,55 +182,85 @@ def check_settings(out: Path, settings: dict) -> None:
                       fix="use another --out, or delete it to generate again")
 
 
+class Plan:
+    """What a run generates: the input rows, cleaned captions, settings and this worker's chunks
+    still to do. Both engines (local here, ray in data_gen.images_ray) work from one."""
+
+    def __init__(self, args):
+        check_worker_args(args.worker_index, args.num_workers)
+        self.backend = make_backend(args)
+        if args.shapes:
+            self.rows, self.captions = [{} for _ in range(args.shapes)], None
+        else:
+            self.rows = load_rows(args)
+            self.captions = [flatten_caption(r["caption"]) for r in self.rows]
+            if not all(self.captions):
+                raise SystemExit(f"empty caption at index {self.captions.index('')}")
+        prompts = ({"prompts": args.prompts[0], "templates": list(TEMPLATES) if args.prompts[0]
+                    == "templates" and not args.templates else args.templates}
+                   if args.prompts else {})
+        # The captions' hash: a rerun on other captions into the same --out is refused.
+        digest = hashlib.sha256("\n".join(self.captions or []).encode()).hexdigest()
+        self.settings = {**self.backend.settings, **prompts, "source": self.backend.source,
+                         "chunk_size": args.chunk_size, "num_captions": len(self.rows),
+                         **({"captions_sha256": digest} if self.captions else {})}
+        self.out, self.chunk_size = Path(args.out), args.chunk_size
+        chunks = range(math.ceil(len(self.rows) / args.chunk_size))
+        mine = worker_items(chunks, args.worker_index, args.num_workers)
+        self.todo = [c for c in mine if not (self.out / f"pairs-{c:05d}.tar").exists()]
+        print(f"images: {len(self.rows)} captions in {len(chunks)} chunks; worker "
+              f"{args.worker_index}/{args.num_workers} has {len(mine)}, "
+              f"{len(mine) - len(self.todo)} already done", flush=True)
+        check_settings(self.out, self.settings)
+
+    def indices(self, c: int) -> range:
+        return range(c * self.chunk_size, min((c + 1) * self.chunk_size, len(self.rows)))
+
+    def chunk_input(self, c: int) -> dict:
+        """Chunk c's rows and captions: all a (remote) generator needs besides the args."""
+        idx = self.indices(c)
+        return {"chunk": c, "start": idx.start, "rows": [self.rows[i] for i in idx],
+                "captions": [self.captions[i] for i in idx] if self.captions else None}
+
+
+def make_backend(args):
+    return Shapes(args) if args.backend == "shapes" else Diffusers(args)
+
+
+def chunk_samples(args, backend, settings: dict, chunk: dict):
+    """The samples of one chunk (Plan.chunk_input), in index order, generated in batches of
+    --batch-size from the chunk's start: the same batches, hence the same bytes, wherever and
+    on whichever engine the chunk runs."""
+    rows, captions, start = chunk["rows"], chunk["captions"], chunk["start"]
+    for b in range(0, len(rows), args.batch_size):
+        batch = [(start + k, captions[k] if captions else None)
+                 for k in range(b, min(b + args.batch_size, len(rows)))]
+        # (caption, image), or (caption, web caption, image) from the shapes backend
+        for (i, _), (caption, *web, image) in zip(batch, backend(batch)):
+            yield {"key": f"s{args.seed}_{i:09d}", "index": i, "caption": caption,
+                   "seed": image_seed(args.seed, i), "source": backend.source,
+                   "settings": settings, "input": rows[i - start],
+                   **({"web_caption": web[0]} if web else {}),
+                   "jpeg": to_jpeg(image, args.save_size, args.jpeg_quality)}
+
+
 def run(args) -> int:
-    check_worker_args(args.worker_index, args.num_workers)
-    backend = Shapes(args) if args.backend == "shapes" else Diffusers(args)
-    if args.shapes:
-        rows, captions = [{} for _ in range(args.shapes)], None
-    else:
-        rows = load_rows(args)
-        captions = [flatten_caption(r["caption"]) for r in rows]
-        if not all(captions):
-            raise SystemExit(f"empty caption at index {captions.index('')}")
-    prompts = ({"prompts": args.prompts[0], "templates": list(TEMPLATES) if args.prompts[0] ==
-                "templates" and not args.templates else args.templates} if args.prompts else {})
-    # The captions' hash: a rerun on other captions into the same --out is refused, not mixed.
-    digest = hashlib.sha256("\n".join(captions or []).encode()).hexdigest()
-    settings = {**backend.settings, **prompts, "source": backend.source,
-                "chunk_size": args.chunk_size, "num_captions": len(rows),
-                **({"captions_sha256": digest} if captions else {})}
-    out = Path(args.out)
-    chunks = range(math.ceil(len(rows) / args.chunk_size))
-    mine = worker_items(chunks, args.worker_index, args.num_workers)
-    todo = [c for c in mine if not (out / f"pairs-{c:05d}.tar").exists()]
-    print(f"images: {len(rows)} captions in {len(chunks)} chunks; worker {args.worker_index}/"
-          f"{args.num_workers} has {len(mine)}, {len(mine) - len(todo)} already done",
-          flush=True)
-    check_settings(out, settings)
+    if args.engine == "ray":  # ray is imported only here
+        from data_gen.images_ray import run_ray
+        return run_ray(args)
+    plan = Plan(args)
 
-    def chunk_indices(c):
-        return range(c * args.chunk_size, min((c + 1) * args.chunk_size, len(rows)))
+    def generate():  # yields (chunk, sample)
+        for c in plan.todo:
+            for sample in chunk_samples(args, plan.backend, plan.settings, plan.chunk_input(c)):
+                yield c, sample
 
-    def generate():  # yields (chunk, sample), batched within a chunk
-        for c in todo:
-            idx = list(chunk_indices(c))
-            for start in range(0, len(idx), args.batch_size):
-                batch = [(i, captions[i] if captions else None)
-                         for i in idx[start:start + args.batch_size]]
-                # (caption, image), or (caption, web caption, image) from the shapes backend
-                for (i, _), (caption, *web, image) in zip(batch, backend(batch)):
-                    yield c, {"key": f"s{args.seed}_{i:09d}", "index": i, "caption": caption,
-                              "seed": image_seed(args.seed, i), "source": backend.source,
-                              "settings": settings, "input": rows[i],
-                              **({"web_caption": web[0]} if web else {}),
-                              "jpeg": to_jpeg(image, args.save_size, args.jpeg_quality)}
-
-    total = sum(len(chunk_indices(c)) for c in todo)
+    total = sum(len(plan.indices(c)) for c in plan.todo)
     done = []
     for c, sample in progress(generate(), total, "images"):
         done.append(sample)
-        if len(done) == len(chunk_indices(c)):
-            write_pairs(out / f"pairs-{c:05d}.tar", done)
+        if len(done) == len(plan.indices(c)):
+            write_pairs(plan.out / f"pairs-{c:05d}.tar", done)
             done = []
     return 0
 
@@ -266,6 +297,7 @@ def parse_args(argv=None):
                    default="auto", help="auto: float16 on CUDA, float32 on CPU")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     add_worker_args(p)
+    add_engine_args(p)
     args = p.parse_args(argv)
     if args.prompts and args.prompts[0] not in ("classnames", "templates"):
         p.error("--prompts takes 'classnames FILE' or 'templates FILE'")
@@ -276,6 +308,7 @@ def parse_args(argv=None):
         p.error("the shapes backend invents its captions: use --shapes N (alone)")
     if min(args.batch_size, args.chunk_size) < 1 or (args.shapes or 1) < 1:
         p.error("--batch-size, --chunk-size and --shapes must be >= 1")
+    check_engine_args(p, args)
     return args
 
 
