@@ -31,8 +31,9 @@ import sys
 from pathlib import Path
 
 from data_gen import fingerprint
-from data_gen.common import (add_worker_args, progress, stage_parser, worker_items,
-                             worker_suffix, write_jsonl_atomic)
+from data_gen.common import (add_worker_args, check_worker_args, progress, stage_parser,
+                             worker_items, worker_suffix, write_jsonl_atomic)
+from data_gen.engine import ENGINE_ARGS, add_engine_args, check_engine_args
 from data_gen.concepts import load_bank
 from synthclip_jax.files import atomic_path
 
@@ -175,35 +176,55 @@ def parse_args(argv=None):
     p.add_argument("--presence-penalty", type=float, default=1.0)
     p.add_argument("--frequency-penalty", type=float, default=1.0)
     add_worker_args(p)
-    return p.parse_args(argv)
+    add_engine_args(p)
+    args = p.parse_args(argv)
+    check_engine_args(p, args)
+    if args.engine == "ray" and args.worker_index:
+        p.error("with --engine ray one job writes every one of the --num-workers files; "
+                "leave --worker-index out")
+    return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    concepts = load_bank(args.concepts, dedup=False)  # index = line of a bank from data_gen.concepts
-    mine = worker_items(list(enumerate(concepts)), args.worker_index, args.num_workers)
-    suffix = worker_suffix(args.worker_index, args.num_workers)
-    out = Path(args.out) / f"captions-{suffix}.jsonl"
-    # an existing output is skipped: only if it was made from this bank and these settings
+def worker_jobs(args, concepts: list, worker_index: int) -> list:
+    """(concept_index, concept, k, seed) of every caption worker `worker_index` asks for."""
+    mine = worker_items(list(enumerate(concepts)), worker_index, args.num_workers)
+    return [(i, c, k, caption_seed(args.seed, i, k))
+            for i, c in mine for k in range(args.captions_per_concept)]
+
+
+def batch_size(args) -> int:
+    return args.batch_size or (1024 if args.backend == "vllm" else 8)
+
+
+def batches_of(args, jobs: list) -> list:
+    bs = batch_size(args)
+    return [jobs[s:s + bs] for s in range(0, len(jobs), bs)]
+
+
+def make_backend(args):
+    return (VllmBackend if args.backend == "vllm" else TransformersBackend)(args)
+
+
+def output_path(args, worker_index: int) -> Path:
+    return Path(args.out) / f"captions-{worker_suffix(worker_index, args.num_workers)}.jsonl"
+
+
+def claim_output(args) -> None:
+    """Records what OUT's captions are made of; refuses an OUT made of other input/settings."""
     settings = {k: v for k, v in vars(args).items()  # less those that do not change captions
                 if k not in ("out", "worker_index", "device", "batch_size",
-                             "tensor_parallel_size")}
+                             "tensor_parallel_size", *ENGINE_ARGS)}
     fingerprint.claim(Path(args.out) / ".fingerprint-captions.json",
                       {**settings, "concepts": fingerprint.file_stamp(args.concepts)},
                       stage="captions", fix="use another --out, or delete it to caption again")
-    if out.exists():
-        print(f"captions: {out} exists, skipping", file=sys.stderr)
-        return
-    jobs = [(i, c, k, caption_seed(args.seed, i, k))
-            for i, c in mine for k in range(args.captions_per_concept)]
-    backend = (VllmBackend if args.backend == "vllm" else TransformersBackend)(args)
-    bs = args.batch_size or (1024 if args.backend == "vllm" else 8)
-    batches = [jobs[s:s + bs] for s in range(0, len(jobs), bs)]
-    rows, stats = [], {"requested": len(jobs), "multiline": 0, "empty": 0}
-    for batch in progress(batches, len(batches), f"captions {suffix} (batches of {bs})"):
-        texts = backend.generate([prompt_ids(backend.tokenizer, c) for _, c, _, _ in batch],
-                                 [s for *_, s in batch])
-        for (i, concept, k, seed), text in zip(batch, texts):
+
+
+def write_worker(args, worker_index: int, batches: list, texts: list) -> None:
+    """Cleans the generated `texts` (one list per batch of `batches`) into rows and writes the
+    worker's stats, then its .jsonl (last: its existence marks this worker done)."""
+    rows, stats = [], {"requested": sum(map(len, batches)), "multiline": 0, "empty": 0}
+    for batch, batch_texts in zip(batches, texts):
+        for (i, concept, k, seed), text in zip(batch, batch_texts):
             caption = clean_llm_caption(text)
             if caption is None or not caption:
                 stats["multiline" if caption is None else "empty"] += 1
@@ -211,10 +232,33 @@ def main(argv=None):
             rows.append({"concept": concept, "caption": caption, "seed": seed,
                          "model": args.model, "concept_index": i, "k": k})
     stats["written"] = len(rows)
-    with atomic_path(out.with_name(f"captions-{suffix}.stats.json")) as tmp:
+    out = output_path(args, worker_index)
+    with atomic_path(out.with_name(out.name.replace(".jsonl", ".stats.json"))) as tmp:
         tmp.write_text(json.dumps(stats, indent=1) + "\n")
-    write_jsonl_atomic(out, rows)  # last: its existence marks this worker done
+    write_jsonl_atomic(out, rows)
     print(f"captions: {stats} -> {out}", file=sys.stderr)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    concepts = load_bank(args.concepts, dedup=False)  # index = line of a bank from data_gen.concepts
+    check_worker_args(args.worker_index, args.num_workers)
+    claim_output(args)  # an existing output is skipped: only if made from this bank and settings
+    if args.engine == "ray":  # ray is imported only here
+        from data_gen.captions_ray import run_ray
+        return run_ray(args, concepts)
+    out = output_path(args, args.worker_index)
+    if out.exists():
+        print(f"captions: {out} exists, skipping", file=sys.stderr)
+        return
+    backend = make_backend(args)
+    batches = batches_of(args, worker_jobs(args, concepts, args.worker_index))
+    suffix = worker_suffix(args.worker_index, args.num_workers)
+    desc = f"captions {suffix} (batches of {batch_size(args)})"
+    texts = [backend.generate([prompt_ids(backend.tokenizer, c) for _, c, _, _ in batch],
+                              [s for *_, s in batch])
+             for batch in progress(batches, len(batches), desc)]
+    write_worker(args, args.worker_index, batches, texts)
 
 
 if __name__ == "__main__":

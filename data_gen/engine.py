@@ -15,6 +15,10 @@ Stdlib only (the vLLM stage imports it in its own environment); ray is imported 
 """
 import argparse
 
+# The argparse names of the engine flags: they change where, not what, a stage generates, so
+# they stay out of its fingerprint.
+ENGINE_ARGS = ("engine", "ray_address", "concurrency", "gpus_per_worker")
+
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine (see data_gen.engine)")

@@ -1,7 +1,8 @@
-"""data_gen.images --engine ray on a local Ray cluster (one per module: it takes seconds to
-start): the same files as the local engine byte for byte (tiny random Stable Diffusion), and a
-Ray job SIGKILLed part-way then run again (shapes backend: the engine, not the model, is what
-a kill tests) completes with no duplicate and no missing record."""
+"""data_gen.images and data_gen.captions --engine ray on a local Ray cluster (one per module:
+it takes seconds to start): the same files as the local engine byte for byte (tiny random
+Stable Diffusion; tiny random Llama with the transformers backend, and through vLLM in its own
+environment), and a Ray job SIGKILLed part-way then run again (shapes backend: the engine, not
+the model, is what a kill tests) completes with no duplicate and no missing record."""
 import json
 import os
 import subprocess
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from data_gen import captions as captions_stage
 from data_gen import images as images_stage
 from tests.test_data_gen_chain import kill_when, pair_indices, visible_files
 from tests.test_data_gen_images import tiny_pipeline
+from tests.test_data_gen_text import caption_args, tiny_model  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 ray = pytest.importorskip("ray")
@@ -74,3 +77,32 @@ def test_images_ray_job_killed_then_rerun(ray_address, tmp_path):
     assert sorted(pair_indices(out)) == list(range(400))  # none missing, none twice
     print(f"ray job killed: {killed} after {len(done)}/50 chunks; leftovers: "
           f"{sorted(p.name for p in out.iterdir() if '.tmp-' in p.name)}; pid {os.getpid()}")
+
+
+def hidden_and_visible(folder: Path) -> dict:
+    """Every file, the fingerprint (hidden) included; temporaries excepted."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if ".tmp-" not in p.name}
+
+
+@pytest.mark.slow
+def test_captions_ray_equals_local_transformers(ray_address, tiny_model, tmp_path):  # noqa: F811
+    bank = tmp_path / "bank.txt"
+    bank.write_text("cat\ndog\nred ball\npark\nblue sky\n")
+
+    def args(out, *extra):
+        return [str(a) for a in caption_args(tiny_model, bank, out, "--num-workers", 3,
+                                             "--batch-size", 2, "--max-tokens", 8, *extra)]
+
+    for w in range(3):
+        captions_stage.main(args(tmp_path / "local", "--worker-index", w))
+    # worker 1's file already there: the Ray job must keep it and write the other two
+    (tmp_path / "ray").mkdir()
+    for name in (".fingerprint-captions.json", "captions-00001-of-00003.jsonl",
+                 "captions-00001-of-00003.stats.json"):
+        (tmp_path / "ray" / name).write_bytes((tmp_path / "local" / name).read_bytes())
+    kept = (tmp_path / "ray" / "captions-00001-of-00003.jsonl").stat().st_mtime_ns
+    captions_stage.main(args(tmp_path / "ray", "--engine", "ray", "--concurrency", "1"))
+    local = hidden_and_visible(tmp_path / "local")
+    assert len(local) == 7  # 3 x (jsonl + stats) + fingerprint
+    assert hidden_and_visible(tmp_path / "ray") == local
+    assert (tmp_path / "ray" / "captions-00001-of-00003.jsonl").stat().st_mtime_ns == kept
