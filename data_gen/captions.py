@@ -22,6 +22,9 @@ Backends, same prompts and same output rows:
                 generated tokens, then temperature, then top-p, then a draw from a per-sample
                 torch.Generator seeded with the request seed (so a caption does not depend on
                 its batch-mates); it returns a one-hot mask and generate runs greedy.
+Engines (data_gen.engine): --engine local (default) writes worker --worker-index's file here;
+--engine ray writes every missing one of the --num-workers files from one Ray Data job
+(data_gen.captions_ray), the same bytes as the local workers'.
 Cleaning as SynthCLIP (substr_matching.py): a raw output containing "\\n" is dropped (counted),
 the rest become `text.replace('"', "").strip(" ").strip("\\n")`; empty results are dropped too.
 """
@@ -33,8 +36,8 @@ from pathlib import Path
 from data_gen import fingerprint
 from data_gen.common import (add_worker_args, check_worker_args, progress, stage_parser,
                              worker_items, worker_suffix, write_jsonl_atomic)
-from data_gen.engine import ENGINE_ARGS, add_engine_args, check_engine_args
 from data_gen.concepts import load_bank
+from data_gen.engine import ENGINE_ARGS, add_engine_args, check_engine_args
 from synthclip_jax.files import atomic_path
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"

@@ -41,7 +41,7 @@ def check_engine_args(parser: argparse.ArgumentParser, args) -> None:
                                 ("--concurrency", args.concurrency),
                                 ("--gpus-per-worker", args.gpus_per_worker)) if v is not None]
         if given:
-            parser.error(f"{', '.join(given)} only apply with --engine ray")
+            parser.error(f"{', '.join(given)}: only with --engine ray")
     if args.concurrency is not None and args.concurrency < 1:
         parser.error(f"--concurrency {args.concurrency} must be at least 1")
     if args.gpus_per_worker is not None and args.gpus_per_worker < 0:

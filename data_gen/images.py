@@ -28,6 +28,10 @@ seeded with image_seed(seed, i), whatever the worker count or batch size, so rer
 reproduce it. DIR/images_settings.json records the settings; a rerun with different settings
 into the same DIR is refused instead of mixing two runs.
 
+Engines (data_gen.engine): --engine local (default) generates here; --engine ray runs this
+worker's missing chunks as a Ray Data job (data_gen.images_ray: one actor per model copy, each
+chunk written by the actor that made it), with the same files byte for byte.
+
 Diffusers defaults are SynthCLIP's (REFERENCE 1.5): SD v1.5, DDIM 50 steps, eta 0, guidance
 2.0 (the Scaling-laws paper also used 1.5 and 7.5), 512 px generated, resized to 256 px with
 PIL BICUBIC (Image.resize's default filter for RGB, which SynthCLIP used) and saved as JPEG
