@@ -24,7 +24,9 @@ Backends, same prompts and same output rows:
                 its batch-mates); it returns a one-hot mask and generate runs greedy.
 Engines (data_gen.engine): --engine local (default) writes worker --worker-index's file here;
 --engine ray writes every missing one of the --num-workers files from one Ray Data job
-(data_gen.captions_ray), the same bytes as the local workers'.
+(`run_ray`: RayGenerator actors hold the backend and get the local engine's batches), the same
+bytes as the local workers'; a file is written once its last batch is back, so a killed job run
+again redoes only the files not yet written (use --num-workers of a few times --concurrency).
 Cleaning as SynthCLIP (substr_matching.py): a raw output containing "\\n" is dropped (counted),
 the rest become `text.replace('"', "").strip(" ").strip("\\n")`; empty results are dropped too.
 """
@@ -37,7 +39,8 @@ from data_gen import fingerprint
 from data_gen.common import (add_worker_args, check_worker_args, progress, stage_parser,
                              worker_items, worker_suffix, write_jsonl_atomic)
 from data_gen.concepts import load_bank
-from data_gen.engine import ENGINE_ARGS, add_engine_args, check_engine_args
+from data_gen.engine import (ENGINE_ARGS, add_engine_args, check_engine_args, for_actors,
+                             ray_map)
 from synthclip_jax.files import atomic_path
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
@@ -242,13 +245,59 @@ def write_worker(args, worker_index: int, batches: list, texts: list) -> None:
     print(f"captions: {stats} -> {out}", file=sys.stderr)
 
 
+class RayGenerator:
+    """--engine ray's actor: one backend for its life; a batch of [concept, seed] in (JSON),
+    the generated texts out (JSON)."""
+
+    def __init__(self, args):
+        self.backend = make_backend(args)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+        texts = []
+        for payload in batch["payload"]:
+            requests = json.loads(payload)
+            texts.append(json.dumps(self.backend.generate(
+                [prompt_ids(self.backend.tokenizer, concept) for concept, _ in requests],
+                [seed for _, seed in requests]), ensure_ascii=False))
+        return {"worker": batch["worker"], "batch": batch["batch"],
+                "texts": np.asarray(texts, dtype=object)}
+
+
+def run_ray(args, concepts: list) -> None:
+    """Every missing worker file as one Ray Data job (data_gen.engine.ray_map): the local
+    engine's batches of those workers go to RayGenerator actors; a file is written by the
+    driver, as the local engine writes it, once its last batch is back."""
+    from data_gen.progress import Progress
+    pending = [w for w in range(args.num_workers) if not output_path(args, w).exists()]
+    print(f"captions: ray: {args.num_workers - len(pending)} of {args.num_workers} worker "
+          "files already written", flush=True)
+    batches = {w: batches_of(args, worker_jobs(args, concepts, w)) for w in pending}
+    for w in [w for w in pending if not batches[w]]:  # more workers than concepts
+        write_worker(args, w, [], [])
+    items = [{"worker": w, "batch": b, "payload": json.dumps(
+                  [[concept, seed] for _, concept, _, seed in batch], ensure_ascii=False)}
+             for w in pending for b, batch in enumerate(batches[w])]
+    if not items:
+        return
+    texts = {w: {} for w in pending}  # worker -> batch -> texts, until its file is written
+    rows = ray_map(args, items, RayGenerator, {"args": for_actors(args, "model")}, "captions")
+    with Progress("captions (ray)", len(items), "batches") as bar:
+        for row in rows:
+            w, b = int(row["worker"]), int(row["batch"])
+            texts[w][b] = json.loads(row["texts"])
+            if len(texts[w]) == len(batches[w]):
+                done = texts.pop(w)
+                write_worker(args, w, batches[w], [done[k] for k in range(len(batches[w]))])
+            bar.update()
+
+
 def main(argv=None):
     args = parse_args(argv)
     concepts = load_bank(args.concepts, dedup=False)  # index = line of a bank from data_gen.concepts
     check_worker_args(args.worker_index, args.num_workers)
     claim_output(args)  # an existing output is skipped: only if made from this bank and settings
-    if args.engine == "ray":  # ray is imported only here
-        from data_gen.captions_ray import run_ray
+    if args.engine == "ray":
         return run_ray(args, concepts)
     out = output_path(args, args.worker_index)
     if out.exists():

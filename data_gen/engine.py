@@ -1,19 +1,20 @@
-"""--engine local|ray for the GPU stages (captions, images): the flags, and the Ray session.
+"""--engine local|ray for the GPU stages (captions, images): the flags, and the Ray plumbing.
 
 local (default): this process generates this worker's share (--worker-index/--num-workers, e.g.
-one SLURM array task per GPU). ray: the same share runs as a Ray Data pipeline on the cluster
---ray-address names (default: the cluster this machine belongs to, started with `ray start`,
-else a local one), `map_batches` over one actor per --concurrency, each holding the model on
---gpus-per-worker GPUs. Outputs are the same bytes either way: the work unit (a chunk of
-captions, a worker's concept list) is generated with the same batches and seeds, and written
-under its final name by atomic rename, so a killed Ray job run again redoes only the missing
-units. --out must be a folder that every Ray node sees (a shared filesystem), since the actors
-write there.
+one SLURM array task per GPU). ray: a Ray Data pipeline on the cluster --ray-address names
+(default: RAY_ADDRESS or a cluster started here with `ray start`, else a new local one),
+`map_batches` over --concurrency actors, each holding the model on --gpus-per-worker GPUs;
+images sends this worker's missing chunks, captions every missing worker file. Outputs are the
+same bytes either way: the work unit (a chunk of captions, a worker's concept list) is
+generated with the same batches and seeds, and written under its final name by atomic rename,
+so a killed Ray job run again redoes only the missing units. --out must be a folder that every
+Ray node sees (a shared filesystem), since the images actors write there.
 
-Stdlib only (the vLLM stage imports it in its own environment); ray is imported only by
-`ray_session`, i.e. only with --engine ray.
+Stdlib only (the vLLM stage imports it in its own environment); ray is imported only inside
+`ray_session`/`ray_map`, i.e. only with --engine ray.
 """
 import argparse
+import os
 
 # The argparse names of the engine flags: they change where, not what, a stage generates, so
 # they stay out of its fingerprint.
@@ -73,3 +74,27 @@ def actor_resources(ray, args) -> dict:
         concurrency = max(1, int(cluster_gpus // gpus)) if gpus else 1
     # one CPU for an actor on CPU only; with a GPU the CPU count does not limit placement
     return {"num_gpus": gpus, "num_cpus": 0 if gpus else 1, "concurrency": concurrency}
+
+
+def for_actors(args, *path_keys: str) -> argparse.Namespace:
+    """A copy of `args` with the local paths among `path_keys` (--out, a --model folder) made
+    absolute: actors do not run in the driver's working directory."""
+    paths = {k: os.path.abspath(getattr(args, k)) for k in path_keys
+             if getattr(args, k) and (k == "out" or os.path.exists(getattr(args, k)))}
+    return argparse.Namespace(**{**vars(args), **paths})
+
+
+def ray_map(args, items: list, actor, actor_kwargs: dict, describe: str):
+    """Yields the output rows of `map_batches(actor, batch_size=1)` over `items` (one block
+    each, so an idle actor takes the next item at once), on --concurrency actors that each
+    hold what actor(**actor_kwargs) builds (the model) for their whole life. A failed actor's
+    item is retried by Ray Data on another; outputs arrive in completion order."""
+    ray = ray_session(args.ray_address)
+    import ray.data
+    res = actor_resources(ray, args)
+    print(f"{describe}: ray: {len(items)} items on {res['concurrency']} actors "
+          f"({res['num_gpus']} GPU each)", flush=True)
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        actor, fn_constructor_kwargs=actor_kwargs, batch_size=1, num_gpus=res["num_gpus"],
+        num_cpus=res["num_cpus"], compute=ray.data.ActorPoolStrategy(size=res["concurrency"]))
+    yield from ds.iter_rows()

@@ -29,8 +29,9 @@ reproduce it. DIR/images_settings.json records the settings; a rerun with differ
 into the same DIR is refused instead of mixing two runs.
 
 Engines (data_gen.engine): --engine local (default) generates here; --engine ray runs this
-worker's missing chunks as a Ray Data job (data_gen.images_ray: one actor per model copy, each
-chunk written by the actor that made it), with the same files byte for byte.
+worker's missing chunks as a Ray Data job (`run_ray`: one ChunkWriter actor per model copy,
+each chunk generated with the local batches and seeds and written by the actor that made it),
+with the same files byte for byte; a killed job run again does the missing chunks.
 
 Diffusers defaults are SynthCLIP's (REFERENCE 1.5): SD v1.5, DDIM 50 steps, eta 0, guidance
 2.0 (the Scaling-laws paper also used 1.5 and 7.5), 512 px generated, resized to 256 px with
@@ -50,7 +51,7 @@ from data_gen import fingerprint
 from data_gen.caption_rows import caption_rows
 from data_gen.common import (stage_parser, add_worker_args, check_worker_args, progress,
                              worker_items)
-from data_gen.engine import add_engine_args, check_engine_args
+from data_gen.engine import add_engine_args, check_engine_args, for_actors, ray_map
 from synthclip_jax.data.jpeg import encode_jpeg
 from synthclip_jax.files import atomic_path
 
@@ -248,11 +249,45 @@ def chunk_samples(args, backend, settings: dict, chunk: dict):
                    "jpeg": to_jpeg(image, args.save_size, args.jpeg_quality)}
 
 
+class ChunkWriter:
+    """--engine ray's actor: one backend (model loaded on first use) for its life; a chunk in
+    (Plan.chunk_input as JSON: the rows are free-form dicts, which Arrow would force into one
+    schema), its pairs file written here, under a temporary name then renamed, as local."""
+
+    def __init__(self, args, settings: dict):
+        self.args, self.settings, self.out = args, settings, Path(args.out)
+        self.backend = make_backend(args)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+        counts = []
+        for payload in batch["payload"]:
+            chunk = json.loads(payload)
+            samples = list(chunk_samples(self.args, self.backend, self.settings, chunk))
+            write_pairs(self.out / f"pairs-{chunk['chunk']:05d}.tar", samples)
+            counts.append(len(samples))
+        return {"chunk": batch["chunk"], "samples": np.asarray(counts, dtype=np.int64)}
+
+
+def run_ray(args, plan: Plan) -> None:
+    """This worker's missing chunks as one Ray Data job (data_gen.engine.ray_map)."""
+    from data_gen.progress import Progress
+    items = [{"chunk": c, "payload": json.dumps(plan.chunk_input(c), ensure_ascii=False)}
+             for c in plan.todo]
+    rows = ray_map(args, items, ChunkWriter, {"args": for_actors(args, "out", "model"),
+                                              "settings": plan.settings}, "images")
+    with Progress("images (ray)", sum(len(plan.indices(c)) for c in plan.todo),
+                  "images") as bar:
+        for row in rows:
+            bar.update(int(row["samples"]), note=f"chunk {int(row['chunk'])}")
+
+
 def run(args) -> int:
-    if args.engine == "ray":  # ray is imported only here
-        from data_gen.images_ray import run_ray
-        return run_ray(args)
     plan = Plan(args)
+    if args.engine == "ray":
+        if plan.todo:
+            run_ray(args, plan)
+        return 0
 
     def generate():  # yields (chunk, sample)
         for c in plan.todo:
