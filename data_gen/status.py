@@ -238,7 +238,8 @@ def show(stage: str, out: Path, report: Report) -> int:
         print(line + (f": {w.detail}" if w.detail else ""))
     for note in report.notes:
         print(f"note: {note}")
-    print(f"{stage} {out}: {len(report.workers)} workers: "
+    n = len(report.workers)
+    print(f"{stage} {out}: {n} worker{'s' if n > 1 else ''}: "
           + ", ".join(f"{counts[s]} {s}" for s in STATES))
     rerun = [w.index for w in report.workers if w.state in ("partial", "missing")]
     stale = [w.index for w in report.workers if w.state == "stale"]

@@ -106,3 +106,20 @@ def test_captions_ray_equals_local_transformers(ray_address, tiny_model, tmp_pat
     assert len(local) == 7  # 3 x (jsonl + stats) + fingerprint
     assert hidden_and_visible(tmp_path / "ray") == local
     assert (tmp_path / "ray" / "captions-00001-of-00003.jsonl").stat().st_mtime_ns == kept
+
+
+def test_engine_flags_checked_and_ray_imported_only_for_ray(tmp_path):
+    bad = [(images_stage.parse_args, ["--shapes", "4", "--out", "o", "--concurrency", "2"]),
+           (images_stage.parse_args, ["--shapes", "4", "--out", "o", "--engine", "ray",
+                                      "--concurrency", "0"]),
+           (captions_stage.parse_args, ["--concepts", "c", "--out", "o", "--engine", "ray",
+                                        "--worker-index", "1", "--num-workers", "2"])]
+    for parse, argv in bad:
+        with pytest.raises(SystemExit) as e:
+            parse(argv)
+        assert e.value.code == 2, argv
+    code = ("import sys; from data_gen import images; images.main(['--shapes', '4', '--out', "
+            f"{str(tmp_path / 'local')!r}]); assert 'ray' not in sys.modules, 'ray imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
