@@ -26,10 +26,11 @@ from synthclip_jax.workdir_lock import WorkdirBusy, WorkdirLock
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory: checkpoints, metrics, config.json.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "compile"],
                   "train: train (resuming) and evaluate on schedule; eval: only evaluate the "
-                  "latest checkpoint.")
-flags.mark_flags_as_required(["config", "workdir"])
+                  "latest checkpoint; compile: compile the train step for "
+                  "--config.compile.target on this host (synthclip_jax/aot/).")
+flags.mark_flags_as_required(["config"])  # --workdir too, except for --mode=compile
 
 
 class _QuietLibraries:
@@ -63,6 +64,12 @@ def take_workdir(config, workdir):
 def main(argv):
     del argv
     training = flags.FLAGS.mode == "train"
+    if flags.FLAGS.mode == "compile":  # needs no data: the batch is shapes only
+        config_check.validate(flags.FLAGS.config, check_paths=False)
+        from synthclip_jax.aot.run import main_mode
+        sys.exit(main_mode(flags.FLAGS.config, flags.FLAGS.workdir))
+    if not flags.FLAGS.workdir:
+        raise app.UsageError("--workdir is required (except with --mode=compile)")
     config_check.validate(flags.FLAGS.config, training=training)  # before any device work
     # Reads only: the new config.json is written once this run holds the workdir.
     resume = resume_check.check(flags.FLAGS.config, flags.FLAGS.workdir) if training else None
