@@ -134,8 +134,8 @@ def run(config, workdir) -> int:
         print(line, file=sys.stderr, flush=True)
         return MISSING_EXIT
     import jax
-    jax.config.update("jax_platforms", "cpu")  # this host compiles; the target's devices are
-    # descriptions only
+    if not jax.config.jax_platforms:  # this host compiles (the target's devices are
+        jax.config.update("jax_platforms", "cpu")  # descriptions): no TPU/GPU backend start
     devices = target_devices(target)
     row, compiled = try_compile(config, devices, target)
     if config.compile.max_batch:
