@@ -6,6 +6,8 @@ Resumes from the latest checkpoint in --workdir if there is one. SIGTERM saves a
 the next step boundary and exits 0. Writes W/config.json (the resolved config),
 W/metrics.jsonl, W/eval.jsonl, W/tensorboard/ and W/checkpoints/. --mode=eval evaluates the
 latest checkpoint in W on eval.zeroshot / eval.retrieval and appends to W/eval.jsonl.
+--mode=compile compiles the train step for --config.compile.target (a TPU topology or GPU
+nodes) on this host and writes compile_report.json (synthclip_jax/aot/; no --workdir needed).
 
 A bad config (unknown key, bad choice, impossible relation) exits with status 2 and one line on
 stderr naming the key, the value and the fix, before any device work; so does a resume with a

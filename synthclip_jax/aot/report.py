@@ -87,28 +87,21 @@ def estimate(config, target, executable, stats, mesh_shape) -> dict | None:
             "note": GEMM_NOTE}
 
 
-def refused_by_compiler(config, target, message: str) -> dict:
-    """The compiler itself refused (TPU: out of memory while compiling)."""
+def refused_by_compiler(config, target, mesh_shape: dict, message: str) -> dict:
+    """The compiler itself refused (TPU: out of memory while compiling); its message names the
+    temporaries it needed ("HLO temporaries (23.35G) exceeds available HBM (15.75G)")."""
     import re
-    found = re.search(r"([\d.]+)([GMK])\s*of\s*([\d.]+)([GMK])\s*hbm", message)
-    total = float("nan")
-    if found:
-        scale = {"G": 1, "M": 1 / 1024, "K": 1 / 1024 ** 2}
-        total = float(found[1]) * scale[found[2]]
+    found = re.search(r"temporaries \(([\d.]+)([GMK])\)", message)
+    scale = {"G": 1, "M": 1 / 1024, "K": 1 / 1024 ** 2}
+    temps = float(found[1]) * scale[found[2]] if found else None
     return {"target": target.name, "platform": target.platform, "chip": target.chip.kind,
             "devices": target.num_devices, "topology": target.topology,
-            "num_slices": target.num_slices, "settings": _settings(config, {}),
-            "per_device_batch": _batch_from_config(config, target),
-            "memory": {"total_gib": total, "chip_gib": target.chip.hbm_bytes / GIB,
+            "num_slices": target.num_slices, "settings": _settings(config, mesh_shape),
+            "per_device_batch": per_device_batch(config, mesh_shape),
+            "memory": {"temporaries_gib": temps, "total_gib": temps if temps else float("nan"),
+                       "chip_gib": target.chip.hbm_bytes / GIB,
                        "usable_gib": target.usable_bytes / GIB},
             "fits": False, "compiler_error": message.splitlines()[0][:500]}
-
-
-def _batch_from_config(config, target) -> int:
-    m = config.mesh
-    fixed = [int(m[a]) for a in ("data", "fsdp", "tensor") if int(m[a]) != -1]
-    tensor = int(m.tensor) if int(m.tensor) != -1 else target.num_devices // math.prod(fixed)
-    return config.batch_size // max(target.num_devices // tensor, 1)
 
 
 def suggestions(row: dict) -> list:
@@ -122,7 +115,7 @@ def suggestions(row: dict) -> list:
     if mesh.get("fsdp", 1) == 1 and row["devices"] > 1:
         out.append("--config.mesh.data=1 --config.mesh.fsdp=-1")
     temps = mem.get("temporaries_gib")
-    fixed = mem["total_gib"] - temps if temps is not None else None
+    fixed = (0.0 if "compiler_error" in row else mem["total_gib"] - temps) if temps else None
     batch = row["per_device_batch"]
     if temps and fixed is not None and fixed < mem["usable_gib"] and batch > 1:
         accum = s["grad_accum_steps"] * math.ceil(temps / (mem["usable_gib"] - fixed))
@@ -138,7 +131,10 @@ def refusal(row: dict) -> str:
     mem = row["memory"]
     mesh = row["settings"].get("mesh") or {}
     mesh_text = " ".join(f"{k}={v}" for k, v in mesh.items()) or "as configured"
-    return (f"compile: does not fit on {row['target']}: {mem['total_gib']:.2f} GiB per device > "
+    need = (f"{mem['total_gib']:.2f} GiB" if mem.get("temporaries_gib") else "more")
+    if "compiler_error" in row and mem.get("temporaries_gib"):
+        need = f"{mem['temporaries_gib']:.2f} GiB of temporaries alone"
+    return (f"compile: does not fit on {row['target']}: {need} per device > "
             f"{mem['usable_gib']:.2f} GiB usable of {mem['chip_gib']:.2f} at "
             f"{row['per_device_batch']} examples per device (mesh {mesh_text}, "
             f"grad_accum_steps={row['settings']['grad_accum_steps']}, "

@@ -104,7 +104,10 @@ def try_compile(config, devices, target):
     except Exception as error:  # XlaRuntimeError: the TPU compiler refuses what cannot fit
         if not out_of_memory(error):
             raise
-        return report.refused_by_compiler(config, target, str(error)), None
+        from synthclip_jax import sharding
+        mesh = sharding.make_mesh(config.mesh, devices)
+        shape = {k: int(v) for k, v in mesh.shape.items()}
+        return report.refused_by_compiler(config, target, shape, str(error)), None
     return report.build(config, target, compiled), compiled
 
 
