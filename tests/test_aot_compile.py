@@ -109,6 +109,14 @@ def test_two_slices_give_the_hybrid_mesh():
     assert all(len({d.slice_index for d in row.flat}) == 1 for row in mixed.devices)
 
 
+@needs["gpu"]
+def test_two_gpu_nodes_give_the_hybrid_mesh():
+    devices = run.target_devices(targets.parse("h100:2x8"))
+    mesh = sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1, dcn_data=2, dcn_fsdp=1), devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 8, "tensor": 1}
+    assert [{d.process_index for d in row.flat} for row in mesh.devices] == [{0}, {1}]
+
+
 def test_dcn_axes_default_to_todays_mesh_and_split_cpu_devices():
     devices = jax.devices()
     plain = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), devices)

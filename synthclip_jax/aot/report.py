@@ -53,6 +53,7 @@ def build(config, target, compiled) -> dict:
         "settings": _settings(config, mesh_shape),
         "per_device_batch": per_device_batch(config, mesh_shape),
         "compile_seconds": round(compiled.seconds, 2),
+        "compiler_options": compiled.compiler_options,
         "memory": {
             "arguments_gib": mem.argument_size_in_bytes / GIB,
             "outputs_gib": mem.output_size_in_bytes / GIB,
@@ -161,10 +162,11 @@ def table(row: dict) -> str:
                      f"{'fits' if row['fits'] else 'DOES NOT FIT'}")
     if "flops_per_device" in row:
         model = row["model_flops_per_device"]
-        ratio = f" (analytic {model / 1e12:.3f} TFLOP, x{row['flops_per_device'] / model:.3f})" \
+        ratio = f" (analytic {model / 1e9:.4g} GFLOP, x{row['flops_per_device'] / model:.3f})" \
             if model else ""
-        lines.append(f"  {'FLOPs/device':<16}{row['flops_per_device'] / 1e12:8.3f} TFLOP{ratio}")
-        lines.append(f"  {'compile':<16}{row['compile_seconds']:8.1f} s")
+        lines.append(f"  {'FLOPs/device':<16}{row['flops_per_device'] / 1e9:8.4g} GFLOP{ratio}")
+        lines.append(f"  {'compile':<16}{row['compile_seconds']:8.1f} s"
+                     + (f" (with {row['compiler_options']})" if row["compiler_options"] else ""))
     est = row.get("estimate")
     if est is None and "flops_per_device" in row:
         lines.append(f"  {'estimate':<16}none (the compiler gave no time estimate for this "

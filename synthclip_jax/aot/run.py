@@ -69,9 +69,24 @@ class Compiled:
     mesh: object
     executable: object
     seconds: float
+    compiler_options: dict = dataclasses.field(default_factory=dict)
 
 
-def compile_step(config, devices) -> Compiled:
+# Without a GPU to autotune on, XLA's GPU compiler can find no Triton tiling for some small
+# matmuls ("Couldn't find output tile sizes"); cuBLAS (what autotuning falls back to) compiles.
+NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
+
+
+def compile_lowered(lowered, platform: str):
+    try:
+        return lowered.compile(), {}
+    except Exception as error:
+        if platform != "cuda" or "output tile sizes" not in str(error):
+            raise
+    return lowered.compile(compiler_options=NO_TRITON_GEMM), NO_TRITON_GEMM
+
+
+def compile_step(config, devices, platform: str = "tpu") -> Compiled:
     from synthclip_jax import sharding
     from synthclip_jax.train.state import make_train_setup
     from synthclip_jax.train.step import make_train_step
@@ -81,8 +96,9 @@ def compile_step(config, devices) -> Compiled:
     setup = make_train_setup(config, mesh)
     step = make_train_step(config, setup, mesh)
     start = time.perf_counter()
-    executable = step.lower(setup.abstract_state, abstract_batch(config, mesh)).compile()
-    return Compiled(config, mesh, executable, time.perf_counter() - start)
+    lowered = step.lower(setup.abstract_state, abstract_batch(config, mesh))
+    executable, options = compile_lowered(lowered, platform)
+    return Compiled(config, mesh, executable, time.perf_counter() - start, options)
 
 
 def out_of_memory(error: Exception) -> bool:
@@ -100,7 +116,7 @@ def try_compile(config, devices, target):
     """-> (report dict, Compiled or None); an out-of-memory compile is a report that does
     not fit."""
     try:
-        compiled = compile_step(config, devices)
+        compiled = compile_step(config, devices, target.platform)
     except Exception as error:  # XlaRuntimeError: the TPU compiler refuses what cannot fit
         if not out_of_memory(error):
             raise
@@ -136,6 +152,9 @@ def run(config, workdir) -> int:
     if line := missing_library(target):
         print(line, file=sys.stderr, flush=True)
         return MISSING_EXIT
+    # The CUDA plugin offers its topology only on a CPU-platform JAX (with JAX_PLATFORMS unset
+    # it tries to start a GPU and fails without one).
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
     if not jax.config.jax_platforms:  # this host compiles (the target's devices are
         jax.config.update("jax_platforms", "cpu")  # descriptions): no TPU/GPU backend start
