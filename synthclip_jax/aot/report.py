@@ -74,6 +74,18 @@ def build(config, target, compiled) -> dict:
     return row
 
 
+def add_eval(row: dict, executable, target) -> None:
+    """The evaluation image encoder, run between steps while the train state (the step's
+    arguments) stays in memory: its temporaries and outputs come on top of that."""
+    mem = executable.memory_analysis()
+    during = (row["memory"]["arguments_gib"] + (mem.temp_size_in_bytes + mem.output_size_in_bytes
+                                                + mem.generated_code_size_in_bytes) / GIB)
+    row["eval_encoder"] = {"temporaries_gib": mem.temp_size_in_bytes / GIB,
+                           "total_with_train_state_gib": during,
+                           "fits": during <= target.usable_bytes / GIB}
+    row["fits"] = row["fits"] and row["eval_encoder"]["fits"]
+
+
 def estimate(config, target, executable, stats, mesh_shape) -> dict | None:
     cost = executable.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
@@ -188,6 +200,11 @@ def table(row: dict) -> str:
                         for k, v in coll["outside_loops"].items()) or "none"
         lines.append(f"  outside loops: {ops}; "
                      f"{coll['bytes_per_step'] / 2**20:.1f} MiB of collectives per step")
+    if "eval_encoder" in row:
+        ev = row["eval_encoder"]
+        lines.append(f"  eval encoder: {ev['temporaries_gib']:.2f} GiB temporaries, "
+                     f"{ev['total_with_train_state_gib']:.2f} GiB with the train state "
+                     f"({'fits' if ev['fits'] else 'DOES NOT FIT'})")
     if "max_batch_per_device" in row:
         lines.append(f"  largest per-device batch that fits: {row['max_batch_per_device']}")
     return "\n".join(lines)

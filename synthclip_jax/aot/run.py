@@ -33,6 +33,9 @@ def missing_library(target: Target) -> str:
 
 
 def target_devices(target: Target) -> list:
+    # libtpu takes a machine-wide lock (/tmp/libtpu_lockfile) meant for processes that drive
+    # the chips; compiling drives none, so several compiles (and a test run) may share a host.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
     if target.platform == "tpu":
         desc = topologies.get_topology_desc(
@@ -101,6 +104,31 @@ def compile_step(config, devices, platform: str = "tpu") -> Compiled:
     return Compiled(config, mesh, executable, time.perf_counter() - start, options)
 
 
+def evaluates(config) -> bool:
+    e = config.eval
+    return bool(e.every_steps and (e.zeroshot or e.retrieval or e.linear_probe))
+
+
+def compile_eval_encoder(config, devices, platform: str):
+    """The image encoder that evaluation runs during training (evaluate/encode.py), at
+    eval.batch_size: -> its compiled executable (its memory adds to the resident train state)."""
+    import jax
+    import numpy as np
+    from synthclip_jax import sharding
+    from synthclip_jax.evaluate.encode import Encoder
+    from synthclip_jax.train.state import make_train_setup
+
+    mesh = sharding.make_mesh(config.mesh, devices)
+    setup = make_train_setup(config, mesh)
+    encoder = Encoder(setup.graphdef, mesh, config.eval.batch_size, config.mesh.rules,
+                      config.data.mean, config.data.std)
+    s = config.data.image_size
+    images = jax.ShapeDtypeStruct((encoder.batch_size, s, s, 3), np.uint8,
+                                  sharding=encoder.sharding)
+    lowered = encoder._image.lower(setup.abstract_state["params"], images)
+    return compile_lowered(lowered, platform)[0]
+
+
 def out_of_memory(error: Exception) -> bool:
     text = str(error)
     return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
@@ -160,6 +188,8 @@ def run(config, workdir) -> int:
         jax.config.update("jax_platforms", "cpu")  # descriptions): no TPU/GPU backend start
     devices = target_devices(target)
     row, compiled = try_compile(config, devices, target)
+    if compiled is not None and evaluates(config):
+        report.add_eval(row, compile_eval_encoder(config, devices, target.platform), target)
     if config.compile.max_batch:
         from synthclip_jax import sharding
         shards = sharding.batch_shards(sharding.make_mesh(config.mesh, devices))

@@ -27,9 +27,10 @@ class Chip:
     usable_fraction: float = 1.0  # of hbm_bytes that a JAX process can use (see GPU below)
 
 
-# Cloud TPU docs' per-chip HBM and bf16 peak. v5e's 15.75 GiB is what its runtime reports.
+# Cloud TPU docs' per-chip HBM and bf16 peak. v5e's 15.75 GiB and v4's 30.75 GiB usable are
+# what libtpu's compiler says is available ("exceeds available HBM (30.75G)").
 TPU_CHIPS = {
-    "v4": Chip("TPU v4", 32 * GIB, 275.0),
+    "v4": Chip("TPU v4", 32 * GIB, 275.0, usable_fraction=30.75 / 32),
     "v5e": Chip("TPU v5e", int(15.75 * GIB), 197.0),
     "v5p": Chip("TPU v5p", 95 * GIB, 459.0),
     "v6e": Chip("TPU v6e", 32 * GIB, 918.0),
