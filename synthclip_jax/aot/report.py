@@ -182,7 +182,7 @@ def table(row: dict) -> str:
     est = row.get("estimate")
     if est is None and "flops_per_device" in row:
         lines.append(f"  {'estimate':<16}none (the compiler gave no time estimate for this "
-                     "step; GPU compiles never do)")
+                     "step; without a device a GPU compile never does)")
     if est:
         mfu = f", MFU {est['mfu']:.1%}" if est["mfu"] is not None else ""
         lines.append(f"  {'estimate':<16}{est['step_seconds'] * 1e3:8.1f} ms/step, "
