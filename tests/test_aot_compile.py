@@ -46,9 +46,8 @@ def compile_report(tmp_path_factory, platform: str, layout: str) -> dict:
 
 
 @pytest.fixture(scope="module", params=[
-    pytest.param(("tpu", "dp"), marks=needs["tpu"]), pytest.param(("tpu", "fsdp"), marks=needs["tpu"]),
-    pytest.param(("gpu", "dp"), marks=needs["gpu"]), pytest.param(("gpu", "fsdp"), marks=needs["gpu"])],
-    ids=lambda p: "-".join(p))
+    pytest.param((platform, layout), marks=needs[platform])
+    for platform in ("tpu", "gpu") for layout in ("dp", "fsdp")], ids=lambda p: "-".join(p))
 def report(request, tmp_path_factory):
     platform, layout = request.param
     return platform, layout, compile_report(tmp_path_factory, platform, layout)

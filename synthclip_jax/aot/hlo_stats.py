@@ -14,7 +14,6 @@ elements x kernel elements / output features) and cuBLAS GEMM custom calls on GP
 are listed with the bytes of their result, grouped by the loop that runs them.
 """
 import dataclasses
-import json
 import math
 import re
 

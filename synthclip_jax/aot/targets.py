@@ -11,7 +11,6 @@ from XLA's xla/backends/gpu/target_config/specs/, in gpu_target_configs/) and th
 `1xNODESxGPUS` (partitions x hosts x devices per host).
 """
 import dataclasses
-import math
 import os
 import re
 from importlib import resources
@@ -120,8 +119,3 @@ def _tpu(name: str, generation: str, count: int, num_slices: int) -> Target:
                   f"{prefix}:{'x'.join(map(str, shape))}", bounds,
                   "megacore" if three_d else "default", num_slices)
 
-
-def hosts(target: Target) -> int:
-    if target.platform == "cuda":
-        return target.num_slices
-    return target.num_devices // math.prod(target.chips_per_host_bounds)
