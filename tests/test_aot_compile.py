@@ -136,3 +136,8 @@ def test_gpu_names_and_bad_targets():
         config.compile.target = bad
         with pytest.raises(ConfigError, match="compile.target"):
             config_check.validate(config, check_paths=False)
+
+
+def test_compile_mode_without_a_target_is_a_config_error():
+    with pytest.raises(ConfigError, match="compile.target"):
+        run.main_mode(get_config(), None)
