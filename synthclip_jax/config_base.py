@@ -43,7 +43,9 @@ def base() -> ml_collections.ConfigDict:
     # accum_negatives: "full" = whole-batch contrastive loss (OpenCLIP --accum-freq, one extra
     # forward per micro-batch); "micro" = each micro-batch its own batch of negatives.
     c.train = dict(grad_accum_steps=1, accum_negatives="full")
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES)
+    # dcn_data/dcn_fsdp: how many TPU slices / GPU nodes the data and fsdp axes span (then
+    # data/fsdp/tensor shape one slice; sharding.make_mesh); 1 = one slice.
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES, dcn_data=1, dcn_fsdp=1)
     # softmax loss options: label_smoothing as SimCLIP's clip_loss (torch cross_entropy); with
     # softmax_bias the model's logit bias (model.logit_bias_init) is added to the logits, as
     # simple-clip does (a constant shift: it changes neither the loss nor any gradient).
@@ -169,6 +171,11 @@ def base() -> ml_collections.ConfigDict:
     c.compile_cache_dir = ""
     c.profile_steps = 0
     c.resume = dict(allow_changes="", stale_lock_minutes=15.0)
+    # --mode=compile (synthclip_jax/aot/): target = a Cloud TPU type (v5e-64) or GPU nodes
+    # (h100:1x8); num_slices = TPU slices; out = the report's path ("" = WORKDIR or the
+    # current directory /compile_report.json); max_batch > 0 = also search the largest
+    # per-device batch up to it that fits.
+    c.compile = dict(target="", num_slices=1, out="", max_batch=0)
     clips(c)
     return c
 

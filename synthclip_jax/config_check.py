@@ -10,6 +10,7 @@ devices are known and raise the same `ConfigError`.
 from etils import epath
 
 from synthclip_jax import choices
+from synthclip_jax.aot import targets
 from synthclip_jax.axis_rules import MESH_AXES
 from synthclip_jax.config_error import ConfigError
 from synthclip_jax.data import mixture_spec
@@ -104,6 +105,7 @@ def check_relations(config, training: bool = True) -> None:
     at_least(config, "eval.batch_size", 1)
     at_least(config, "resume.stale_lock_minutes", 1)  # the heartbeat comes every few seconds
     at_least(config, "profile_steps", 0)
+    check_compile(config)
     check_eval(config)
 
 
@@ -141,12 +143,27 @@ def check_mesh(mesh) -> None:
         fail(f"mesh.{fills[1]}", -1, f"is the second -1 (mesh.{fills[0]} is -1 too): only one "
              "axis can take the remaining devices", f"set --config.mesh.{fills[1]} to a "
              "positive int")
+    for key in ("dcn_data", "dcn_fsdp"):
+        if mesh[key] < 1:
+            fail(f"mesh.{key}", mesh[key], "must be >= 1 (slices or nodes the axis spans)",
+                 f"set --config.mesh.{key} to 1 (one slice) or the number of slices")
     for logical, mesh_axis in mesh.rules:
         axes = mesh_axis if isinstance(mesh_axis, (tuple, list)) else (mesh_axis,)
         for axis in axes:
             if axis is not None and axis not in MESH_AXES:
                 fail("mesh.rules", f"{logical}->{axis}", "names no mesh axis",
                      f"map {logical!r} to one of {', '.join(MESH_AXES)} or None")
+
+
+def check_compile(config) -> None:
+    at_least(config, "compile.num_slices", 1)
+    at_least(config, "compile.max_batch", 0)  # 0 = no search
+    if config.compile.target:
+        try:
+            targets.parse(config.compile.target, config.compile.num_slices)
+        except targets.BadTarget as bad:
+            fail("compile.target", config.compile.target, f"is not a compile target ({bad})",
+                 f"set --config.compile.target to e.g. {targets.EXAMPLES}")
 
 
 def check_model(config) -> None:

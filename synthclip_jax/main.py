@@ -6,6 +6,8 @@ Resumes from the latest checkpoint in --workdir if there is one. SIGTERM saves a
 the next step boundary and exits 0. Writes W/config.json (the resolved config),
 W/metrics.jsonl, W/eval.jsonl, W/tensorboard/ and W/checkpoints/. --mode=eval evaluates the
 latest checkpoint in W on eval.zeroshot / eval.retrieval and appends to W/eval.jsonl.
+--mode=compile compiles the train step for --config.compile.target (a TPU topology or GPU
+nodes) on this host and writes compile_report.json (synthclip_jax/aot/; no --workdir needed).
 
 A bad config (unknown key, bad choice, impossible relation) exits with status 2 and one line on
 stderr naming the key, the value and the fix, before any device work; so does a resume with a
@@ -26,10 +28,11 @@ from synthclip_jax.workdir_lock import WorkdirBusy, WorkdirLock
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory: checkpoints, metrics, config.json.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "compile"],
                   "train: train (resuming) and evaluate on schedule; eval: only evaluate the "
-                  "latest checkpoint.")
-flags.mark_flags_as_required(["config", "workdir"])
+                  "latest checkpoint; compile: compile the train step for "
+                  "--config.compile.target on this host (synthclip_jax/aot/).")
+flags.mark_flags_as_required(["config"])  # --workdir too, except for --mode=compile
 
 
 class _QuietLibraries:
@@ -63,6 +66,12 @@ def take_workdir(config, workdir):
 def main(argv):
     del argv
     training = flags.FLAGS.mode == "train"
+    if flags.FLAGS.mode == "compile":  # needs no data: the batch is shapes only
+        config_check.validate(flags.FLAGS.config, check_paths=False)
+        from synthclip_jax.aot.run import main_mode
+        sys.exit(main_mode(flags.FLAGS.config, flags.FLAGS.workdir))
+    if not flags.FLAGS.workdir:
+        raise app.UsageError("--workdir is required (except with --mode=compile)")
     config_check.validate(flags.FLAGS.config, training=training)  # before any device work
     # Reads only: the new config.json is written once this run holds the workdir.
     resume = resume_check.check(flags.FLAGS.config, flags.FLAGS.workdir) if training else None

@@ -29,11 +29,13 @@ SAFE_TO_CHANGE = (
     "data.num_workers", "data.prefetch_per_worker", "data.read_threads", "data.read_ahead",
     "data.skip_corrupt", "data.max_corrupt_fraction",  # the usual fix after a corrupt record
     "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",  # restore reshards onto any layout
+    "mesh.dcn_data", "mesh.dcn_fsdp",
     "model.remat", "model.remat_policy",  # memory for compute; the same function
     "model.attention_impl",  # the same function by another kernel
     "optim.max_nonfinite_in_a_row",  # when to stop, not what to compute
     "init_from",  # read only when a run starts without a checkpoint
     "data.device_prefetch", "compile_cache_dir", "profile_steps",  # speed and diagnostics
+    "compile.",  # --mode=compile only
 )
 
 

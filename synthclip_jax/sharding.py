@@ -50,12 +50,63 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple:
     return tuple(sizes)
 
 
+def _granules(devices) -> tuple:
+    """(attribute, count) of the fast-network islands the devices form: TPU slices
+    (`slice_index`), else hosts (`process_index`: the nodes of a multi-node GPU job)."""
+    slices = {getattr(d, "slice_index", 0) or 0 for d in devices}
+    if len(slices) > 1:
+        return "slice_index", len(slices)
+    return "process_index", len({d.process_index for d in devices})
+
+
+def dcn_shape(mesh_cfg, devices) -> tuple:
+    """(dcn_data, dcn_fsdp, 1): how many slices/nodes the data and fsdp axes span (1 = the
+    mesh inside one slice). Unset (both 1) on devices that span several TPU slices: data
+    parallel over the slices, the only layout whose per-step DCN traffic is one gradient
+    all-reduce."""
+    dcn = (int(mesh_cfg.get("dcn_data", 1)), int(mesh_cfg.get("dcn_fsdp", 1)), 1)
+    attribute, count = _granules(devices)
+    if dcn == (1, 1, 1) and attribute == "slice_index":
+        dcn = (count, 1, 1)
+    return dcn
+
+
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
+    """The mesh of `mesh.*`. With `mesh.dcn_data`/`mesh.dcn_fsdp` > 1 (multi-slice TPU,
+    multi-node GPU), mesh.data/fsdp/tensor shape one slice or node (-1 fills it) and each mesh
+    axis is the slice axis times the DCN axis, laid out by `create_hybrid_device_mesh` (as
+    MaxText does) so that only the DCN part of an axis crosses the slow network."""
     devices = jax.devices() if devices is None else devices
-    shape = mesh_shape(mesh_cfg, len(devices))
+    dcn = dcn_shape(mesh_cfg, devices)
     # Auto axes: the step is one jit with explicit in/out shardings and XLA (GSPMD) inserts the
     # collectives; the losses switch to manual per-device code with shard_map.
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    axis_types = (AxisType.Auto,) * 3
+    if dcn == (1, 1, 1):
+        shape = mesh_shape(mesh_cfg, len(devices))
+        return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    parts = math.prod(dcn)
+    if len(devices) % parts:
+        raise ConfigError("mesh.dcn_data", f"mesh.dcn_data x mesh.dcn_fsdp = {parts} does not "
+                          f"divide the {len(devices)} devices; set them to the number of slices "
+                          "or nodes")
+    ici = mesh_shape(mesh_cfg, len(devices) // parts)
+    return Mesh(hybrid_device_array(ici, dcn, devices), MESH_AXES, axis_types=axis_types)
+
+
+def hybrid_device_array(ici: tuple, dcn: tuple, devices) -> np.ndarray:
+    attribute, count = _granules(devices)
+    if count == math.prod(dcn):
+        from jax.experimental import mesh_utils
+        return mesh_utils.create_hybrid_device_mesh(
+            ici, dcn, devices, process_is_granule=attribute == "process_index",
+            allow_split_physical_axes=True)
+    if count > 1:
+        raise ConfigError("mesh.dcn_data", f"mesh.dcn_data x mesh.dcn_fsdp = {math.prod(dcn)}, "
+                          f"but the devices form {count} slices/nodes; make them equal")
+    # One host of devices with no physical islands (the CPU test devices): the same layout,
+    # consecutive devices forming each "slice".
+    grid = np.asarray(devices, dtype=object).reshape(*dcn, *ici)
+    return grid.transpose(0, 3, 1, 4, 2, 5).reshape([d * i for d, i in zip(dcn, ici)])
 
 
 def spec_for(logical_axes, rules) -> P:

@@ -1,4 +1,5 @@
 """tools/tpu and tools/gpu launch scripts: --help, --dry-run command lines, shellcheck."""
+import importlib.util
 import json
 import os
 import shlex
@@ -170,6 +171,14 @@ def test_slurm_script_dry_run(tasks_per_node, local_ids, tmp_path):
     assert cmd[cmd.index("-m") + 1] == "synthclip_jax.main"
     assert "--workdir=/shared/run" in cmd and "--config.batch_size=32" in cmd
     assert f"JAX_LOCAL_DEVICE_IDS={local_ids or '<SLURM_LOCALID>'}" in proc.stderr
+    # the pre-flight compile for the job's nodes x GPUs comes first (shown on stderr)
+    check, = [shlex.split(x.removeprefix("pre-flight: ")) for x in proc.stderr.splitlines()
+              if x.startswith("pre-flight: ")]
+    assert "--mode=compile" in check and "--config.compile.target=h100:1x4" in check
+    assert "--config.batch_size=32" in check
+    skipped = sh(ROOT / "tools" / "gpu" / "slurm_train.sbatch", "--no-preflight", env=env)
+    assert "pre-flight" not in skipped.stderr and shlex.split(skipped.stdout)[0] == "srun"
+    assert "--no-preflight" not in skipped.stdout
     # Without a workdir it refuses to start.
     env.pop("WORKDIR")
     proc = sh(ROOT / "tools" / "gpu" / "slurm_train.sbatch", env=env, check=False)
@@ -226,7 +235,7 @@ def test_relaunch_after_preemption_installs_the_first_launch_pins(tmp_path):
     state = tmp_path / "pins"
     proc = sh(TPU / "launch.sh", "--name", "n", "--zone", "z", "--workdir", "gs://b/r",
               "--repo", "https://example.com/s.git", "--ref", "main", "--skip-create",
-              "--poll-seconds", "0", "--state-dir", state, env=env)
+              "--poll-seconds", "0", "--state-dir", state, "--no-preflight", env=env)
     assert "relaunch 1 of at most" in proc.stderr
     # The first launch recorded the commit it installed and worker 0's versions (links left
     # out: pip takes no links as constraints).
@@ -277,3 +286,29 @@ def test_pinned_archive_ships_the_recorded_commit(tmp_path):
     assert "-c ../synthclip_jax-constraints.txt" in remote_command(install)
     # The workers get an archive without .git: provenance.json learns the commit from the env.
     assert "SYNTHCLIP_SOURCE_REVISION=abc123" in shlex.split(remote_command(train))
+
+
+def test_launch_preflight_compiles_first_and_can_be_skipped():
+    args = ("--name", "n", "--zone", "z", "--workdir", "gs://b/r", "--accelerator-type",
+            "v5litepod-16", "--dry-run", "--", "--config.batch_size=64")
+    lines = sh(TPU / "launch.sh", *args).stdout.splitlines()
+    check = shlex.split(lines[0])  # before any gcloud command
+    assert check[1:4] == ["-m", "synthclip_jax.main", "--mode=compile"]
+    assert "--config.compile.target=v5litepod-16" in check and "--config.batch_size=64" in check
+    skipped = sh(TPU / "launch.sh", *args[:-3], "--no-preflight", "--dry-run").stdout
+    assert "--mode=compile" not in skipped
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs the aot extra")
+def test_launch_preflight_refuses_a_step_that_does_not_fit(tmp_path):
+    """The real compile (demo model, an impossible batch for v5e-4): nothing is created."""
+    proc = sh(TPU / "launch.sh", "--name", "n", "--zone", "z", "--workdir", "gs://b/r",
+              "--accelerator-type", "v5litepod-4", "--config", "configs/demo_cpu.py", "--",
+              "--config.batch_size=65536", env={**ENV, "TMPDIR": str(tmp_path)}, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    # the compile exited 1 with one line: the per-device batch and what would help
+    line, = [x for x in proc.stderr.splitlines() if x.startswith("compile: ")]
+    assert "does not fit on v5litepod-4" in line and "16384 examples per device" in line
+    assert "--config.model.remat=True" in line and "--config.train.grad_accum_steps=" in line
+    assert "error: pre-flight: the train step does not fit" in proc.stderr
+    assert not json.loads((tmp_path / "n-compile_report.json").read_text())["fits"]

@@ -53,6 +53,10 @@ Options:
   --delete-when-done       delete the TPU (and queued resource) after training finishes
   --skip-create            use an existing TPU VM NAME (still relaunches on preemption)
   --skip-install           the project is already installed on the workers
+  --no-preflight           skip the pre-flight: by default the train step is first compiled
+                           here for --accelerator-type (python -m synthclip_jax.main
+                           --mode=compile, needs `pip install -e '.[aot]'`), and nothing is
+                           created when it does not fit (the compiler's one line says why)
   --dry-run                print the gcloud commands instead of running them, assuming the
                            TPU becomes READY and training succeeds
   -h, --help               this help
@@ -64,7 +68,7 @@ EOF
 
 NAME="" ZONE="" PROJECT="" WORKDIR="" ACCEL="v4-8" VERSION="tpu-ubuntu2204-base"
 CONFIG="configs/vitb16_synthci30m.py" QUEUED=0 SPOT=0 PREEMPTIBLE=0 REPO="" REF="" MAX_RELAUNCHES=20
-POLL=30 DELETE_WHEN_DONE=0 SKIP_CREATE=0 SKIP_INSTALL=0 STATE_DIR="" REPIN=0
+POLL=30 DELETE_WHEN_DONE=0 SKIP_CREATE=0 SKIP_INSTALL=0 STATE_DIR="" REPIN=0 PREFLIGHT=1
 TRAIN_ARGS=()
 
 need_value() {
@@ -93,6 +97,7 @@ while [[ $# -gt 0 ]]; do
     --delete-when-done) DELETE_WHEN_DONE=1; shift ;;
     --skip-create) SKIP_CREATE=1; shift ;;
     --skip-install) SKIP_INSTALL=1; shift ;;
+    --no-preflight) PREFLIGHT=0; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     --) shift; TRAIN_ARGS=("$@"); break ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -314,6 +319,31 @@ train() {
   run "${TPU[@]}" ssh "$NAME" --zone="$ZONE" --worker=all "${PFLAGS[@]}" "${SSH_FLAGS[@]}" \
     --command="$cmd"
 }
+
+# Before anything is created: compile the exact train step for the accelerator on this host
+# (synthclip_jax/aot/) and stop if it would not fit. The compiler prints its report and, when
+# the step does not fit, one line naming the per-device batch and what would help.
+preflight() {
+  local report="${TMPDIR:-/tmp}/$NAME-compile_report.json" status=0
+  local cmd=("${PYTHON:-python3}" -m synthclip_jax.main --mode=compile "--config=$CONFIG"
+             "--config.compile.target=$ACCEL" "--config.compile.out=$report" "${TRAIN_ARGS[@]}")
+  if [[ "$DRY_RUN" == 1 ]]; then
+    show "${cmd[@]}"
+    return
+  fi
+  echo "pre-flight: compiling the train step for $ACCEL on this host (--no-preflight skips)" >&2
+  (cd "$REPO_ROOT" && "${cmd[@]}") || status=$?
+  case "$status" in
+    0) echo "pre-flight: it fits ($report)" >&2 ;;
+    1) die "pre-flight: the train step does not fit on $ACCEL (the line above says what would \
+help); nothing was created" ;;
+    3) die "pre-flight needs the compilers here: pip install -e '.[aot]' (or --no-preflight)" ;;
+    *) die "pre-flight compile failed (status $status); nothing was created (--no-preflight \
+skips it)" ;;
+  esac
+}
+
+[[ "$PREFLIGHT" == 1 ]] && preflight
 
 relaunches=0
 while true; do

@@ -1,0 +1,143 @@
+"""--mode=compile: the train step compiled for a 4-chip TPU v5e and an 8-GPU H100 node on this
+CPU host (needs the `aot` extra: libtpu, the CUDA plugin; skipped without them).
+
+The FLOPs the report reads from the compiled HLO (loops multiplied out) are checked against
+model_flops.py's analytic count; the collectives against what the mesh implies: data
+parallelism needs none inside the towers' forward layer loops, FSDP all-gathers each layer's
+weights there. Each compile is done once per module (fixtures) to keep CI short. The refusal of
+a step that does not fit (exit 1, one line) is tested through the launcher's pre-flight
+(tests/test_launch_scripts.py), which runs the same command.
+"""
+import importlib.util
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from configs.demo_cpu import get_config
+from synthclip_jax import config_check, sharding
+from synthclip_jax.aot import run, targets
+from synthclip_jax.config_error import ConfigError
+from synthclip_jax.model_flops import step_flops
+
+needs = {"tpu": pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                   reason="libtpu not installed (pip install -e '.[aot]')"),
+         "gpu": pytest.mark.skipif(importlib.util.find_spec("jax_cuda12_plugin") is None,
+                                   reason="CUDA plugin not installed (pip install -e '.[aot]')")}
+TARGETS = {"tpu": "v5e-4", "gpu": "h100:1x8"}
+
+
+def demo(layout: str, target: str):
+    """configs/demo_cpu.py (a small ViT + text tower), two layers: compile time is CI time."""
+    c = get_config()
+    c.model.image.depth = c.model.text.depth = 2  # (width 32 trips XLA's GPU tiling when it
+    # cannot autotune: "Couldn't find output tile sizes"; the demo's 64 compiles)
+    c.compile.target = target
+    if layout == "fsdp":
+        c.mesh.update(data=1, fsdp=-1)
+    return c
+
+
+def compile_report(tmp_path_factory, platform: str, layout: str) -> dict:
+    config = demo(layout, TARGETS[platform])
+    out = tmp_path_factory.mktemp(f"{platform}_{layout}") / "compile_report.json"
+    config.compile.out = str(out)
+    assert run.run(config, None) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param((platform, layout), marks=needs[platform])
+    for platform in ("tpu", "gpu") for layout in ("dp", "fsdp")], ids=lambda p: "-".join(p))
+def report(request, tmp_path_factory):
+    platform, layout = request.param
+    return platform, layout, compile_report(tmp_path_factory, platform, layout)
+
+
+def test_report_fits_with_the_analytic_flops_and_the_mesh_collectives(report):
+    platform, layout, row = report
+    devices = 4 if platform == "tpu" else 8
+    assert row["devices"] == devices and row["fits"]
+    assert row["settings"]["mesh"] == ({"data": devices, "fsdp": 1, "tensor": 1} if layout == "dp"
+                                       else {"data": 1, "fsdp": devices, "tensor": 1})
+    mem = row["memory"]
+    assert 0 < mem["total_gib"] < mem["usable_gib"] and mem["temporaries_gib"] > 0
+    # the compiled per-device matmul FLOPs against the analytic count (independent formula)
+    analytic = step_flops(demo(layout, "")) / devices
+    assert row["flops_per_device"] == pytest.approx(analytic, rel=0.10)
+    depth = demo(layout, "").model.image.depth
+    forward = [lp for lp in row["collectives"]["loops"]
+               if lp["direction"] == "forward" and lp["trips"] == depth]
+    assert len(forward) >= 2  # both towers scan their layers
+    if layout == "dp":  # weights are whole on every device: nothing to gather per layer
+        assert all(not lp["layer_ops"] for lp in forward), forward
+    else:  # ZeRO-3: each layer's weights gathered inside the loop
+        assert all(lp["layer_ops"].get("all-gather", {}).get("count", 0) >= 1
+                   for lp in forward), forward
+    if platform == "gpu":
+        assert row["estimate"] is None  # no time estimate without a device
+
+
+@needs["tpu"]
+def test_two_slices_give_the_hybrid_mesh():
+    target = targets.parse("v5e-4", num_slices=2)
+    devices = run.target_devices(target)
+    assert len(devices) == 8 and {d.slice_index for d in devices} == {0, 1}
+    mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1, dcn_data=2, dcn_fsdp=1), devices)
+    assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+    slices = np.vectorize(lambda d: d.slice_index)(mesh.devices[:, 0, 0])
+    assert list(slices) == [0] * 4 + [1] * 4  # the DCN part is the outer part of 'data'
+    # unset DCN axes on two slices: data parallel over the slices, the same mesh
+    auto = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), devices)
+    assert (auto.devices == mesh.devices).all()
+    # FSDP inside each slice, data parallel across them
+    mixed = sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1, dcn_data=2, dcn_fsdp=1), devices)
+    assert dict(mixed.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert all(len({d.slice_index for d in row.flat}) == 1 for row in mixed.devices)
+
+
+@needs["gpu"]
+def test_two_gpu_nodes_give_the_hybrid_mesh():
+    devices = run.target_devices(targets.parse("h100:2x8"))
+    mesh = sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1, dcn_data=2, dcn_fsdp=1), devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 8, "tensor": 1}
+    assert [{d.process_index for d in row.flat} for row in mesh.devices] == [{0}, {1}]
+
+
+def test_dcn_axes_default_to_todays_mesh_and_split_cpu_devices():
+    devices = jax.devices()
+    plain = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), devices)
+    assert (sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1),
+                               devices).devices == plain.devices).all()
+    two = sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1, dcn_data=2, dcn_fsdp=1), devices)
+    assert dict(two.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert [d.id for d in two.devices[1, :, 0]] == [4, 5, 6, 7]  # "slice" 1 = devices 4..7
+    with pytest.raises(ConfigError, match="dcn_data"):
+        sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1, dcn_data=3, dcn_fsdp=1), devices)
+
+
+@pytest.mark.parametrize("name, topology, chips, bounds", [
+    ("v5p-128", "v5:4x4x4", 64, (2, 2, 1)), ("v4-8", "v4:2x2x1", 4, (2, 2, 1)),
+    ("v5e-64", "v5e:8x8", 64, (2, 2, 1)), ("v5litepod-8", "v5e:2x4", 8, (2, 4, 1)),
+    ("v6e-256", "v6e:16x16", 256, (2, 2, 1))])
+def test_tpu_names_map_to_maxtexts_topologies(name, topology, chips, bounds):
+    t = targets.parse(name)
+    assert (t.topology, t.num_devices, t.chips_per_host_bounds) == (topology, chips, bounds)
+    assert targets.parse(name, num_slices=2).num_devices == 2 * chips
+
+
+def test_gpu_names_and_bad_targets():
+    t = targets.parse("h200:4x8")
+    assert (t.platform, t.topology, t.num_devices) == ("cuda", "1x4x8", 32)
+    assert "device_memory_size: 151397597184" in t.gpu_target_config()
+    for bad in ("v5e-12", "h100:1x9", "a100:1x8"):
+        config = get_config()
+        config.compile.target = bad
+        with pytest.raises(ConfigError, match="compile.target"):
+            config_check.validate(config, check_paths=False)
+
+
+def test_compile_mode_without_a_target_is_a_config_error():
+    with pytest.raises(ConfigError, match="compile.target"):
+        run.main_mode(get_config(), None)
