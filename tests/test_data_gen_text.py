@@ -197,6 +197,18 @@ def test_captions_vllm(tiny_model, tmp_path):
     # per-request seeds: another batch size gives the same captions
     assert run_vllm(tmp_path / "s2", "--batch-size", 2) == rows
 
+    # --engine ray through vLLM (its own local Ray cluster, one actor holding vLLM's LLM): the
+    # sampled run's files byte for byte, fingerprint included.
+    if subprocess.run([VLLM_PYTHON, "-c", "import ray.data"], capture_output=True).returncode:
+        pytest.skip("the vLLM environment has no ray[data] (.ci/run installs it): "
+                    "--engine ray through vLLM not checked")
+    run_vllm(tmp_path / "on_ray", "--engine", "ray", "--concurrency", 1)
+    every_file = lambda d: {p.name: p.read_bytes() for p in sorted(d.iterdir())  # noqa: E731
+                            if ".tmp-" not in p.name}
+    local = every_file(tmp_path / "s1")
+    assert ".fingerprint-captions.json" in local and len(local) >= 3
+    assert every_file(tmp_path / "on_ray") == local
+
 
 # ---- balance ----
 
