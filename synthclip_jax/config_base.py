@@ -42,7 +42,10 @@ def base() -> ml_collections.ConfigDict:
     c.optim.lr_schedule = "cosine"
     # accum_negatives: "full" = whole-batch contrastive loss (OpenCLIP --accum-freq, one extra
     # forward per micro-batch); "micro" = each micro-batch its own batch of negatives.
-    c.train = dict(grad_accum_steps=1, accum_negatives="full")
+    # task: "contrastive" (the two towers) | "classify" (the image tower + a linear head of
+    # model.num_classes classes, softmax cross-entropy with loss.label_smoothing on the
+    # records' `label`: the Scaling-laws seed's supervised models; models/classifier.py).
+    c.train = dict(grad_accum_steps=1, accum_negatives="full", task="contrastive")
     c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES)
     # softmax loss options: label_smoothing as SimCLIP's clip_loss (torch cross_entropy); with
     # softmax_bias the model's logit bias (model.logit_bias_init) is added to the logits, as
@@ -51,6 +54,7 @@ def base() -> ml_collections.ConfigDict:
 
     c.model = dict(
         embed_dim=512,
+        num_classes=1000,  # train.task='classify': the head's classes (ImageNet's 1000)
         # linear: one matrix per tower (CLIP); mlp: Linear(d, d) - ReLU - Linear(d, embed_dim),
         # no biases, d the tower width (simple-clip; OpenCLIP export refuses it).
         projection="linear",
@@ -138,6 +142,10 @@ def base() -> ml_collections.ConfigDict:
         zeroshot="",  # folder of class sub-folders of images (optional classnames.txt)
         templates="openai_imagenet",  # openai_imagenet | synthclip_imagenet | simple | shapes
         retrieval="",  # glob of TFRecord shards, every caption of a record is a query
+        # train.task='classify': NAME=SOURCE sets of labelled images (class sub-folders, or
+        # records with `label`), top-1/top-5/mean cross-entropy with the Scaling-laws seed's
+        # preprocessing (Resize 256, CenterCrop 224 of data.image_size; evaluate/classify.py).
+        classify="",
         batch_size=256,
         # zeroshot/retrieval also take several named sets, NAME=SOURCE,NAME2=SOURCE2 (metric
         # keys zeroshot/NAME/top1); SOURCE: folder, TFRecord glob, tfds:NAME[:VER]/SPLIT or a
