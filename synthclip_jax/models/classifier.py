@@ -24,8 +24,7 @@ class ClassifyOutputs(typing.NamedTuple):
 
 class Classifier(nnx.Module):
     def __init__(self, cfg, *, image_size: int, rngs: nnx.Rngs):
-        from synthclip_jax.models.two_tower import DTYPES  # one table of compute dtypes
-        dtype = DTYPES[cfg.dtype]
+        dtype = jnp.dtype(cfg.dtype)  # a choices.DTYPES name, checked at the door
         classes = cfg.num_classes
         if cfg.image.get("tower", "vit") == "resnet":
             self.visual = ResNet(cfg.image, embed_dim=classes, dtype=dtype, rngs=rngs)
