@@ -46,7 +46,6 @@ def vit_config(name: str, num_classes: int):
 def import_timm_vit(src, name, config=None):
     """(config, params): our classifier's pure-dict params (float32 numpy) from the timm ViT
     classifier state dict at `src`; `config` (optional) must describe timm's `name`."""
-    from synthclip_jax.export.import_weights import abstract_params
     tensors, _ = read_weights(src)
     missing = [k for k in HEAD if k not in tensors]
     if missing:
@@ -67,7 +66,10 @@ def import_timm_vit(src, name, config=None):
             raise WeightsError(f"{src}: head.weight has {classes} classes, the config "
                                f"model.num_classes={config.model.num_classes}; set "
                                f"model.num_classes={classes}")
-    abstract = fit.flat_shapes(abstract_params(config))
+    from flax import nnx
+    from synthclip_jax.models.two_tower import build_model
+    abstract = fit.flat_shapes(nnx.to_pure_dict(nnx.state(
+        nnx.eval_shape(lambda: build_model(config, 0)))))
     source = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
     visual = fit.take_timm(source, abstract, "", str)  # pops every trunk key it used
     weight, bias = source.pop("head.weight"), source.pop("head.bias")
