@@ -100,3 +100,67 @@ def test_scaling_clip_config_is_openclip_vitb16_quickgelu():
     theirs = load_openclip.model_config({"model_cfg": cfg}, base())
     imp.check_agrees(theirs, scaling_clip_vitb16.get_config(), "ViT-B-16-quickgelu", False)
     assert json.loads(json.dumps(cfg))["vision_cfg"]["width"] == 768
+
+
+# --- classifier evaluation with the seed's preprocessing ----------------------------------
+
+def write_image_folder(root, sizes, seed=0):
+    """Class sub-folders of JPEGs of various shapes (portrait, landscape, small)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        folder = root / f"class{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+        paths.append(folder / f"{i}.jpg")
+    return paths
+
+
+def test_seed_preprocessing_equals_torchvision(tmp_path):
+    """Resize 256 + CenterCrop 224 + Normalize(0.5, 0.5) as the seed's torchvision pipeline."""
+    from PIL import Image
+    from torchvision import transforms
+    from synthclip_jax.evaluate.classify import SeedPreprocess
+    reference = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224),
+                                    transforms.ToTensor(),
+                                    transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    ours = SeedPreprocess(224, (0.5,) * 3, (0.5,) * 3)
+    for path in write_image_folder(tmp_path, [(300, 260), (257, 400), (640, 480), (256, 256)]):
+        theirs = reference(Image.open(path).convert("RGB")).numpy().transpose(1, 2, 0)
+        mine = ours.decode(path.read_bytes(), str(path))
+        assert mine.shape == theirs.shape == (224, 224, 3)
+        assert np.abs(mine - theirs).max() <= 1e-6, path
+
+
+def test_classify_eval_matches_timm(timm_vit, tmp_path):
+    """`python -m synthclip_jax.evaluate --classify` on an imported timm classifier: top-1,
+    top-5 and cross-entropy of timm's own logits on the seed's preprocessing."""
+    from PIL import Image
+    from torchvision import transforms
+    from synthclip_jax.evaluate import __main__ as evaluate_cli
+    model, path = timm_vit
+    assert run_cli("--format", "timm", "--src", path, "--timm-model", "test_vit",
+                   "--out", tmp_path / "w") == 0
+    paths = write_image_folder(tmp_path / "val", [(200, 190), (183, 250), (240, 200)] * 2)
+    out = tmp_path / "results.json"
+    assert evaluate_cli.main(["--workdir", str(tmp_path / "w"), "--classify",
+                              f"toy={tmp_path / 'val'}", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    # the reference: timm on torchvision's transform at 160 px (resize round(160 / 0.875) = 183)
+    reference = transforms.Compose([transforms.Resize(183), transforms.CenterCrop(160),
+                                    transforms.ToTensor(),
+                                    transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    order = sorted(paths, key=lambda p: (p.parent.name, p.name))
+    x = torch.stack([reference(Image.open(p).convert("RGB")) for p in order])
+    labels = torch.tensor([int(p.parent.name[-1]) for p in order])
+    with torch.no_grad():
+        logits = model(x)
+    top5 = logits.topk(5, dim=1).indices
+    assert got["classify/toy/top1"] == pytest.approx(
+        (logits.argmax(1) == labels).float().mean().item())
+    assert got["classify/toy/top5"] == pytest.approx(
+        (top5 == labels[:, None]).any(1).float().mean().item())
+    assert got["classify/toy/ce"] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-4)

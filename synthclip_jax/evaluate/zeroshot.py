@@ -86,6 +86,10 @@ def evaluate(encoder, params, data: ZeroShotSet, template_set, context_length: i
                          f"{len(data.classnames)} class names")
     logits = features @ weights.T
     p = metric_prefix("zeroshot", data.name)
+    from synthclip_jax.evaluate.classify import cross_entropy
+    # The Scaling-laws seed also reports the mean cross-entropy of logit_scale * logits.
+    scale = float(np.exp(np.asarray(params["logit_scale"], np.float64)))
     return {f"{p}top1": topk_accuracy(logits, labels, 1),
             f"{p}top5": topk_accuracy(logits, labels, 5),
+            f"{p}ce": cross_entropy(scale * logits, labels),
             f"{p}chance_top1": 1.0 / len(data.classnames)}

@@ -42,6 +42,10 @@ class Classifier(nnx.Module):
         """images: (B, H, W, 3) normalised -> (B, num_classes) float32."""
         return self.visual(images).astype(jnp.float32) + self.head_bias[...]
 
+    def encode_image(self, images):
+        """The evaluation encoder's image method (evaluate/encode.py): here the logits."""
+        return self.logits(images)
+
     def __call__(self, images, labels) -> ClassifyOutputs:
         return ClassifyOutputs(self.logits(images), labels)
 
