@@ -107,6 +107,11 @@ def base() -> ml_collections.ConfigDict:
         # A .npy of record indices, batch after batch (tools/similarity_order.py: SimCLIP's
         # similarity-cluster batches); "" = seeded shuffle, epoch after epoch.
         batch_order="",
+        # Train on the first subset_records records (0 = all) of a fixed order of data.train's
+        # records (a permutation seeded by subset_seed, not by the run's seed), so subsets of
+        # growing size are nested: the dataset-scale sweeps of tools/scaling_sweep.py.
+        subset_records=0,
+        subset_seed=0,
         # SimCLIP's similarity-cluster batches built during training (train/online_clusters.py):
         # per batch int(batch_size * p) examples in clusters of `cluster_size` similar ones, each
         # drawn among a pivot's cluster_size * `neighborhood` nearest; p starts at `proportion`

@@ -99,6 +99,7 @@ def check_relations(config, training: bool = True) -> None:
     check_data(config, training)
     check_clips(config)
     check_classify(config)
+    check_subset(config)
     for key in ("eval.every_steps", "checkpoint.every_steps", "log.every_steps"):
         at_least(config, key, 0)  # 0 turns it off
     at_least(config, "checkpoint.keep", 1)
@@ -366,6 +367,17 @@ def check_clips(config) -> None:
     if m.captioner.width % m.captioner.heads:
         fail("model.captioner.width", m.captioner.width, "is not divisible by "
              f"model.captioner.heads={m.captioner.heads}", "make it a multiple of the head count")
+
+
+def check_subset(config) -> None:
+    """data.subset_records (data/pipeline.py): the first N of a fixed order of the records."""
+    d = config.data
+    at_least(config, "data.subset_records", 0)
+    if d.subset_records and (d.batch_order or d.read_mode != "random"
+                             or d.source != "tfrecord" or mixture_spec.parse(d.train)):
+        fail("data.subset_records", d.subset_records, "needs data.source='tfrecord' with one "
+             "glob, data.read_mode='random' and no data.batch_order",
+             "set --config.data.subset_records=0 or drop the other option")
 
 
 def check_classify(config) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from synthclip_jax.evaluate import sources, stream
-from synthclip_jax.evaluate.zeroshot import metric_prefix, topk_accuracy
+from synthclip_jax.evaluate.zeroshot import cross_entropy, metric_prefix, topk_accuracy
 
 CROP_FRACTION = 224 / 256  # the seed's CenterCrop(224) of Resize(256)
 
@@ -75,14 +75,6 @@ class ClassifySet:
     def check(self):
         if isinstance(self.reader, sources.ImageFolderReader):
             self.reader.check_headers()
-
-
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean softmax cross-entropy (torch's F.cross_entropy), in float64."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
 
 
 def scores(logits: np.ndarray, labels: np.ndarray, prefix: str) -> dict:
