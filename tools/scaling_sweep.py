@@ -200,11 +200,26 @@ def plot(summary: dict, metric: str, path: Path):
     plt.close(fig)
 
 
+def quiet_orbax():
+    """Orbax logs every file it writes at INFO (main.py filters it the same way)."""
+    import logging as pylogging
+
+    class Quiet(pylogging.Filter):
+        def filter(self, record):
+            return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+    for handler in pylogging.getLogger().handlers:
+        handler.addFilter(Quiet())
+    from absl import logging
+    logging.get_absl_handler().addFilter(Quiet())
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from absl import logging
     from synthclip_jax.config_error import ConfigError
     logging.set_verbosity(logging.INFO)  # the trainer's progress lines
+    quiet_orbax()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     series = args.series or [("data", None)]
