@@ -185,9 +185,16 @@ def plot(summary: dict, metric: str, path: Path):
             grid = np.geomspace(min(n), max(n), 50)
             ax.plot(grid, predict(f, grid), "-", color=line.get_color(),
                     label=f"{name} fit: {f['a']:.3g} N^-{f['alpha']:.3f}")
+    scales = [r["scale"] for s in summary["series"].values() for r in s["points"]]
+    notes = []
     for c in summary["crossings"]:
-        if c["scale"] is not None:
+        if c["scale"] is None:
+            continue
+        if min(scales) <= c["scale"] <= max(scales):  # drawn only inside the swept range
             ax.axvline(c["scale"], color="grey", ls=":", lw=1)
+        notes.append(f"{' / '.join(c['series'])} fits cross at N = {c['scale']:.3g}")
+    if notes:
+        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=8, color="grey")
     ax.set_xscale("log")
     ax.set_yscale("log")
     what = "1 - " + metric if not metric.endswith("/ce") else metric
