@@ -164,3 +164,17 @@ def test_classify_eval_matches_timm(timm_vit, tmp_path):
         (top5 == labels[:, None]).any(1).float().mean().item())
     assert got["classify/toy/ce"] == pytest.approx(
         torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-4)
+
+
+def test_init_from_checks_the_task(timm_vit, tmp_path):
+    """Fine-tuning the imported classifier needs train.task=classify; the refusal names it."""
+    from synthclip_jax.config_base import base
+    from synthclip_jax.config_error import ConfigError
+    from synthclip_jax.train import init_from
+    _, path = timm_vit
+    assert run_cli("--format", "timm", "--src", path, "--timm-model", "test_vit",
+                   "--out", tmp_path / "w") == 0
+    config = base()
+    config.init_from = str(tmp_path / "w")
+    with pytest.raises(ConfigError, match="train.task=classify"):
+        init_from.load_params(config, target=None)
