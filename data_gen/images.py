@@ -14,6 +14,10 @@ Inputs (one of):
                          "Classnames").
   --prompts templates F  every class name in every template of --templates (default: the seven
                          CLIP templates below; "CLIP Templates").
+                         With --prompts each sample's .json carries "label", the class's line
+                         index in F, which data_gen.write stores as the record's `label`
+                         (train.task='classify' trains on it). --backend shapes draws the class
+                         ("COLOR SHAPE" names such as "red circle", data_gen/class_shapes.py).
   --shapes N             N scenes invented and drawn by data_gen.shape_scenes with exact
                          captions (--procedural N: deprecated alias).
 Captions are cleaned as SynthCLIP does: strip, drop '"', tabs/newlines -> spaces.
@@ -95,11 +99,15 @@ def load_rows(args) -> list[dict]:
         return rows
     kind, path = args.prompts
     names = _lines(path)
+    repeat = args.images_per_prompt  # several images of one prompt (seeded by their index)
+    if len(set(names)) != len(names):
+        raise SystemExit(f"{path}: a class name appears twice; labels are line indices")
     if kind == "classnames":
-        return [{"caption": n, "classname": n} for n in names]
+        return [{"caption": n, "classname": n, "label": k} for k, n in enumerate(names)
+                for _ in range(repeat)]
     templates = _lines(args.templates) if args.templates else TEMPLATES
-    return [{"caption": t.format(n), "classname": n, "template": t}
-            for n in names for t in templates]
+    return [{"caption": t.format(n), "classname": n, "template": t, "label": k}
+            for k, n in enumerate(names) for t in templates for _ in range(repeat)]
 
 
 def to_jpeg(image, save_size: int, quality: int) -> bytes:
@@ -119,8 +127,14 @@ class Shapes:
         self.settings = {"backend": "procedural", "size": self.size, "seed": args.seed,
                          "jpeg_quality": args.jpeg_quality}
 
+        self.rows = None  # with --prompts: the rows, whose class each image draws
+
     def __call__(self, batch):
         from data_gen.shape_scenes import scene_captions
+        if self.rows is not None:
+            from data_gen.class_shapes import render_class
+            return [(c, render_class(self.rows[i]["classname"], image_seed(self.seed, i),
+                                     self.size)) for i, c in batch]
         return [scene_captions(image_seed(self.seed, i), self.size) for i, _ in batch]
 
 
@@ -202,8 +216,8 @@ class Plan:
             if not all(self.captions):
                 raise SystemExit(f"empty caption at index {self.captions.index('')}")
         prompts = ({"prompts": args.prompts[0], "templates": list(TEMPLATES) if args.prompts[0]
-                    == "templates" and not args.templates else args.templates}
-                   if args.prompts else {})
+                    == "templates" and not args.templates else args.templates,
+                    "images_per_prompt": args.images_per_prompt} if args.prompts else {})
         # The captions' hash: a rerun on other captions into the same --out is refused.
         digest = hashlib.sha256("\n".join(self.captions or []).encode()).hexdigest()
         self.settings = {**self.backend.settings, **prompts, "source": self.backend.source,
@@ -229,7 +243,12 @@ class Plan:
 
 
 def make_backend(args):
-    return Shapes(args) if args.backend == "shapes" else Diffusers(args)
+    if args.backend != "shapes":
+        return Diffusers(args)
+    backend = Shapes(args)
+    if args.prompts:  # class images: each draws its row's class (rows from args alone, so
+        backend.rows = load_rows(args)  # a Ray actor builds the same backend)
+    return backend
 
 
 def chunk_samples(args, backend, settings: dict, chunk: dict):
@@ -246,6 +265,7 @@ def chunk_samples(args, backend, settings: dict, chunk: dict):
                    "seed": image_seed(args.seed, i), "source": backend.source,
                    "settings": settings, "input": rows[i - start],
                    **({"web_caption": web[0]} if web else {}),
+                   **({"label": rows[i - start]["label"]} if "label" in rows[i - start] else {}),
                    "jpeg": to_jpeg(image, args.save_size, args.jpeg_quality)}
 
 
@@ -316,6 +336,8 @@ def parse_args(argv=None):
                      "deprecated alias")
     p.add_argument("--templates", help="templates file for --prompts templates, one per line "
                    "with {} for the class name (default: 7 CLIP templates)")
+    p.add_argument("--images-per-prompt", type=int, default=1, metavar="K",
+                   help="with --prompts: K images of each prompt (each its own seed), in a row")
     p.add_argument("--out", required=True, help="output folder for pairs-CCCCC.tar")
     p.add_argument("--backend", choices=("diffusers", "shapes", "procedural"), default=None,
                    help="default: shapes with --shapes, else diffusers (procedural: deprecated "
@@ -343,10 +365,15 @@ def parse_args(argv=None):
     if args.backend is None:
         args.backend = "shapes" if args.shapes else "diffusers"
     args.backend = "shapes" if args.backend == "procedural" else args.backend
-    if (args.backend == "shapes") != bool(args.shapes):
-        p.error("the shapes backend invents its captions: use --shapes N (alone)")
-    if min(args.batch_size, args.chunk_size) < 1 or (args.shapes or 1) < 1:
-        p.error("--batch-size, --chunk-size and --shapes must be >= 1")
+    if args.backend == "shapes" and not (args.shapes or args.prompts):
+        p.error("the shapes backend invents its captions (--shapes N) or draws the classes of "
+                "--prompts classnames|templates FILE")
+    if args.shapes and args.backend != "shapes":
+        p.error("--shapes N needs the shapes backend")
+    if min(args.batch_size, args.chunk_size, args.images_per_prompt) < 1 or (args.shapes or 1) < 1:
+        p.error("--batch-size, --chunk-size, --images-per-prompt and --shapes must be >= 1")
+    if args.images_per_prompt > 1 and not args.prompts:
+        p.error("--images-per-prompt needs --prompts classnames|templates FILE")
     check_engine_args(p, args)
     return args
 

@@ -123,7 +123,7 @@ def load(sample, tar, bank_ids: dict | None = None) -> dict:
     return {"image": image, "captions": [meta["caption"]],
             "key": str(meta.get("key", key)), "concepts": concepts or [],
             "source": str(meta.get("source", "")), "web_caption": meta.get("web_caption", ""),
-            "unmapped": concepts is None}
+            "label": meta.get("label"), "unmapped": concepts is None}
 
 
 def parse_meta(data: bytes, where: str) -> dict:
@@ -136,6 +136,9 @@ def parse_meta(data: bytes, where: str) -> dict:
                          f"{str(meta)[:80]}")
     if not isinstance(meta.get("web_caption", ""), str):
         raise SystemExit(f"write: {where}: 'web_caption' must be a string (CLIPS's web caption)")
+    label = meta.get("label")
+    if label is not None and (not isinstance(label, int) or isinstance(label, bool) or label < 0):
+        raise SystemExit(f"write: {where}: 'label' must be a class index >= 0, got {label!r}")
     if not isinstance(meta.get("input") or {}, dict):
         raise SystemExit(f"write: {where}: 'input' must be an object (the caption's row)")
     return meta

@@ -10,6 +10,7 @@ PROJECTIONS = ("linear", "mlp")  # model.projection; models/two_tower.py
 # train.accum_negatives: "full" = whole-batch contrastive loss over the micro-batches;
 # "micro" = each micro-batch its own batch of negatives (train/step.py).
 ACCUM_NEGATIVES = ("full", "micro")
+TASKS = ("contrastive", "classify")  # train.task; models/classifier.py, train/classify_loss.py
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # model.activation; models/layers.py
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype (compute dtype); models/two_tower.py

@@ -42,7 +42,10 @@ def base() -> ml_collections.ConfigDict:
     c.optim.lr_schedule = "cosine"
     # accum_negatives: "full" = whole-batch contrastive loss (OpenCLIP --accum-freq, one extra
     # forward per micro-batch); "micro" = each micro-batch its own batch of negatives.
-    c.train = dict(grad_accum_steps=1, accum_negatives="full")
+    # task: "contrastive" (the two towers) | "classify" (the image tower + a linear head of
+    # model.num_classes classes, softmax cross-entropy with loss.label_smoothing on the
+    # records' `label`: the Scaling-laws seed's supervised models; models/classifier.py).
+    c.train = dict(grad_accum_steps=1, accum_negatives="full", task="contrastive")
     # dcn_data/dcn_fsdp: how many TPU slices / GPU nodes the data and fsdp axes span (then
     # data/fsdp/tensor shape one slice; sharding.make_mesh); 1 = one slice.
     c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES, dcn_data=1, dcn_fsdp=1)
@@ -53,6 +56,7 @@ def base() -> ml_collections.ConfigDict:
 
     c.model = dict(
         embed_dim=512,
+        num_classes=1000,  # train.task='classify': the head's classes (ImageNet's 1000)
         # linear: one matrix per tower (CLIP); mlp: Linear(d, d) - ReLU - Linear(d, embed_dim),
         # no biases, d the tower width (simple-clip; OpenCLIP export refuses it).
         projection="linear",
@@ -105,6 +109,11 @@ def base() -> ml_collections.ConfigDict:
         # A .npy of record indices, batch after batch (tools/similarity_order.py: SimCLIP's
         # similarity-cluster batches); "" = seeded shuffle, epoch after epoch.
         batch_order="",
+        # Train on the first subset_records records (0 = all) of a fixed order of data.train's
+        # records (a permutation seeded by subset_seed, not by the run's seed), so subsets of
+        # growing size are nested: the dataset-scale sweeps of tools/scaling_sweep.py.
+        subset_records=0,
+        subset_seed=0,
         # SimCLIP's similarity-cluster batches built during training (train/online_clusters.py):
         # per batch int(batch_size * p) examples in clusters of `cluster_size` similar ones, each
         # drawn among a pivot's cluster_size * `neighborhood` nearest; p starts at `proportion`
@@ -140,6 +149,10 @@ def base() -> ml_collections.ConfigDict:
         zeroshot="",  # folder of class sub-folders of images (optional classnames.txt)
         templates="openai_imagenet",  # openai_imagenet | synthclip_imagenet | simple | shapes
         retrieval="",  # glob of TFRecord shards, every caption of a record is a query
+        # train.task='classify': NAME=SOURCE sets of labelled images (class sub-folders, or
+        # records with `label`), top-1/top-5/mean cross-entropy with the Scaling-laws seed's
+        # preprocessing (Resize 256, CenterCrop 224 of data.image_size; evaluate/classify.py).
+        classify="",
         batch_size=256,
         # zeroshot/retrieval also take several named sets, NAME=SOURCE,NAME2=SOURCE2 (metric
         # keys zeroshot/NAME/top1); SOURCE: folder, TFRecord glob, tfds:NAME[:VER]/SPLIT or a

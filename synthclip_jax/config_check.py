@@ -49,6 +49,7 @@ def get(config, key: str):
 CHOICES = {
     "loss.name": choices.LOSS_NAMES,
     "train.accum_negatives": choices.ACCUM_NEGATIVES,
+    "train.task": choices.TASKS,
     "model.activation": choices.ACTIVATIONS,
     "model.dtype": choices.DTYPES,
     "model.attention_impl": choices.ATTENTION_IMPLS,
@@ -98,6 +99,8 @@ def check_relations(config, training: bool = True) -> None:
     check_model(config)
     check_data(config, training)
     check_clips(config)
+    check_classify(config)
+    check_subset(config)
     for key in ("eval.every_steps", "checkpoint.every_steps", "log.every_steps"):
         at_least(config, key, 0)  # 0 turns it off
     at_least(config, "checkpoint.keep", 1)
@@ -383,11 +386,49 @@ def check_clips(config) -> None:
              f"model.captioner.heads={m.captioner.heads}", "make it a multiple of the head count")
 
 
+def check_subset(config) -> None:
+    """data.subset_records (data/pipeline.py): the first N of a fixed order of the records."""
+    d = config.data
+    at_least(config, "data.subset_records", 0)
+    if d.subset_records and (d.batch_order or d.read_mode != "random"
+                             or d.source != "tfrecord" or mixture_spec.parse(d.train)):
+        fail("data.subset_records", d.subset_records, "needs data.source='tfrecord' with one "
+             "glob, data.read_mode='random' and no data.batch_order",
+             "set --config.data.subset_records=0 or drop the other option")
+
+
+def check_classify(config) -> None:
+    """train.task='classify' (models/classifier.py): no text tower, so no contrastive-only
+    option or evaluation; eval.classify needs the classifier."""
+    if config.train.task != "classify":
+        if config.eval.classify:
+            fail("eval.classify", config.eval.classify, "needs train.task='classify'",
+                 "set --config.train.task=classify, or eval.classify='' (off)")
+        return
+    at_least(config, "model.num_classes", 2)
+    if config.loss.name != "softmax":
+        fail("loss.name", config.loss.name, "is a contrastive loss; train.task='classify' uses "
+             "softmax cross-entropy", "set --config.loss.name=softmax")
+    off = ("eval.zeroshot", "eval.retrieval", "eval.linear_probe", "data.batch_order")
+    for key in off:
+        if get(config, key):
+            fail(key, get(config, key), "needs the text tower, which train.task='classify' "
+                 "has not", f"set --config.{key}='' or use eval.classify")
+    for key in ("model.captioner.enabled", "data.clusters.enabled", "loss.two_captions",
+                "loss.softmax_bias"):
+        if get(config, key):
+            fail(key, True, "is a contrastive-training option", f"set --config.{key}=False "
+                 "with train.task='classify'")
+    if config.model.projection != "linear":
+        fail("model.projection", config.model.projection, "is a contrastive head",
+             "set --config.model.projection=linear (the class head is linear)")
+
+
 def eval_specs(config) -> list:
     """[(key, source)] of every evaluation dataset; a malformed spec list fails here."""
     e, out = config.eval, []
     try:
-        for key in ("eval.zeroshot", "eval.retrieval"):
+        for key in ("eval.zeroshot", "eval.retrieval", "eval.classify"):
             out += [(key, src) for _, src in eval_sources.parse_specs(get(config, key), key)]
         for _, train, test in eval_sources.parse_probe_specs(e.linear_probe):
             out += [("eval.linear_probe", train), ("eval.linear_probe", test)]
@@ -420,7 +461,7 @@ def check_eval(config) -> None:
     if ck.best_metric:
         kind = ck.best_metric.split("/")[0]
         sets = {"zeroshot": e.zeroshot, "retrieval": e.retrieval,
-                "linear_probe": e.linear_probe}.get(kind)
+                "linear_probe": e.linear_probe, "classify": e.classify}.get(kind)
         if not sets:
             fail("checkpoint.best_metric", ck.best_metric, "names no configured evaluation",
                  "use a key eval.jsonl will hold (e.g. zeroshot/NAME/top1 with eval.zeroshot "

@@ -28,7 +28,10 @@ def plot_curves(workdir) -> epath.Path | None:
     ax.grid(alpha=0.3)
     if evals:
         ax = axes[0, 1]
-        for key in EVAL_KEYS:
+        # a classifier's sets (train.task=classify): classify/NAME/top1
+        named = sorted({k for r in evals for k in r
+                        if k.startswith("classify/") and k.endswith("/top1")})
+        for key in (*EVAL_KEYS, *named):
             rows = [r for r in evals if key in r]
             if rows:
                 ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o", label=key)

@@ -125,14 +125,21 @@ def test_tfds_and_tfrecord_sources_equal_imagefolder_and_direct_numpy(sets):
         out = zeroshot.evaluate(encoder, params, data, "simple", 16)
         got[name] = {k.split("/")[-1]: v for k, v in out.items()}
         assert set(out) == {f"zeroshot/{name}/top1", f"zeroshot/{name}/top5",
-                            f"zeroshot/{name}/chance_top1"}
+                            f"zeroshot/{name}/ce", f"zeroshot/{name}/chance_top1"}
     # Direct: decode every image with PIL, encode, nearest normalised prompt embedding.
     folder = zeroshot.ZeroShotSet(specs["folder"], SIZE, d.mean, d.std)
     weights = np.asarray(model.encode_text(tokenize([f"a photo of a {c}." for c in
                                                       sorted(COLORS)], 16)))
-    pred = np.argmax(np.asarray(model.encode_image(folder.images)) @ weights.T, axis=1)
-    top1 = np.mean(pred == np.asarray([sorted(COLORS).index(c) for c, _, _ in items]))
+    cosines = np.asarray(model.encode_image(folder.images)) @ weights.T
+    pred = np.argmax(cosines, axis=1)
+    labels = folder.labels  # the order of folder.images (class folder by class folder)
+    assert sorted(labels) == sorted(sorted(COLORS).index(c) for c, _, _ in items)
+    top1 = np.mean(pred == labels)
     assert 0 < top1 < 1  # informative
+    # the Scaling-laws seed's mean CE of logit_scale * logits (torch F.cross_entropy's formula)
+    z = np.exp(float(model.logit_scale[...])) * cosines.astype(np.float64)
+    ce = np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(labels)), labels])
+    assert got["folder"]["ce"] == pytest.approx(ce, rel=1e-4)
     for name in specs:
         assert got[name]["top1"] == pytest.approx(top1), name
         assert got[name] == pytest.approx(got["folder"]), name

@@ -3,7 +3,7 @@ ImageNet-pretrained ResNet trunk (torchvision, timm), into a workdir.
 
   python -m tools.import_weights --format openclip|hf|synthclip|torchvision|timm --src PATH
       --out WORKDIR [--config FILE] [--resize-pos-embed] [--skip-keys PATTERN ...]
-      [--init-missing PARAM ...]
+      [--init-missing PARAM ...] [--timm-model NAME]
 
 --src: openclip: a `local-dir` export (open_clip_config.json + open_clip_model.safetensors or
 open_clip_pytorch_model.bin) or a state dict file (.safetensors, .bin/.pt, a trainer checkpoint
@@ -12,7 +12,11 @@ synthclip: a SynthCLIP checkpoint.pt; torchvision / timm: a ResNet state dict (.
 .safetensors, e.g. `torch.save(torchvision.models.resnet50(weights=...).state_dict(), PATH)` or
 timm's `resnet50.a1_in1k` model.safetensors), which needs --config with
 model.image.tower='resnet': its trunk (running statistics included) becomes the image tower,
-the classifier `fc` is dropped (printed), and everything else keeps the config's seeded init. Pickled files are read with
+the classifier `fc` is dropped (printed), and everything else keeps the config's seeded init.
+timm also: a timm VisionTransformer classifier state dict (the Scaling-laws seed's supervised
+checkpoints) with --timm-model NAME (timm's architecture, e.g. vit_base_patch16_224: a state
+dict cannot show the head count): every key is used, head included, and the workdir holds a
+train.task='classify' model with the seed's Normalize(0.5, 0.5). Pickled files are read with
 torch.load(weights_only=True) and an allowlist of data-only types; anything else is refused.
 
 WORKDIR gets config.json (the model), an orbax checkpoint at step 0 (weights only), config.py
@@ -51,6 +55,9 @@ def main(argv=None):
     p.add_argument("--init-missing", nargs="*", default=[], metavar="PARAM",
                    help="our parameter paths (fnmatch, e.g. logit_bias) the source lacks, kept "
                         "at their seeded init")
+    p.add_argument("--timm-model", default=None, metavar="NAME",
+                   help="--format timm with a ViT classifier state dict: timm's model name "
+                        "(e.g. vit_base_patch16_224), which fixes the head count")
     args = p.parse_args(argv)
     try:
         config = read_config(args.config) if args.config else None
@@ -58,18 +65,24 @@ def main(argv=None):
         notes = []
         config, params = import_weights(
             args.format, args.src, config, resize_pos_embed=args.resize_pos_embed,
-            skip_keys=args.skip_keys, init_missing=args.init_missing, notes=notes)
+            skip_keys=args.skip_keys, init_missing=args.init_missing, notes=notes,
+            timm_model=args.timm_model)
         for note in notes:
             print(f"note: {note}", flush=True)
         print(f"writing {args.out} ...", flush=True)
         write_workdir(args.out, config, params, {
             "format": args.format, "src": args.src, "config": args.config,
             "resize_pos_embed": args.resize_pos_embed, "skip_keys": args.skip_keys,
-            "init_missing": args.init_missing, "notes": notes})
+            "init_missing": args.init_missing, "notes": notes, "timm_model": args.timm_model})
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = config.model
+    if config.train.task == "classify":
+        print(f"imported {args.format} {args.src} -> {args.out} (classifier: image "
+              f"{m.image.width}x{m.image.depth}/{m.image.patch_size} at "
+              f"{config.data.image_size}px, {m.num_classes} classes, eps {m.layernorm_eps})")
+        return 0
     image = (f"ResNet-{m.image.resnet_depth}" if m.image.get("tower", "vit") == "resnet" else
              f"{m.image.width}x{m.image.depth}/{m.image.patch_size}")
     print(f"imported {args.format} {args.src} -> {args.out} (image {image} at "

@@ -69,12 +69,13 @@ class LoadExample(grain.transforms.RandomMap):
     partial_tokens: int = 0  # keep at most this many caption tokens; 0 = the whole context
     caption_roles: bool = False  # CLIPS: also the web caption ('web_text')
     target_length: int = 0  # CLIPS captioner: also the full caption ('caption'), this long
+    with_label: bool = False  # train.task='classify': also the record's class ('label', int32)
 
     def random_map(self, index, rng: np.random.Generator):
         for corrupt in range(MAX_REPLACEMENTS + 1):
             i = (int(index) + corrupt) % len(self.shards)
             try:
-                image, caption, web_caption = self.load(i, rng)
+                image, caption, web_caption, label = self.load(i, rng)
             except CorruptRecordError:
                 if not self.skip_corrupt:
                     raise
@@ -83,6 +84,8 @@ class LoadExample(grain.transforms.RandomMap):
             text = tokenize_reduced(caption, self.text_reduction, self.context_length, rng, tok,
                                     budget=self.partial_tokens)
             example = {"image": image, "text": text, "corrupt": np.int32(corrupt)}
+            if self.with_label:
+                example["label"] = np.int32(label)
             if self.caption_roles:
                 example["web_text"] = tok([web_caption or caption], self.context_length)[0]
             if self.target_length:
@@ -102,8 +105,13 @@ class LoadExample(grain.transforms.RandomMap):
             image = decode_crop(example["image"], crop, self.image_size)
         except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
             raise CorruptRecordError(f"undecodable image in {where}: {e}") from e
+        if self.with_label and example["label"] is None:  # not corrupt: the wrong data
+            raise ValueError(f"{where}: no int64 'label' feature, which train.task='classify' "
+                             "trains on; write class images with data_gen.images --prompts "
+                             "classnames|templates (or encode_example(label=))")
         captions = example["captions"]
-        return image, captions[rng.integers(len(captions))], example["web_caption"]
+        return (image, captions[rng.integers(len(captions))], example["web_caption"],
+                example["label"])
 
 
 def ensure_flags_parsed():
@@ -116,6 +124,22 @@ def ensure_flags_parsed():
 def shuffled_indices(num_records: int, seed: int) -> grain.MapDataset:
     """Record indices, an endless sequence of epochs, each its own seeded permutation."""
     return grain.MapDataset.range(num_records).shuffle(seed=seed).repeat()
+
+
+def subset_order(num_records: int, subset_seed: int) -> np.ndarray:
+    """`data.subset_records`' fixed order of all records: the first N of it are the subset of
+    size N, so each smaller subset lies inside each larger one (nested scales,
+    tools/scaling_sweep.py), whatever the run's seed."""
+    return np.random.default_rng(subset_seed).permutation(num_records)
+
+
+def subset_indices(d, num_records: int, seed: int) -> grain.MapDataset:
+    """The first `data.subset_records` records of the fixed order, shuffled every epoch."""
+    if d.subset_records > num_records:
+        raise ConfigError("data.subset_records", f"data.subset_records={d.subset_records} but "
+                          f"data.train={d.train!r} holds {num_records} records; lower it")
+    chosen = subset_order(num_records, d.subset_seed)[:d.subset_records]
+    return grain.MapDataset.source(chosen).shuffle(seed=seed).repeat()
 
 
 def ordered_indices(path: str, num_records: int, batch_size: int) -> grain.MapDataset:
@@ -146,7 +170,8 @@ def load_example(config, shards: TFRecordShards, process_count: int = 1) -> Load
                        caption_roles=config.loss.two_captions or config.model.captioner.enabled,
                        # query q predicts token q + 1 of the target (after its SOT)
                        target_length=(config.model.captioner.num_queries + 1
-                                      if config.model.captioner.enabled else 0))
+                                      if config.model.captioner.enabled else 0),
+                       with_label=config.train.get("task") == "classify")
 
 
 def train_dataset(config, shards: TFRecordShards, process_index: int, process_count: int,
@@ -161,6 +186,7 @@ def train_dataset(config, shards: TFRecordShards, process_index: int, process_co
     load = load_example(config, shards, process_count)
     if indices is None:
         indices = (ordered_indices(d.batch_order, len(shards), config.batch_size) if d.batch_order
+                   else subset_indices(d, len(shards), config.seed) if d.get("subset_records")
                    else shuffled_indices(len(shards), config.seed) if d.read_mode == "random"
                    else grain.MapDataset.source(read_modes.block_indices(d, shards, config.seed)))
     return batched(config, indices, load, process_index, process_count, start, seed)
@@ -277,7 +303,10 @@ def make_grain_source(config, process_index: int, process_count: int) -> GrainSo
 
 
 def check_enough_records(config, shards: TFRecordShards):
-    if len(shards) < config.batch_size:
+    subset = config.data.get("subset_records", 0)
+    if subset:
+        subset_indices(config.data, len(shards), config.seed)  # a too-large subset fails here
+    if min(len(shards), subset or len(shards)) < config.batch_size:
         # Fewer records than one batch: every batch would hold the same pair more than once,
         # a false negative of itself for the contrastive loss.
         raise ConfigError("batch_size", f"data.train={config.data.train!r} holds {len(shards)} "

@@ -2,14 +2,16 @@
 
   python -m synthclip_jax.evaluate --workdir RUN [--step N | --best]
       [--zeroshot NAME=SOURCE ...] [--retrieval NAME=SOURCE ...]
-      [--linear-probe NAME=TRAIN_SOURCE,TEST_SOURCE ...] [--tfds-data-dir DIR]
-      [--out results.json]
+      [--linear-probe NAME=TRAIN_SOURCE,TEST_SOURCE ...] [--classify NAME=SOURCE ...]
+      [--tfds-data-dir DIR] [--out results.json]
 
 SOURCE: a folder of class sub-folders, a TFRecord glob, tfds:NAME[:VERSION]/SPLIT (prepared in
 --tfds-data-dir; nothing is downloaded) or a prepared TFDS dataset directory + /SPLIT. Without
 --zeroshot/--retrieval/--linear-probe the run's config eval section is used. Prints a markdown
-table (and each dataset's time) and writes results.json: zeroshot/NAME/top1|top5,
-retrieval/NAME/i2t_R@K|t2i_R@K, linear_probe/NAME/top1, with "step".
+table (and each dataset's time) and writes results.json: zeroshot/NAME/top1|top5|ce,
+retrieval/NAME/i2t_R@K|t2i_R@K, linear_probe/NAME/top1, classify/NAME/top1|top5|ce, with
+"step". --classify (a train.task=classify model, e.g. a --format timm import) uses the
+Scaling-laws seed's preprocessing: Resize 256, CenterCrop 224, the model's Normalize.
 Class names and templates of the standard suite come from the dataset NAME (evaluate/suite);
 --templates per_dataset (the default with dataset flags) uses each dataset's own.
 """
@@ -29,6 +31,8 @@ def parse_args(argv):
     p.add_argument("--retrieval", action="append", default=[], metavar="NAME=SOURCE")
     p.add_argument("--linear-probe", action="append", default=[],
                    metavar="NAME=TRAIN_SOURCE,TEST_SOURCE")
+    p.add_argument("--classify", action="append", default=[], metavar="NAME=SOURCE",
+                   help="a classifier's top-1/top-5/cross-entropy (train.task=classify)")
     p.add_argument("--linear-probe-shots", default=None,
                    help="k-shot probes besides the full one, e.g. 1,5,10 (default: config's)")
     p.add_argument("--retrieval-ks", default=None,
@@ -53,17 +57,20 @@ def apply_flags(config, args):
     from synthclip_jax.config_error import ConfigError
     e = config.eval
     with config.unlocked():  # a run from before these keys: their defaults
-        for key, default in (("linear_probe", ""), ("linear_probe_shots", ()),
+        for key, default in (("linear_probe", ""), ("linear_probe_shots", ()), ("classify", ""),
                              ("retrieval_ks", (1, 5, 10)), ("tfds_data_dir", "")):
             if key not in e:
                 e[key] = default
+        if "task" not in config.train:
+            config.train.task = "contrastive"
         if "best_mode" not in config.checkpoint:
             config.checkpoint.best_metric, config.checkpoint.best_mode = "", "max"
-    if args.zeroshot or args.retrieval or args.linear_probe:
-        for spec in args.zeroshot + args.retrieval + args.linear_probe:
+    if args.zeroshot or args.retrieval or args.linear_probe or args.classify:
+        for spec in args.zeroshot + args.retrieval + args.linear_probe + args.classify:
             if "=" not in spec:
                 raise ConfigError("flags", f"{spec!r} is not NAME=SOURCE")
         e.zeroshot, e.retrieval = ",".join(args.zeroshot), ",".join(args.retrieval)
+        e.classify = ",".join(args.classify)
         e.linear_probe = ";".join(args.linear_probe)
         e.templates = "per_dataset"
     if args.templates:
@@ -77,6 +84,7 @@ def apply_flags(config, args):
     if args.batch_size:
         e.batch_size = args.batch_size
     config_check.check_eval(config)
+    config_check.check_classify(config)
     for key, source in config_check.eval_specs(config):
         config_check.check_eval_source(key, source)
     return config
@@ -93,7 +101,8 @@ def markdown_table(results: dict, timings: dict) -> str:
         rows.setdefault((kind, name), {})[metric] = value
     lines = ["| task | dataset | metrics | time |", "|---|---|---|---|"]
     for (kind, name), metrics in rows.items():
-        text = ", ".join(f"{m} {100 * v:.2f}" for m, v in metrics.items())
+        text = ", ".join(f"{m} {v:.4f}" if m == "ce" else f"{m} {100 * v:.2f}"
+                         for m, v in metrics.items())
         seconds = timings.get(f"{kind}/{name}")
         lines.append(f"| {kind} | {name or '-'} | {text} | "
                      f"{'' if seconds is None else f'{seconds:.1f} s'} |")
@@ -145,8 +154,9 @@ def main(argv=None) -> int:
 
     specs = Specs.from_config(config)
     if not specs:
-        print("error: nothing to evaluate: pass --zeroshot/--retrieval/--linear-probe or set "
-              "the run's eval.zeroshot/eval.retrieval/eval.linear_probe", file=sys.stderr)
+        print("error: nothing to evaluate: pass --zeroshot/--retrieval/--linear-probe/--classify"
+              " or set the run's eval.zeroshot/eval.retrieval/eval.linear_probe/eval.classify",
+              file=sys.stderr)
         return 2
     mesh = make_mesh(config)
     try:

@@ -1,6 +1,7 @@
 """Runs the configured evaluations on a set of parameters and writes `eval.jsonl`.
 
-The datasets come from `eval.zeroshot`, `eval.retrieval` and `eval.linear_probe` (each a list of
+The datasets come from `eval.zeroshot`, `eval.retrieval`, `eval.linear_probe` and
+`eval.classify` (a classifier's, evaluate/classify.py) (each a list of
 NAME=SOURCE specs, evaluate/sources.py) or, in the standalone command, from its flags. Loading a
 set reads only its index (and a retrieval set's captions); images are streamed at each
 evaluation, so host memory does not grow with the sets.
@@ -11,7 +12,7 @@ import time
 from absl import logging
 
 from synthclip_jax.data.text_tokenizer import tokenizer_of
-from synthclip_jax.evaluate import retrieval, sources, zeroshot
+from synthclip_jax.evaluate import classify, retrieval, sources, zeroshot
 from synthclip_jax.evaluate.encode import Encoder
 from synthclip_jax.metrics import MetricWriter
 from synthclip_jax.train.best_checkpoint import BestCheckpoint
@@ -22,16 +23,18 @@ class Specs:
     zeroshot: list = dataclasses.field(default_factory=list)  # [(name or None, source)]
     retrieval: list = dataclasses.field(default_factory=list)  # [(name or None, source)]
     linear_probe: list = dataclasses.field(default_factory=list)  # [(name, train, test)]
+    classify: list = dataclasses.field(default_factory=list)  # [(name or None, source)]
 
     @classmethod
     def from_config(cls, config):
         e = config.eval
         return cls(sources.parse_specs(e.zeroshot, "eval.zeroshot"),
                    sources.parse_specs(e.retrieval, "eval.retrieval"),
-                   sources.parse_probe_specs(e.get("linear_probe", "")))
+                   sources.parse_probe_specs(e.get("linear_probe", "")),
+                   sources.parse_specs(e.get("classify", ""), "eval.classify"))
 
     def __bool__(self):
-        return bool(self.zeroshot or self.retrieval or self.linear_probe)
+        return bool(self.zeroshot or self.retrieval or self.linear_probe or self.classify)
 
 
 class Suite:
@@ -42,7 +45,7 @@ class Suite:
         self.config, self.encoder, self.specs, self.progress = config, encoder, specs, progress
         self.tfds_data_dir = tfds_data_dir or config.eval.get("tfds_data_dir", "")
         self.timings = {}
-        self._zeroshot = self._retrieval = self._probe = None
+        self._zeroshot = self._retrieval = self._probe = self._classify = None
 
     def _common(self):
         d = self.config.data
@@ -63,6 +66,10 @@ class Suite:
                                                   name=name, tokenizer=tokenizer_of(c.model.text),
                                                   **common)
                            for name, src in self.specs.retrieval]
+        self._classify = [classify.ClassifySet(src, name=name, **common)
+                          for name, src in self.specs.classify]
+        for data in self._classify:
+            data.check()
         if self.specs.linear_probe:
             from synthclip_jax.evaluate import linear_probe
             self._probe = [linear_probe.ProbeSets(name, train, test, **common)
@@ -83,6 +90,11 @@ class Suite:
                                               tuple(c.eval.get("retrieval_ks", retrieval.KS)),
                                               self.progress))
             self.timings[f"retrieval/{data.name or ''}"] = time.perf_counter() - start
+        for data in self._classify:
+            start = time.perf_counter()
+            results.update(classify.evaluate(self.encoder, params, data, c.model.num_classes,
+                                             self.progress))
+            self.timings[f"classify/{data.name or ''}"] = time.perf_counter() - start
         if self._probe:
             from synthclip_jax.evaluate import linear_probe
             for data in self._probe:

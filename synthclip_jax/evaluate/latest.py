@@ -27,8 +27,8 @@ def evaluate_latest(config, workdir, devices=None) -> dict:
     # resume_step=step-1: a new row for `step` replaces one an earlier evaluation wrote.
     evaluator = Evaluator(config, setup.graphdef, mesh, workdir, resume_step=step - 1)
     if not evaluator.enabled:
-        raise ValueError("--mode=eval: set eval.zeroshot, eval.retrieval and/or "
-                         "eval.linear_probe")
+        raise ValueError("--mode=eval: set eval.zeroshot, eval.retrieval, eval.linear_probe "
+                         "and/or eval.classify")
     try:
         return evaluator(params, step)
     finally:

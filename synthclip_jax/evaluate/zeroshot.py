@@ -67,6 +67,14 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean softmax cross-entropy (torch's F.cross_entropy), in float64."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
+
+
 def metric_prefix(kind: str, name) -> str:
     return f"{kind}/{name}/" if name else f"{kind}/"
 
@@ -86,6 +94,9 @@ def evaluate(encoder, params, data: ZeroShotSet, template_set, context_length: i
                          f"{len(data.classnames)} class names")
     logits = features @ weights.T
     p = metric_prefix("zeroshot", data.name)
+    # The Scaling-laws seed also reports the mean cross-entropy of logit_scale * logits.
+    scale = float(np.exp(np.asarray(params["logit_scale"], np.float64)))
     return {f"{p}top1": topk_accuracy(logits, labels, 1),
             f"{p}top5": topk_accuracy(logits, labels, 5),
+            f"{p}ce": cross_entropy(scale * logits, labels),
             f"{p}chance_top1": 1.0 / len(data.classnames)}

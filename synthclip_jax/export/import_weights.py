@@ -20,7 +20,8 @@ import time
 import ml_collections
 
 from synthclip_jax.config_base import base
-from synthclip_jax.export import fit, load_hf, load_openclip, load_resnet, load_synthclip
+from synthclip_jax.export import (fit, load_hf, load_openclip, load_resnet, load_synthclip,
+                                  load_timm)
 from synthclip_jax.export.torch_files import WeightsError
 from synthclip_jax.resume_check import IMPORTED, flatten
 
@@ -88,6 +89,14 @@ def detect_format(path) -> str:
     return "synthclip" if load_synthclip.is_synthclip(path) else "openclip"
 
 
+def timm_vit_file(src) -> bool:
+    from synthclip_jax.export.torch_files import PICKLE_SUFFIXES, read_weights
+    src = os.fspath(src)
+    if not os.path.isfile(src) or not src.endswith(PICKLE_SUFFIXES + (".safetensors",)):
+        return False
+    return load_timm.is_timm_vit(read_weights(src)[0])
+
+
 def read_source(fmt, src):
     """(OpenCLIP-layout tensors, {key: source name}, derive) where derive(config) sets the
     config from the source's own config, or is None (a bare state dict)."""
@@ -140,10 +149,16 @@ def check_agrees(source_config, config, src, resize_pos_embed, guessed=()):
 
 
 def import_weights(fmt, src, config=None, *, resize_pos_embed=False, skip_keys=(),
-                   init_missing=(), notes=None):
+                   init_missing=(), notes=None, timm_model=None):
     """(config, params): params a pure dict of float32 numpy arrays fitting `config` (the given
     one, or derived from the source's own config). `notes` (a list) receives what an import
-    left out on purpose (an ImageNet ResNet's classifier)."""
+    left out on purpose (an ImageNet ResNet's classifier). `timm_model`: timm's architecture
+    name of a `--format timm` ViT classifier (export/load_timm.py)."""
+    if fmt == "timm" and timm_vit_file(src):
+        if timm_model is None and config is None:
+            raise WeightsError(f"{src}: a timm ViT state dict does not show its head count; "
+                               "pass --timm-model NAME (e.g. vit_base_patch16_224)")
+        return load_timm.import_timm_vit(src, timm_model, config)
     if fmt in load_resnet.FORMATS:  # an image trunk only: the rest of the model is the config's
         if config is None:
             raise WeightsError(f"{src}: an ImageNet ResNet carries no CLIP config (text tower, "

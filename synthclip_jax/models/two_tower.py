@@ -118,6 +118,11 @@ class TwoTower(nnx.Module):
                                   *self.contrastive_scalars())
 
 
-def build_model(config, seed: int) -> TwoTower:
-    """The model of a config (`config.model`, image size from `config.data.image_size`)."""
+def build_model(config, seed: int):
+    """The model of a config (`config.model`, image size from `config.data.image_size`): the
+    two towers, or with `train.task='classify'` the image classifier (models/classifier.py)."""
+    if config.train.get("task", "contrastive") == "classify":  # .get: configs from before
+        from synthclip_jax.models.classifier import Classifier
+        return Classifier(config.model, image_size=config.data.image_size,
+                          rngs=nnx.Rngs(params=seed))
     return TwoTower(config.model, image_size=config.data.image_size, rngs=nnx.Rngs(params=seed))

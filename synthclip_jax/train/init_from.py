@@ -27,7 +27,13 @@ def is_workdir(path) -> bool:
 
 def _workdir_params(config, path, target):
     from synthclip_jax.export.import_weights import check_agrees, read_config
-    check_agrees(read_config(path / "config.json"), config, path, resize_pos_embed=False)
+    from synthclip_jax.export.torch_files import WeightsError
+    source = read_config(path / "config.json")
+    tasks = (source.train.task, config.train.get("task", "contrastive"))
+    if tasks[0] != tasks[1]:  # a classifier and a two-tower model share no parameter tree
+        raise WeightsError(f"{path} holds a train.task={tasks[0]!r} model, this run trains "
+                           f"train.task={tasks[1]!r}; set train.task={tasks[0]}")
+    check_agrees(source, config, path, resize_pos_embed=False)
     manager = ocp.CheckpointManager(path / "checkpoints", item_names=(STATE, DATA))
     try:
         step = manager.latest_step()

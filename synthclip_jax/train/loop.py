@@ -60,7 +60,8 @@ class NonFiniteError(RuntimeError):
 
 
 def warn_on_idle_eval_config(config):
-    sets = bool(config.eval.zeroshot or config.eval.retrieval or config.eval.linear_probe)
+    sets = bool(config.eval.zeroshot or config.eval.retrieval or config.eval.linear_probe
+                or config.eval.get("classify"))
     if config.eval.every_steps and not sets:
         logging.warning("eval.every_steps=%d but neither eval.zeroshot nor eval.retrieval is "
                         "set: no evaluation", config.eval.every_steps)

@@ -26,15 +26,19 @@ from flax import nnx
 from synthclip_jax import losses, sharding
 from synthclip_jax.image_normalize import normalize
 from synthclip_jax.choices import ACCUM_NEGATIVES
+from synthclip_jax.train.classify_loss import make_classify_loss
 from synthclip_jax.train.clips_loss import make_clips_loss
 from synthclip_jax.train.optimizer import make_schedule
 from synthclip_jax.train.state import split_params
 
 
 def make_train_step(config, setup, mesh):
-    loss_fn = losses.make_contrastive_loss(config.loss.name, mesh,
-                                           label_smoothing=config.loss.label_smoothing,
-                                           softmax_bias=config.loss.softmax_bias)
+    # train.task='classify': the classifier's logits against the batch's labels, no temperature
+    classify = config.train.get("task", "contrastive") == "classify"
+    loss_fn = make_classify_loss(config) if classify else losses.make_contrastive_loss(
+        config.loss.name, mesh, label_smoothing=config.loss.label_smoothing,
+        softmax_bias=config.loss.softmax_bias)
+    target = "label" if classify else "text"  # the model's second input
     schedule = make_schedule(config)
     accum = config.train.grad_accum_steps
     scale_max = config.model.logit_scale_max
@@ -52,7 +56,7 @@ def make_train_step(config, setup, mesh):
         here, on the device."""
         images = normalize(batch["image"], config.data.mean, config.data.std)
         model = model_of(params, stats)
-        return model(images, batch["text"]), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        return model(images, batch[target]), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
     def loss_of(params, stats, batch):
         outputs, stats = outputs_of(params, stats, batch)
@@ -115,7 +119,7 @@ def make_train_step(config, setup, mesh):
             (loss, stats), grads = grad_of(params, stats, batch)
             return loss, grads, stats
         micro = jax.tree.map(split, batch)
-        if config.train.accum_negatives == "full":
+        if config.train.accum_negatives == "full" and not classify:  # no negatives to share
             return full_negatives_grads(params, stats, micro)
         return micro_negatives_grads(params, stats, micro)
 
@@ -134,19 +138,20 @@ def make_train_step(config, setup, mesh):
         model = nnx.merge(setup.graphdef, params, stats)
         model.clamp_logit_scale(scale_max)
         params = nnx.to_pure_dict(nnx.state(model))
-        logit_scale, logit_bias = model.contrastive_scalars()
         metrics = {
             "loss": loss,
             "lr": schedule(state["step"]),
             "grad_norm": grad_norm,
             "param_norm": optax.tree.norm(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
-            "logit_scale": jnp.exp(logit_scale),
             "nonfinite_in_a_row": opt_state.nonfinite_in_a_row,
             "nonfinite_total": opt_state.nonfinite_total,
             **parts,
         }
-        if model.has_logit_bias:
-            metrics["logit_bias"] = logit_bias
+        if not classify:
+            logit_scale, logit_bias = model.contrastive_scalars()
+            metrics["logit_scale"] = jnp.exp(logit_scale)
+            if model.has_logit_bias:
+                metrics["logit_bias"] = logit_bias
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
     rep = sharding.replicated(mesh)
