@@ -170,7 +170,15 @@ def base() -> ml_collections.ConfigDict:
     c.profile_steps = 0
     c.resume = dict(allow_changes="", stale_lock_minutes=15.0)
     clips(c)
+    recipes(c)
     return c
+
+
+def recipes(c) -> None:
+    """Training for less (README): patch dropout, weight EMA; checked in recipe_check.py."""
+    # FLIP / OpenCLIP patch dropout: the fraction of each image's patch tokens dropped in
+    # training (round half up, class token kept); evaluation and export see every patch.
+    c.model.image.patch_dropout = 0.0
 
 
 def clips(c) -> None:

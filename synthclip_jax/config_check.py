@@ -21,6 +21,7 @@ from synthclip_jax.evaluate.suite import PER_DATASET
 from synthclip_jax.evaluate.templates import TEMPLATE_SETS
 from synthclip_jax.models.param_kinds import WEIGHT_DECAY_POLICIES
 from synthclip_jax.models.tower_config import TOWERS, tower_key, tower_option
+from synthclip_jax.recipe_check import check_recipes
 
 
 def validate(config, check_paths: bool = True, training: bool = True) -> None:
@@ -97,6 +98,7 @@ def check_relations(config, training: bool = True) -> None:
     check_model(config)
     check_data(config, training)
     check_clips(config)
+    check_recipes(config, fail)
     for key in ("eval.every_steps", "checkpoint.every_steps", "log.every_steps"):
         at_least(config, key, 0)  # 0 turns it off
     at_least(config, "checkpoint.keep", 1)

@@ -25,6 +25,7 @@ from flax import nnx
 
 from synthclip_jax import losses, sharding
 from synthclip_jax.image_normalize import normalize
+from synthclip_jax.models.patch_dropout import BATCH_KEY as PATCH_KEEP, with_patch_dropout
 from synthclip_jax.choices import ACCUM_NEGATIVES
 from synthclip_jax.train.clips_loss import make_clips_loss
 from synthclip_jax.train.optimizer import make_schedule
@@ -52,7 +53,8 @@ def make_train_step(config, setup, mesh):
         here, on the device."""
         images = normalize(batch["image"], config.data.mean, config.data.std)
         model = model_of(params, stats)
-        return model(images, batch["text"]), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        outputs = model(images, batch["text"], patch_keep=batch.get(PATCH_KEEP))
+        return outputs, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
     def loss_of(params, stats, batch):
         outputs, stats = outputs_of(params, stats, batch)
@@ -122,6 +124,11 @@ def make_train_step(config, setup, mesh):
     def train_step(state, batch):
         params, stats = split_params(setup.graphdef, state["params"])
         parts = {}
+        # patch dropout: this step's kept patches, from (seed, step) alone (exact on resume)
+        batch = with_patch_dropout(config, batch, state["step"], config.model.image.patch_size)
+        if PATCH_KEEP in batch:
+            batch[PATCH_KEEP] = jax.lax.with_sharding_constraint(batch[PATCH_KEEP],
+                                                                 batch_sharding)
         with sharding.compute_layout(mesh, config.mesh.rules):
             if clips_loss is None:
                 loss, grads, new_stats = accumulated_grads(params, stats, batch)
