@@ -179,6 +179,10 @@ def recipes(c) -> None:
     # FLIP / OpenCLIP patch dropout: the fraction of each image's patch tokens dropped in
     # training (round half up, class token kept); evaluation and export see every patch.
     c.model.image.patch_dropout = 0.0
+    # Weight EMA (train/ema.py, timm's ModelEmaV3): decay (0 = off); ema_warmup: timm's warmup
+    # d(t) = min(ema_decay, 1 - t^(-2/3)), else ema_decay from the second update.
+    c.train.ema_decay = 0.0
+    c.train.ema_warmup = True
 
 
 def clips(c) -> None:

@@ -13,6 +13,10 @@ def kept_patches(config) -> int:
 
 def check_recipes(config, fail) -> None:
     """`fail(key, value, problem, fix)`: config_check's one-line error."""
+    decay = config.train.ema_decay
+    if not 0 <= decay < 1:
+        fail("train.ema_decay", decay, "must lie in [0, 1)", "set --config.train.ema_decay to "
+             "e.g. 0.9999 (0 = no EMA)")
     m = config.model.image
     fraction = m.patch_dropout
     if fraction:

@@ -179,7 +179,7 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
                 break
             if eval_every and (step % eval_every == 0 or step == total):
                 try:
-                    evaluator(state["params"], step)
+                    evaluator(state["params"], step, ema_params=state.get("ema"))
                 except Exception:
                     # Keep the steps trained since the last checkpoint before the error leaves.
                     if checkpointer.latest_step() != step:

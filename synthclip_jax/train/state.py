@@ -20,6 +20,7 @@ from flax import nnx
 
 from synthclip_jax import sharding
 from synthclip_jax.models.two_tower import build_model
+from synthclip_jax.train.ema import with_ema, with_ema_shardings
 from synthclip_jax.train.optimizer import (Optimizer, OptState, make_optimizer,
                                           weight_decay_mask)
 
@@ -49,14 +50,15 @@ def make_train_setup(config, mesh) -> TrainSetup:
         sharding.param_shardings(trainable, mesh, config.mesh.rules),
         transform_non_params=lambda _: rep)
     opt_sh = OptState(adamw_sh, rep, rep)
-    state_sh = {"step": rep, "params": param_sh, "opt_state": opt_sh}
+    state_sh = with_ema_shardings(config, {"step": rep, "params": param_sh, "opt_state": opt_sh})
     abstract_model.train()
     train_graphdef = nnx.graphdef(abstract_model)
 
     def init_state():
         model = build_model(config, config.seed)
-        return {"step": jnp.zeros((), jnp.int32), "params": nnx.to_pure_dict(nnx.state(model)),
-                "opt_state": optimizer.init(nnx.to_pure_dict(nnx.state(model, nnx.Param)))}
+        return with_ema(config, {  # train.ema_decay: the average (train/ema.py)
+            "step": jnp.zeros((), jnp.int32), "params": nnx.to_pure_dict(nnx.state(model)),
+            "opt_state": optimizer.init(nnx.to_pure_dict(nnx.state(model, nnx.Param)))})
 
     abstract_state = jax.eval_shape(init_state)
     abstract_state = jax.tree.map(

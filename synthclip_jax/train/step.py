@@ -27,6 +27,7 @@ from synthclip_jax import losses, sharding
 from synthclip_jax.image_normalize import normalize
 from synthclip_jax.models.patch_dropout import BATCH_KEY as PATCH_KEEP, with_patch_dropout
 from synthclip_jax.choices import ACCUM_NEGATIVES
+from synthclip_jax.train import ema
 from synthclip_jax.train.clips_loss import make_clips_loss
 from synthclip_jax.train.optimizer import make_schedule
 from synthclip_jax.train.state import split_params
@@ -154,7 +155,8 @@ def make_train_step(config, setup, mesh):
         }
         if model.has_logit_bias:
             metrics["logit_bias"] = logit_bias
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        return ema.advanced(config, state, new_state, finite), metrics
 
     rep = sharding.replicated(mesh)
     return jax.jit(train_step,
