@@ -183,6 +183,12 @@ def recipes(c) -> None:
     # d(t) = min(ema_decay, 1 - t^(-2/3)), else ema_decay from the second update.
     c.train.ema_decay = 0.0
     c.train.ema_warmup = True
+    # Locked towers (LiT; train/lock.py): only the projection and the last N blocks (ResNet:
+    # stages) of a locked tower train; its other parameters get no optimizer state.
+    c.train.lock_image = False
+    c.train.lock_image_unlocked_layers = 0
+    c.train.lock_text = False
+    c.train.lock_text_unlocked_layers = 0
 
 
 def clips(c) -> None:

@@ -17,6 +17,16 @@ def check_recipes(config, fail) -> None:
     if not 0 <= decay < 1:
         fail("train.ema_decay", decay, "must lie in [0, 1)", "set --config.train.ema_decay to "
              "e.g. 0.9999 (0 = no EMA)")
+    t = config.train
+    for tower in ("image", "text"):
+        key = f"train.lock_{tower}_unlocked_layers"
+        n = t[f"lock_{tower}_unlocked_layers"]
+        if not isinstance(n, int) or n < 0:
+            fail(key, n, "must be an int >= 0", f"set --config.{key} to the number of last "
+                 "blocks that keep training (0 = only the projection)")
+        if n and not t[f"lock_{tower}"]:
+            fail(key, n, f"has no effect without train.lock_{tower}",
+                 f"set --config.train.lock_{tower}=True or leave {key} at 0")
     m = config.model.image
     fraction = m.patch_dropout
     if fraction:
