@@ -189,6 +189,10 @@ def recipes(c) -> None:
     c.train.lock_image_unlocked_layers = 0
     c.train.lock_text = False
     c.train.lock_text_unlocked_layers = 0
+    # Training images whose crop is at least twice data.image_size are decoded at reduced size
+    # by the JPEG decoder (DCT scaling, PIL draft; data/transforms.py): low-resolution training
+    # keeps up with a cheap step. Off by default: the pixels differ slightly from a full decode.
+    c.data.jpeg_draft = False
 
 
 def clips(c) -> None:
