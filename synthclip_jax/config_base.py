@@ -193,6 +193,10 @@ def recipes(c) -> None:
     # by the JPEG decoder (DCT scaling, PIL draft; data/transforms.py): low-resolution training
     # keeps up with a cheap step. Off by default: the pixels differ slightly from a full decode.
     c.data.jpeg_draft = False
+    # Stages (train/stages.py; CLIPA): a tuple of dicts, each with its length ("steps" or
+    # "fraction" of total_steps) and any of "image_size", "patch_dropout", "lr_scale";
+    # () = one stage, the config as it is.
+    c.train.stages = ()
 
 
 def clips(c) -> None:

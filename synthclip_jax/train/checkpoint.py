@@ -28,6 +28,13 @@ class Checkpointer:
     def latest_step(self):
         return self.manager.latest_step()
 
+    @staticmethod
+    def steps_in(directory) -> int:
+        """The latest finalized step in `directory` without opening a manager (-1: none)."""
+        directory = epath.Path(directory)
+        steps = ocp.utils.checkpoint_steps(directory) if directory.exists() else []
+        return max(steps, default=-1)
+
     def save(self, step: int, state, data_state: dict):
         self.manager.save(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_state)}), force=True)
