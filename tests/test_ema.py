@@ -117,6 +117,12 @@ def test_run_resumes_evaluates_and_exports_the_average(tmp_path):
 
     rows = [json.loads(x) for x in (straight / "eval.jsonl").read_text().splitlines()]
     assert {"retrieval/i2t_R@1", "ema/retrieval/i2t_R@1", "ema/zeroshot/top1"} <= set(rows[-1])
+    # --mode=eval evaluates the average too, to the same numbers
+    from synthclip_jax.evaluate.latest import evaluate_latest
+    config = demo_config(4)
+    shapes_demo.prepare(config, tmp_path)
+    again = evaluate_latest(config, straight, devices=jax.devices()[:1])
+    assert again["ema/retrieval/i2t_R@1"] == rows[-1]["ema/retrieval/i2t_R@1"]
 
     assert convert_to_openclip.main(["--workdir", str(straight), "--out",
                                      str(tmp_path / "out"), "--ema"]) == 0
