@@ -14,8 +14,15 @@ decay 0.2 on weights only, cosine schedule with linear warmup, logit scale clamp
 CLIPS's partial synthetic captions: `data.text_reduction=subcaption` (the paper's best strategy).
 
 Where we differ or had to choose:
-- Batch size, steps, lr and the low-to-high resolution schedule are not in the CLIPS code
-  (paper only); the values below are placeholders of CLIPA's scale, to be set per run.
+- Batch size, steps and lr are not in the CLIPS code (paper only); the values below are
+  placeholders of CLIPA's scale, to be set per run.
+- The CLIPA-style schedule (`train.stages`, train/stages.py): pre-training at 84 px, then a
+  short unmasked stage at 224 px. From the CLIPA-v2 paper (arXiv 2306.15658): the 84 px
+  pre-training resolution and the fine-tuning share, 512M of 12.8B + 512M samples = ~4% (here
+  the last 4% of the steps). Chosen here: patch dropout 0.5 in the 84 px stage (FLIP's 50%;
+  CLIPA also shortens the text to 8-32 tokens there, which a stage cannot change yet), one
+  cosine schedule over the whole run instead of CLIPA's separate fine-tuning schedule
+  (lr_scale 1), and no 336 px stage.
 - CLIPS's contrastive loss averages two caption sets (web + partial synthetic) and adds an
   autoregressive captioner; this config trains the encoders with the plain contrastive loss on
   one caption per image (`configs/clips_cpu.py` is the captioner recipe).
@@ -57,6 +64,9 @@ def get_config():
     c.data.num_workers = 8
     c.mesh.fsdp = -1
     c.mesh.data = 1
+    # CLIPA-style: 84 px with half the patches dropped, then unmasked 224 px (= data.image_size)
+    c.train.stages = (dict(fraction=0.96, image_size=84, patch_dropout=0.5),
+                      dict(fraction=0.04))
     c.checkpoint.every_steps = 2000
     c.log.every_steps = 100
     return c

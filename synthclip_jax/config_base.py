@@ -190,7 +190,33 @@ def base() -> ml_collections.ConfigDict:
     # per-device batch up to it that fits.
     c.compile = dict(target="", num_slices=1, out="", max_batch=0)
     clips(c)
+    recipes(c)
     return c
+
+
+def recipes(c) -> None:
+    """Training for less (README): patch dropout, weight EMA; checked in recipe_check.py."""
+    # FLIP / OpenCLIP patch dropout: the fraction of each image's patch tokens dropped in
+    # training (round half up, class token kept); evaluation and export see every patch.
+    c.model.image.patch_dropout = 0.0
+    # Weight EMA (train/ema.py, timm's ModelEmaV3): decay (0 = off); ema_warmup: timm's warmup
+    # d(t) = min(ema_decay, 1 - t^(-2/3)), else ema_decay from the second update.
+    c.train.ema_decay = 0.0
+    c.train.ema_warmup = True
+    # Locked towers (LiT; train/lock.py): only the projection and the last N blocks (ResNet:
+    # stages) of a locked tower train; its other parameters get no optimizer state.
+    c.train.lock_image = False
+    c.train.lock_image_unlocked_layers = 0
+    c.train.lock_text = False
+    c.train.lock_text_unlocked_layers = 0
+    # Training images whose crop is at least twice data.image_size are decoded at reduced size
+    # by the JPEG decoder (DCT scaling, PIL draft; data/transforms.py): low-resolution training
+    # keeps up with a cheap step. Off by default: the pixels differ slightly from a full decode.
+    c.data.jpeg_draft = False
+    # Stages (train/stages.py; CLIPA): a tuple of dicts, each with its length ("steps" or
+    # "fraction" of total_steps) and any of "image_size", "patch_dropout", "lr_scale";
+    # () = one stage, the config as it is.
+    c.train.stages = ()
 
 
 def clips(c) -> None:

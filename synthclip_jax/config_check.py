@@ -22,6 +22,7 @@ from synthclip_jax.evaluate.suite import PER_DATASET
 from synthclip_jax.evaluate.templates import TEMPLATE_SETS
 from synthclip_jax.models.param_kinds import WEIGHT_DECAY_POLICIES
 from synthclip_jax.models.tower_config import TOWERS, tower_key, tower_option
+from synthclip_jax.recipe_check import check_recipes
 
 
 def validate(config, check_paths: bool = True, training: bool = True) -> None:
@@ -101,6 +102,7 @@ def check_relations(config, training: bool = True) -> None:
     check_clips(config)
     check_classify(config)
     check_subset(config)
+    check_recipes(config, fail)
     for key in ("eval.every_steps", "checkpoint.every_steps", "log.every_steps"):
         at_least(config, key, 0)  # 0 turns it off
     at_least(config, "checkpoint.keep", 1)
@@ -415,7 +417,7 @@ def check_classify(config) -> None:
             fail(key, get(config, key), "needs the text tower, which train.task='classify' "
                  "has not", f"set --config.{key}='' or use eval.classify")
     for key in ("model.captioner.enabled", "data.clusters.enabled", "loss.two_captions",
-                "loss.softmax_bias"):
+                "loss.softmax_bias", "train.lock_text"):
         if get(config, key):
             fail(key, True, "is a contrastive-training option", f"set --config.{key}=False "
                  "with train.task='classify'")

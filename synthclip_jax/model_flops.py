@@ -14,6 +14,8 @@ Why not XLA's cost analysis of the compiled step: it counts a scanned layer stac
 once, not once per layer (the towers scan their layers), and compiling a second time for it
 would double the start-up; tests/test_mfu.py checks this count against it on one-layer towers.
 """
+from synthclip_jax.recipe_check import kept_patches
+
 
 
 def tower_forward_flops(batch: int, seq: int, width: int, depth: int, mlp_dim: int,
@@ -28,11 +30,14 @@ def tower_forward_flops(batch: int, seq: int, width: int, depth: int, mlp_dim: i
 
 def clip_step_flops(*, batch: int, image_size: int, patch: int, vit_width: int, vit_depth: int,
                     text_width: int, text_depth: int, context: int, embed_dim: int,
-                    mlp_ratio: float = 4.0, text_mlp_ratio: "float | None" = None) -> dict:
-    """-> {'image', 'text', 'loss', 'forward', 'step'} FLOPs (step = 3 x forward)."""
+                    mlp_ratio: float = 4.0, text_mlp_ratio: "float | None" = None,
+                    kept_patches: "int | None" = None) -> dict:
+    """-> {'image', 'text', 'loss', 'forward', 'step'} FLOPs (step = 3 x forward).
+    `kept_patches`: the patches the transformer sees under patch dropout (default: all)."""
     patches = (image_size // patch) ** 2
+    kept = patches if kept_patches is None else kept_patches
     image = (2 * batch * patches * patch * patch * 3 * vit_width
-             + tower_forward_flops(batch, patches + 1, vit_width, vit_depth,
+             + tower_forward_flops(batch, kept + 1, vit_width, vit_depth,
                                    int(vit_width * mlp_ratio), embed_dim))
     text_mlp_ratio = mlp_ratio if text_mlp_ratio is None else text_mlp_ratio
     text = tower_forward_flops(batch, context, text_width, text_depth,
@@ -43,10 +48,11 @@ def clip_step_flops(*, batch: int, image_size: int, patch: int, vit_width: int, 
 
 
 def step_flops(config) -> int:
-    """Model FLOPs of one train step of `config` (its global batch)."""
+    """Model FLOPs of one train step of `config` (its global batch; patch dropout counted)."""
     m = config.model
     return clip_step_flops(
         batch=config.batch_size, image_size=config.data.image_size, patch=m.image.patch_size,
         vit_width=m.image.width, vit_depth=m.image.depth, text_width=m.text.width,
         text_depth=m.text.depth, context=m.text.context_length, embed_dim=m.embed_dim,
-        mlp_ratio=m.image.mlp_ratio, text_mlp_ratio=m.text.mlp_ratio)["step"]
+        mlp_ratio=m.image.mlp_ratio, text_mlp_ratio=m.text.mlp_ratio,
+        kept_patches=kept_patches(config))["step"]

@@ -26,13 +26,17 @@ def main(argv=None):
     add_step_flags(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", choices=tuple(FORMATS), default="openclip")
+    p.add_argument("--ema", action="store_true",
+                   help="export the weight average (a run with train.ema_decay > 0)")
     args = p.parse_args(argv)
     try:
-        step = export(args.workdir, args.out, args.step, args.format, best=args.best)
+        step = export(args.workdir, args.out, args.step, args.format, best=args.best,
+                      ema=args.ema)
     except (ExportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"exported step {step} of {args.workdir} to {args.out} ({args.format})")
+    print(f"exported step {step}{' (EMA weights)' if args.ema else ''} of {args.workdir} to "
+          f"{args.out} ({args.format})")
     return 0
 
 

@@ -68,6 +68,7 @@ class LoadExample(grain.transforms.RandomMap):
     tokenizer: tuple = ("openclip_bpe", "")
     partial_tokens: int = 0  # keep at most this many caption tokens; 0 = the whole context
     caption_roles: bool = False  # CLIPS: also the web caption ('web_text')
+    jpeg_draft: bool = False  # data.jpeg_draft: DCT-scaled decode (transforms.decode_crop)
     target_length: int = 0  # CLIPS captioner: also the full caption ('caption'), this long
     with_label: bool = False  # train.task='classify': also the record's class ('label', int32)
 
@@ -102,7 +103,7 @@ class LoadExample(grain.transforms.RandomMap):
         def crop(width, height):
             return random_resized_crop_box(width, height, self.rrc_scale, self.rrc_ratio, rng)
         try:
-            image = decode_crop(example["image"], crop, self.image_size)
+            image = decode_crop(example["image"], crop, self.image_size, self.jpeg_draft)
         except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
             raise CorruptRecordError(f"undecodable image in {where}: {e}") from e
         if self.with_label and example["label"] is None:  # not corrupt: the wrong data
@@ -168,6 +169,7 @@ def load_example(config, shards: TFRecordShards, process_count: int = 1) -> Load
                        tokenizer=(config.model.text.tokenizer, config.model.text.vocab_path),
                        partial_tokens=d.partial_caption_tokens,
                        caption_roles=config.loss.two_captions or config.model.captioner.enabled,
+                       jpeg_draft=d.get("jpeg_draft", False),
                        # query q predicts token q + 1 of the target (after its SOT)
                        target_length=(config.model.captioner.num_queries + 1
                                       if config.model.captioner.enabled else 0),

@@ -38,13 +38,26 @@ def center_crop_box(width, height):
     return left, top, left + side, top + side
 
 
-def decode_crop(image_bytes: bytes, crop, size: int) -> np.ndarray:
-    """Encoded image -> uint8 (size, size, 3): `crop(width, height)` gives the box, resized
-    (bicubic) to size x size. Training sends these pixels to the device, which normalises them
-    (image_normalize.py)."""
+def decode_crop(image_bytes: bytes, crop, size: int, draft: bool = False) -> np.ndarray:
+    """Encoded image -> uint8 (size, size, 3): `crop(width, height)` gives the box (in the
+    stored image's pixels), resized (bicubic) to size x size. Training sends these pixels to
+    the device, which normalises them (image_normalize.py).
+
+    `draft` (data.jpeg_draft): a JPEG whose crop box is at least twice `size` on both sides is
+    decoded at 1/2, 1/4 or 1/8 scale by the decoder itself (DCT scaling, PIL `Image.draft`: the
+    largest scale that keeps the box at least `size` wide and high), then cropped and resized
+    as usual; several times fewer pixels decoded for low-resolution training. The pixels
+    differ slightly from a full decode (tests/test_jpeg_draft.py states by how much)."""
     with Image.open(io.BytesIO(image_bytes)) as img:
+        width, height = img.size
+        box = crop(width, height)
+        box_w, box_h = box[2] - box[0], box[3] - box[1]
+        if draft and img.format == "JPEG" and min(box_w, box_h) >= 2 * size:
+            img.draft("RGB", (-(-width * size // box_w), -(-height * size // box_h)))
+            fx, fy = img.size[0] / width, img.size[1] / height
+            box = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
         img = img.convert("RGB")
-        img = img.resize((size, size), Image.Resampling.BICUBIC, box=crop(*img.size))
+        img = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
     return np.asarray(img, np.uint8)
 
 

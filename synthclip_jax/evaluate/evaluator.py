@@ -125,10 +125,13 @@ class Evaluator:
         the first evaluation hours later."""
         self.suite.load()
 
-    def __call__(self, params, step: int) -> dict:
+    def __call__(self, params, step: int, ema_params=None) -> dict:
+        """`ema_params` (train.ema_decay): evaluated too, its keys prefixed `ema/`."""
         if not self.enabled:
             return {}
         results = self.suite(params)
+        if ema_params is not None:
+            results.update({f"ema/{k}": v for k, v in self.suite(ema_params).items()})
         self.writer.write(step, results)
         if self.best is not None:
             self.best.update(step, params, results)

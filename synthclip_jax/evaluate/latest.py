@@ -4,7 +4,7 @@ from etils import epath
 
 from synthclip_jax import sharding
 from synthclip_jax.evaluate.evaluator import Evaluator
-from synthclip_jax.train.checkpoint import Checkpointer, restore_params
+from synthclip_jax.train.checkpoint import Checkpointer, restore_params, saved_entries
 from synthclip_jax.train.state import make_train_setup
 
 
@@ -20,6 +20,10 @@ def evaluate_latest(config, workdir, devices=None) -> dict:
             raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'} to evaluate")
         # Params only: the optimizer moments are not needed (and an imported workdir has none).
         params = restore_params(checkpointer.manager, latest, setup.abstract_state["params"])
+        # train.ema_decay: the average too, evaluated beside (keys `ema/...`)
+        ema = (restore_params(checkpointer.manager, latest, setup.abstract_state["params"],
+                              "ema")
+               if "ema" in saved_entries(workdir / "checkpoints", latest) else None)
     finally:
         checkpointer.close()
     step = int(latest)
@@ -30,6 +34,6 @@ def evaluate_latest(config, workdir, devices=None) -> dict:
         raise ValueError("--mode=eval: set eval.zeroshot, eval.retrieval, eval.linear_probe "
                          "and/or eval.classify")
     try:
-        return evaluator(params, step)
+        return evaluator(params, step, ema_params=ema)
     finally:
         evaluator.close()

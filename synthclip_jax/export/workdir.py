@@ -12,9 +12,10 @@ from synthclip_jax.train.checkpoint import load_params
 FORMATS = {"openclip": (check_openclip, export_openclip), "hf": (check_hf, export_hf)}
 
 
-def export(workdir, out_dir, step=None, fmt="openclip", best: bool = False) -> int:
+def export(workdir, out_dir, step=None, fmt="openclip", best: bool = False,
+           ema: bool = False) -> int:
     """Writes checkpoint `step` (default: latest; `best`: the best_checkpoint/ step) of
-    `workdir` to `out_dir`; returns the step.
+    `workdir` to `out_dir`; returns the step. `ema`: its weight average (train.ema_decay).
 
     A config the format cannot express raises `ExportError` before any checkpoint is read.
     A CLIPS run's captioner is written beside the towers (export/captioner.py).
@@ -26,7 +27,7 @@ def export(workdir, out_dir, step=None, fmt="openclip", best: bool = False) -> i
     if os.path.exists(config_path):  # refuse before reading any checkpoint
         with open(config_path) as f:
             check(ml_collections.ConfigDict(json.load(f)))
-    config, params, step = load_params(workdir, step, best=best)
+    config, params, step = load_params(workdir, step, best=best, ema=ema)
     params, captioner = split_captioner(params)  # a CLIPS run's decoder: its own format
     write(config, params, out_dir)
     if captioner is not None:

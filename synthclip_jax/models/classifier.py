@@ -38,16 +38,18 @@ class Classifier(nnx.Module):
         # as timm's head: zero-initialised bias (its weight is the tower's proj)
         self.head_bias = layers.const_param((classes,), (None,), 0.0, kind="bias")
 
-    def logits(self, images):
-        """images: (B, H, W, 3) normalised -> (B, num_classes) float32."""
-        return self.visual(images).astype(jnp.float32) + self.head_bias[...]
+    def logits(self, images, patch_keep=None):
+        """images: (B, H, W, 3) normalised -> (B, num_classes) float32; `patch_keep`: the train
+        step's patch dropout (models/patch_dropout.py), None in evaluation."""
+        features = self.visual(images) if patch_keep is None else self.visual(images, patch_keep)
+        return features.astype(jnp.float32) + self.head_bias[...]
 
     def encode_image(self, images):
         """The evaluation encoder's image method (evaluate/encode.py): here the logits."""
         return self.logits(images)
 
-    def __call__(self, images, labels) -> ClassifyOutputs:
-        return ClassifyOutputs(self.logits(images), labels)
+    def __call__(self, images, labels, patch_keep=None) -> ClassifyOutputs:
+        return ClassifyOutputs(self.logits(images, patch_keep), labels)
 
     def clamp_logit_scale(self, max_log: float):
         """No temperature: the train step's clamp is a no-op here."""

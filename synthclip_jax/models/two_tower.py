@@ -69,8 +69,11 @@ class TwoTower(nnx.Module):
         # the captioner's start/end/pad: those of the tokenizer that made its targets
         self.caption_ids = special_ids_of(cfg.text)
 
-    def encode_image(self, images):
-        return l2_normalize(apply_head(self.visual_head, self.visual(images)))
+    def encode_image(self, images, patch_keep=None):
+        """`patch_keep`: the train step's patch dropout (models/patch_dropout.py); None (eval,
+        export) = every patch."""
+        features = self.visual(images) if patch_keep is None else self.visual(images, patch_keep)
+        return l2_normalize(apply_head(self.visual_head, features))
 
     def encode_text(self, tokens):
         return l2_normalize(apply_head(self.text_head, self.text(tokens)))
@@ -91,11 +94,12 @@ class TwoTower(nnx.Module):
         [model.logit_scale_min, max_log] (CLIP: [0, ln 100]; SimCLIP: [-ln 100, ln 100])."""
         self.logit_scale[...] = jnp.clip(self.logit_scale[...], self.logit_scale_min, max_log)
 
-    def clips_outputs(self, images, web_text, caption_inputs=None):
+    def clips_outputs(self, images, web_text, caption_inputs=None, patch_keep=None):
         """CLIPS: the image/web-caption outputs, and the captioner's logits for the full
         caption (`caption_inputs`: SOT + the caption, models/captioner.py) when it has one; the
-        towers run once, their tokens feeding both."""
-        image_tokens = self.visual.tokens(images)
+        towers run once, their tokens feeding both (with patch dropout, the captioner sees the
+        kept patches, as CLIPA's)."""
+        image_tokens = self.visual.tokens(images, patch_keep)
         web_tokens = self.text.tokens(web_text)
         outputs = ContrastiveOutputs(
             l2_normalize(apply_head(self.visual_head, self.visual.pool(image_tokens))),
@@ -113,8 +117,8 @@ class TwoTower(nnx.Module):
         return self.captioner.greedy(self.visual.tokens(images), self.text.tokens(web_text),
                                      start, end, pad)
 
-    def __call__(self, images, tokens) -> ContrastiveOutputs:
-        return ContrastiveOutputs(self.encode_image(images), self.encode_text(tokens),
+    def __call__(self, images, tokens, patch_keep=None) -> ContrastiveOutputs:
+        return ContrastiveOutputs(self.encode_image(images, patch_keep), self.encode_text(tokens),
                                   *self.contrastive_scalars())
 
 

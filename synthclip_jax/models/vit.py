@@ -15,6 +15,7 @@ from flax import nnx
 from synthclip_jax import sharding
 from synthclip_jax.choices import IMAGE_POOL_TYPES as POOL_TYPES
 from synthclip_jax.models import layers
+from synthclip_jax.models.patch_dropout import keep_patches
 
 
 class VisionTransformer(nnx.Module):
@@ -51,13 +52,14 @@ class VisionTransformer(nnx.Module):
         self.final_ln_after_pool = cfg.get("final_ln_after_pool", False)
         self.dtype = dtype
 
-    def __call__(self, images):
+    def __call__(self, images, patch_keep=None):
         """images: (B, H, W, 3) float, already normalised -> (B, embed_dim) unnormalised."""
-        return self.pool(self.tokens(images))
+        return self.pool(self.tokens(images, patch_keep))
 
-    def tokens(self, images):
+    def tokens(self, images, patch_keep=None):
         """The output tokens, (B, 1 + patches, width) after ln_post: what `pool` reads, and the
-        CLIPS captioner's image prefix."""
+        CLIPS captioner's image prefix. `patch_keep` (B, K) (training with patch dropout,
+        models/patch_dropout.py): only those patches, after the positional embedding."""
         b, h, w, c = images.shape
         p = self.patch_size
         # A strided conv with kernel == stride is a matmul over non-overlapping patches.
@@ -69,6 +71,8 @@ class VisionTransformer(nnx.Module):
         x = x.reshape(b, -1, x.shape[-1])
         cls = jnp.broadcast_to(weight(self.class_embedding), (b, 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + weight(self.positional_embedding)
+        if patch_keep is not None:
+            x = keep_patches(x, patch_keep)
         x = sharding.constrain(x, ("batch", "seq", "embed"))
         if self.ln_pre is not None:
             x = self.ln_pre(x)

@@ -8,6 +8,15 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 STATE, DATA = "state", "data"
+# State entries a checkpoint may lack (written before the option was on): each restores as a
+# copy of the checkpoint's params (train/ema.py's average).
+STARTED_FROM_PARAMS = ("ema",)
+
+
+def saved_entries(directory, step: int) -> set:
+    """The train state's top-level entries in checkpoint `step` ('step', 'params', ...)."""
+    metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(directory) / str(step) / STATE)
+    return set(metadata.tree.keys())
 
 
 class Checkpointer:
@@ -19,21 +28,37 @@ class Checkpointer:
     def latest_step(self):
         return self.manager.latest_step()
 
+    @staticmethod
+    def steps_in(directory) -> int:
+        """The latest finalized step in `directory` without opening a manager (-1: none)."""
+        directory = epath.Path(directory)
+        steps = ocp.utils.checkpoint_steps(directory) if directory.exists() else []
+        return max(steps, default=-1)
+
     def save(self, step: int, state, data_state: dict):
         self.manager.save(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_state)}), force=True)
 
     def restore(self, step: int, abstract_state):
+        import jax
+        import jax.numpy as jnp
+        saved = saved_entries(self.manager.directory, step)
+        missing = [k for k in STARTED_FROM_PARAMS if k in abstract_state and k not in saved]
+        target = {k: v for k, v in abstract_state.items() if k not in missing}
         restored = self.manager.restore(step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
-        return restored[STATE], restored[DATA]
+            STATE: ocp.args.StandardRestore(target), DATA: ocp.args.JsonRestore()}))
+        state = dict(restored[STATE])
+        for key in missing:
+            state[key] = jax.tree.map(jnp.copy, state["params"])
+        return state, restored[DATA]
 
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
 
 
-def load_params(workdir, step=None, best: bool = False, shardings=None, attempts: int = 3):
+def load_params(workdir, step=None, best: bool = False, shardings=None, attempts: int = 3,
+                ema: bool = False):
     """(config, params, step) of a training workdir: `config.json` and the params of checkpoint
     `step` (default: the latest; `best`: the best_checkpoint/ step, train/best_checkpoint.py) as
     a pure dict of float32 numpy arrays, restored on one host device whatever mesh trained it
@@ -44,7 +69,7 @@ def load_params(workdir, step=None, best: bool = False, shardings=None, attempts
     Orbax lists only finalized checkpoints, but a live run may delete the one being read (with
     `checkpoint.keep=1` the previous step goes as soon as the next is saved). Then the latest
     is listed again and read, up to `attempts` times; an explicitly asked `step` that vanished
-    is an error saying so."""
+    is an error saying so. `ema`: the weight average (train.ema_decay) instead of the params."""
     import json
 
     import ml_collections
@@ -65,7 +90,8 @@ def load_params(workdir, step=None, best: bool = False, shardings=None, attempts
             raise ValueError(f"no checkpoint for step {chosen} in {directory}; "
                              f"have {sorted(steps)}")
         try:
-            return config, _restore_params(directory, config, chosen, best, shardings), chosen
+            return config, _restore_params(directory, config, chosen, best, shardings,
+                                           "ema" if ema else "params"), chosen
         except Exception as error:  # whatever orbax raises on files vanishing mid-read
             if (directory / str(chosen)).exists():
                 raise  # not a deletion: a real error
@@ -81,7 +107,7 @@ def load_params(workdir, step=None, best: bool = False, shardings=None, attempts
                             "its last checkpoint.keep steps); reading the newest again", chosen)
 
 
-def _restore_params(directory, config, step: int, best: bool, shardings):
+def _restore_params(directory, config, step: int, best: bool, shardings, tree="params"):
     """The params of checkpoint `step`: float32 numpy arrays on one host device, or placed by
     `shardings`."""
     import jax
@@ -98,7 +124,10 @@ def _restore_params(directory, config, step: int, best: bool, shardings):
                      jax.tree.map(lambda _: device, nnx.to_pure_dict(nnx.state(abstract))))
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               nnx.to_pure_dict(nnx.state(abstract)), placement)
-        params = restore_params(manager, step, target)
+        if tree != "params" and tree not in saved_entries(directory, step):
+            raise FileNotFoundError(f"checkpoint {step} in {directory} holds no {tree!r} "
+                                    "weights (train.ema_decay was 0)")
+        params = restore_params(manager, step, target, tree)
     finally:
         manager.close()
     if shardings is None:
@@ -106,14 +135,14 @@ def _restore_params(directory, config, step: int, best: bool, shardings):
     return params
 
 
-def restore_params(manager, step: int, target):
+def restore_params(manager, step: int, target, tree: str = "params"):
     """Only the params of checkpoint `step` (orbax partial restore: no optimizer moments read),
     placed as `target`'s ShapeDtypeStructs say, shard by shard. Works on full training
     checkpoints and on the weights-only ones `tools.import_weights` writes."""
     import jax
     restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-        item={"params": target},
+        item={tree: target},
         restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
-                                  {"params": target}),
+                                  {tree: target}),
         partial_restore=True)}))
-    return restored[STATE]["params"]
+    return restored[STATE][tree]

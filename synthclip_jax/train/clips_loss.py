@@ -15,6 +15,7 @@ from synthclip_jax.image_normalize import normalize
 from synthclip_jax import losses
 from synthclip_jax.data.text_tokenizer import special_ids_of
 from synthclip_jax.models.captioner import caption_inputs_and_labels
+from synthclip_jax.models.patch_dropout import BATCH_KEY as PATCH_KEEP
 
 
 def clips_enabled(config) -> bool:
@@ -34,7 +35,8 @@ def make_clips_loss(config, mesh):
         inputs, labels = (caption_inputs_and_labels(batch["caption"]) if with_captioner
                           else (None, None))
         images = normalize(batch["image"], config.data.mean, config.data.std)  # uint8 pixels
-        outputs, logits = model.clips_outputs(images, batch["web_text"], inputs)
+        outputs, logits = model.clips_outputs(images, batch["web_text"], inputs,
+                                              patch_keep=batch.get(PATCH_KEEP))
         contrastive = (contrastive_fn(outputs, model.encode_text(batch["text"])) if two
                        else contrastive_fn(outputs))
         parts = {"contrastive_loss": contrastive}

@@ -18,6 +18,7 @@ from etils import epath
 
 from synthclip_jax.config_error import ConfigError
 from synthclip_jax.train.checkpoint import DATA, STATE, restore_params
+from synthclip_jax.train.ema import with_ema
 
 
 def is_workdir(path) -> bool:
@@ -70,7 +71,7 @@ def load_params(config, target):
 def initial_state(config, setup) -> dict:
     """{'step': 0, 'params': the init_from weights, 'opt_state': fresh}, sharded as training."""
     params = load_params(config, setup.abstract_state["params"])
-    fresh = jax.jit(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p,
-                               "opt_state": setup.optimizer.init(p)},
+    fresh = jax.jit(lambda p: with_ema(config, {"step": jnp.zeros((), jnp.int32), "params": p,
+                                                "opt_state": setup.optimizer.init(p)}),
                     out_shardings=setup.state_shardings)
     return fresh(params)

@@ -24,7 +24,7 @@ from synthclip_jax.evaluate.evaluator import Evaluator
 from synthclip_jax.metrics import MetricWriter
 from synthclip_jax.model_flops import step_flops
 from synthclip_jax.plots import plot_curves
-from synthclip_jax.train import init_from
+from synthclip_jax.train import init_from, stages
 from synthclip_jax.train.checkpoint import Checkpointer
 from synthclip_jax.train.profiling import StepProfiler, enable_compile_cache
 from synthclip_jax.train.state import count_params, make_train_setup
@@ -70,7 +70,9 @@ def warn_on_idle_eval_config(config):
                         "training (use --mode=eval afterwards)")
 
 
-def restore_or_init(config, mesh, setup, checkpointer, data):
+def restore_or_init(config, mesh, setup, checkpointer, data, previous=None):
+    """`previous`: the stage before this one (train/stages.py); its last checkpoint is
+    restored with its shapes and carried over to this stage's."""
     latest = checkpointer.latest_step()
     if latest is None:
         # init_from: given weights (fine-tuning), fresh optimizer; ignored once a run resumes.
@@ -78,6 +80,13 @@ def restore_or_init(config, mesh, setup, checkpointer, data):
         logging.info("initialised %s parameters on mesh %s%s",
                      f"{count_params(state['params']):,}", dict(mesh.shape),
                      f" from {config.init_from}" if config.init_from else "")
+    elif previous is not None and latest <= previous.end:
+        old = make_train_setup(previous.config, mesh).abstract_state
+        state, data_state = checkpointer.restore(latest, old)
+        state = stages.carry_over(state, old, setup.abstract_state)
+        data.set_state(data_state)
+        logging.info("stage %d from step %d: carried over from stage %d", previous.index + 1,
+                     latest, previous.index)
     else:
         state, data_state = checkpointer.restore(latest, setup.abstract_state)
         data.set_state(data_state)
@@ -86,10 +95,27 @@ def restore_or_init(config, mesh, setup, checkpointer, data):
 
 
 def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dict:
-    """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns last metrics."""
+    """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns last metrics.
+    With `train.stages`, one stage after another (train/stages.py)."""
+    stop = StopRequest() if stop is None else stop
+    plan = stages.plan(config)
+    done = Checkpointer.steps_in(epath.Path(workdir) / "checkpoints")
+    last = {}
+    for stage in plan:
+        if stage.index < len(plan) - 1 and done >= stage.end:
+            continue  # finished before this (re)start
+        previous = plan[stage.index - 1] if stage.index else None
+        last, step = _train_stage(stage, previous, workdir, stop, devices, len(plan) > 1)
+        if step < stage.end:  # stopped early (SIGTERM)
+            break
+    return last
+
+
+def _train_stage(stage, previous, workdir, stop, devices, staged: bool) -> tuple:
+    """Trains one stage up to its last step -> (last metrics, the step reached)."""
+    config = stage.config
     warn_on_idle_eval_config(config)
     workdir = epath.Path(workdir)
-    stop = StopRequest() if stop is None else stop
     enable_compile_cache(config.compile_cache_dir, workdir)
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_batch_size(config.batch_size, mesh, config.train.grad_accum_steps)
@@ -102,7 +128,7 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     else:
         data = DevicePrefetch(make_train_source(config), mesh, config.data.device_prefetch)
 
-    state = restore_or_init(config, mesh, setup, checkpointer, data)
+    state = restore_or_init(config, mesh, setup, checkpointer, data, previous)
     start = int(state["step"])
     resumed = checkpointer.latest_step() is not None
     provenance.record(workdir, start if resumed else None, devices=mesh.devices.flat)
@@ -116,7 +142,7 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
     train_step = make_train_step(config, setup, mesh)
     profiler = StepProfiler(workdir, start, config.profile_steps)
 
-    total, log_every = config.total_steps, config.log.every_steps
+    total, log_every = stage.end, config.log.every_steps  # = total_steps without stages
     ckpt_every = config.checkpoint.every_steps
     # (step, device metrics, its data wait, when it was dispatched) not yet seen on the host:
     # timing by dispatch keeps each row's wall time and data wait over the same steps.
@@ -144,8 +170,9 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
                 timing["mfu"] = step_flops(config) / timing["step_sec"] / peak_flops
             clock.update(time=dispatched, step=step, data_wait=0.0)
             memory = device_memory()
-            writer.write(step, {**last, "examples_per_sec": rate, **timing, **memory})
-            eta = (total - step) * config.batch_size / max(rate, 1e-9)
+            writer.write(step, {**last, "examples_per_sec": rate, **timing, **memory,
+                                **({"stage": stage.index} if staged else {})})
+            eta = (config.total_steps - step) * config.batch_size / max(rate, 1e-9)
             logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f ex/s  step %.3fs (data %.3fs)%s%s"
                          "  eta %dh%02dm", step, total, last["loss"], last["lr"], rate,
                          timing["step_sec"], timing["data_wait_sec"],
@@ -180,7 +207,7 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
                 break
             if eval_every and (step % eval_every == 0 or step == total):
                 try:
-                    evaluator(state["params"], step)
+                    evaluator(state["params"], step, ema_params=state.get("ema"))
                 except Exception:
                     # Keep the steps trained since the last checkpoint before the error leaves.
                     if checkpointer.latest_step() != step:
@@ -197,4 +224,4 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
         evaluator.close()
     if jax.process_index() == 0:
         logging.info("curves: %s", plot_curves(workdir))
-    return last
+    return last, step

@@ -74,13 +74,21 @@ class OptState(NamedTuple):
 class Optimizer:
     adamw: optax.GradientTransformation
     clip_norm: float  # 0: no clipping
+    # Locked towers (train/lock.py): AdamW sees only the trainable arrays (a flat list), so
+    # locked ones get no moments and keep their values; None = every parameter trains.
+    trainable: "object | None" = None
+
+    def view(self, tree):
+        """What AdamW sees of a params-shaped tree (params, grads, masks, shardings)."""
+        return tree if self.trainable is None else self.trainable.view(tree)
 
     def init(self, params) -> OptState:
         zero = jnp.zeros((), jnp.int32)
-        return OptState(self.adamw.init(params), zero, zero)
+        return OptState(self.adamw.init(self.view(params)), zero, zero)
 
     def apply(self, params, grads, state: OptState):
         """-> (new params, new state, global norm of `grads` before clipping)."""
+        full_params, params, grads = params, self.view(params), self.view(grads)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(grad_norm)
 
@@ -96,14 +104,19 @@ class Optimizer:
                                            params, state.adamw)
         in_a_row = jnp.where(finite, 0, state.nonfinite_in_a_row + 1)
         total = state.nonfinite_total + (~finite).astype(jnp.int32)
+        if self.trainable is not None:
+            params = self.trainable.put(params, full_params)
         return params, OptState(adamw_state, in_a_row, total), grad_norm
 
 
-def make_optimizer(config, decay_mask) -> Optimizer:
+def make_optimizer(config, decay_mask, trainable=None) -> Optimizer:
     """`decay_mask`: the params' tree of bools (`weight_decay_mask`). `optim.name`: 'adamw'
     (decoupled decay) or 'adam_l2' (simple-clip's torch Adam(weight_decay=wd): wd * param
-    added to the gradient, then Adam's moments; the decay is scaled by Adam like the loss)."""
+    added to the gradient, then Adam's moments; the decay is scaled by Adam like the loss).
+    `trainable`: train/lock.py's view of the locked towers (None: all train)."""
     o = config.optim
+    if trainable is not None:
+        decay_mask = trainable.view(decay_mask)
     name = o.name
     if name == "adamw":
         adamw = optax.adamw(make_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
@@ -115,4 +128,4 @@ def make_optimizer(config, decay_mask) -> Optimizer:
                                        mu_dtype=jnp.dtype(o.mu_dtype)))
     else:
         raise ConfigError("optim.name", f"optim.name={name!r}; choose one of {OPTIMIZERS}")
-    return Optimizer(adamw, o.grad_clip_norm)
+    return Optimizer(adamw, o.grad_clip_norm, trainable)

@@ -20,6 +20,8 @@ from flax import nnx
 
 from synthclip_jax import sharding
 from synthclip_jax.models.two_tower import build_model
+from synthclip_jax.train.ema import with_ema, with_ema_shardings
+from synthclip_jax.train.lock import freeze_locked_batch_norm, log_saving, make_trainable
 from synthclip_jax.train.optimizer import (Optimizer, OptState, make_optimizer,
                                           weight_decay_mask)
 
@@ -39,24 +41,29 @@ def make_train_setup(config, mesh) -> TrainSetup:
     graphdef, model_state = nnx.split(abstract_model)
     param_sh = sharding.param_shardings(model_state, mesh, config.mesh.rules)
     trainable = nnx.state(abstract_model, nnx.Param)
+    locked = make_trainable(config, nnx.to_pure_dict(trainable))  # train.lock_*: lock.py
     optimizer = make_optimizer(
-        config, weight_decay_mask(trainable, config.optim.weight_decay_policy))
+        config, weight_decay_mask(trainable, config.optim.weight_decay_policy), locked)
     abstract_opt = jax.eval_shape(optimizer.init, nnx.to_pure_dict(trainable))
+    log_saving(locked, nnx.to_pure_dict(trainable),
+               moment_bytes=jnp.dtype(config.optim.mu_dtype).itemsize + 4)
     rep = sharding.replicated(mesh)
     # Moments mirror the params' shardings; counters are replicated.
     adamw_sh = optax.tree_map_params(
         optimizer.adamw, lambda _, s: s, abstract_opt.adamw,
-        sharding.param_shardings(trainable, mesh, config.mesh.rules),
+        optimizer.view(sharding.param_shardings(trainable, mesh, config.mesh.rules)),
         transform_non_params=lambda _: rep)
     opt_sh = OptState(adamw_sh, rep, rep)
-    state_sh = {"step": rep, "params": param_sh, "opt_state": opt_sh}
+    state_sh = with_ema_shardings(config, {"step": rep, "params": param_sh, "opt_state": opt_sh})
     abstract_model.train()
+    freeze_locked_batch_norm(config, abstract_model)  # a locked ResNet's statistics stay
     train_graphdef = nnx.graphdef(abstract_model)
 
     def init_state():
         model = build_model(config, config.seed)
-        return {"step": jnp.zeros((), jnp.int32), "params": nnx.to_pure_dict(nnx.state(model)),
-                "opt_state": optimizer.init(nnx.to_pure_dict(nnx.state(model, nnx.Param)))}
+        return with_ema(config, {  # train.ema_decay: the average (train/ema.py)
+            "step": jnp.zeros((), jnp.int32), "params": nnx.to_pure_dict(nnx.state(model)),
+            "opt_state": optimizer.init(nnx.to_pure_dict(nnx.state(model, nnx.Param)))})
 
     abstract_state = jax.eval_shape(init_state)
     abstract_state = jax.tree.map(

@@ -25,8 +25,10 @@ from flax import nnx
 
 from synthclip_jax import losses, sharding
 from synthclip_jax.image_normalize import normalize
+from synthclip_jax.models.patch_dropout import BATCH_KEY as PATCH_KEEP, with_patch_dropout
 from synthclip_jax.choices import ACCUM_NEGATIVES
 from synthclip_jax.train.classify_loss import make_classify_loss
+from synthclip_jax.train import ema
 from synthclip_jax.train.clips_loss import make_clips_loss
 from synthclip_jax.train.optimizer import make_schedule
 from synthclip_jax.train.state import split_params
@@ -56,7 +58,9 @@ def make_train_step(config, setup, mesh):
         here, on the device."""
         images = normalize(batch["image"], config.data.mean, config.data.std)
         model = model_of(params, stats)
-        return model(images, batch[target]), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        keep = {PATCH_KEEP: batch[PATCH_KEEP]} if PATCH_KEEP in batch else {}
+        outputs = model(images, batch[target], **keep)
+        return outputs, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
     def loss_of(params, stats, batch):
         outputs, stats = outputs_of(params, stats, batch)
@@ -126,6 +130,11 @@ def make_train_step(config, setup, mesh):
     def train_step(state, batch):
         params, stats = split_params(setup.graphdef, state["params"])
         parts = {}
+        # patch dropout: this step's kept patches, from (seed, step) alone (exact on resume)
+        batch = with_patch_dropout(config, batch, state["step"], config.model.image.patch_size)
+        if PATCH_KEEP in batch:
+            batch[PATCH_KEEP] = jax.lax.with_sharding_constraint(batch[PATCH_KEEP],
+                                                                 batch_sharding)
         with sharding.compute_layout(mesh, config.mesh.rules):
             if clips_loss is None:
                 loss, grads, new_stats = accumulated_grads(params, stats, batch)
@@ -152,7 +161,8 @@ def make_train_step(config, setup, mesh):
             metrics["logit_scale"] = jnp.exp(logit_scale)
             if model.has_logit_bias:
                 metrics["logit_bias"] = logit_bias
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        return ema.advanced(config, state, new_state, finite), metrics
 
     rep = sharding.replicated(mesh)
     return jax.jit(train_step,

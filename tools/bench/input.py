@@ -2,12 +2,14 @@
 
   python -m tools.bench.input [--config configs/vitb16_synthci30m.py] [--workers 0,1,2]
       [--records 2048] [--batch 32] [--train_batch 8]
+      [--image_sizes 84,112,160,224] [--jpeg_draft false,true] [--train_batch 0]
 
 Writes `--records` 256 px JPEG records (as SynthCLIP stores images) to a temporary folder, then
 times the Grain pipeline of the config (decode, RandomResizedCrop to data.image_size, normalise,
 tokenize, batch) for each worker count, and one jitted train step of the config's model at
-`--train_batch` on this machine's devices. The pipeline keeps up when images/s per worker x
-workers exceeds the trainer's examples/s.
+`--train_batch` on this machine's devices (0: none). The pipeline keeps up when images/s per
+worker x workers exceeds the trainer's examples/s. `--image_sizes` / `--jpeg_draft` time each
+target size with the full decode and/or the DCT-scaled one (data.jpeg_draft).
 """
 import importlib.util
 import tempfile
@@ -24,6 +26,8 @@ flags.DEFINE_integer("records", 2048, "Synthetic records to write.")
 flags.DEFINE_integer("batch", 32, "Pipeline batch size.")
 flags.DEFINE_integer("train_batch", 8, "Global batch for the train-step timing.")
 flags.DEFINE_integer("train_steps", 3, "Timed train steps (after one warm-up step).")
+flags.DEFINE_list("image_sizes", [], "data.image_size values to time (default: the config's).")
+flags.DEFINE_list("jpeg_draft", ["false"], "data.jpeg_draft values to time, e.g. false,true.")
 FLAGS = flags.FLAGS
 
 
@@ -99,12 +103,19 @@ def main(argv):
         config.data.train = write_records(Path(tmp), FLAGS.records)
         config.batch_size = FLAGS.batch
         batches = max(FLAGS.records // FLAGS.batch, 1)  # the data repeat; warm-up excluded
-        print(f"input pipeline: {FLAGS.records} records of 256 px JPEG -> "
-              f"{config.data.image_size} px, batch {FLAGS.batch}")
-        print(f"{'workers':>8} {'images/s':>10} {'per worker':>11}")
-        for workers in map(int, FLAGS.workers):
-            rate = pipeline_rate(config, workers, batches)
-            print(f"{workers:>8} {rate:>10.1f} {rate / max(workers, 1):>11.1f}", flush=True)
+        for size in map(int, FLAGS.image_sizes or [config.data.image_size]):
+            for draft in FLAGS.jpeg_draft:
+                config.data.image_size = size
+                config.data.jpeg_draft = draft.lower() in ("true", "1", "yes")
+                print(f"input pipeline: {FLAGS.records} records of 256 px JPEG -> {size} px, "
+                      f"batch {FLAGS.batch}, jpeg_draft={config.data.jpeg_draft}")
+                print(f"{'workers':>8} {'images/s':>10} {'per worker':>11}")
+                for workers in map(int, FLAGS.workers):
+                    rate = pipeline_rate(config, workers, batches)
+                    print(f"{workers:>8} {rate:>10.1f} {rate / max(workers, 1):>11.1f}",
+                          flush=True)
+    if not FLAGS.train_batch:
+        return
     config.batch_size = FLAGS.train_batch
     rate = train_rate(config)
     print(f"trainer consumes {rate:.1f} examples/s ({FLAGS.config}, batch {FLAGS.train_batch}, "
