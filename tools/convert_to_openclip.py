@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from synthclip_jax.export.openclip import ExportError
+from synthclip_jax.files import DamagedFile
 from synthclip_jax.export.workdir import FORMATS, export
 from synthclip_jax.train.best_checkpoint import add_step_flags
 
@@ -29,7 +30,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         step = export(args.workdir, args.out, args.step, args.format, best=args.best)
-    except (ExportError, FileNotFoundError) as e:
+    except (ExportError, FileNotFoundError, DamagedFile) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"exported step {step} of {args.workdir} to {args.out} ({args.format})")

@@ -125,7 +125,13 @@ def main(argv=None) -> int:
         print(f"error: {config_path} not found: is {workdir} a training workdir?",
               file=sys.stderr)
         return 2
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    from synthclip_jax.files import DamagedFile
+    from synthclip_jax.resume_check import read_config_json
+    try:
+        config = ml_collections.ConfigDict(read_config_json(workdir))
+    except DamagedFile as damaged:
+        print(f"error: {damaged}", file=sys.stderr)
+        return 2
     try:
         config = apply_flags(config, args)
     except ConfigError as bad:
