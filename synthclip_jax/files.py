@@ -56,6 +56,13 @@ def read_jsonl(path) -> Iterator[dict]:
                     raise ValueError(f"{path} line {line_number}: not JSON ({e})") from e
 
 
+def default_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0666 less this process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _is_remote(path) -> bool:
     return "://" in os.fspath(path)
 

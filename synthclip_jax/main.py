@@ -119,5 +119,5 @@ if __name__ == "__main__":
         print(f"workdir busy: {busy}", file=sys.stderr, flush=True)
         sys.exit(1)
     except DamagedFile as damaged:  # a run file a crash or an edit left unreadable
-        print(f"damaged file: {damaged}", file=sys.stderr, flush=True)
+        print(f"error: {damaged}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -3,7 +3,7 @@ ImageNet-pretrained ResNet trunk (torchvision, timm), into a workdir.
 
   python -m tools.import_weights --format openclip|hf|synthclip|torchvision|timm --src PATH
       --out WORKDIR [--config FILE] [--resize-pos-embed] [--skip-keys PATTERN ...]
-      [--init-missing PARAM ...]
+      [--init-missing PARAM ...] [--allow-nonfinite]
 
 --src: openclip: a `local-dir` export (open_clip_config.json + open_clip_model.safetensors or
 open_clip_pytorch_model.bin) or a state dict file (.safetensors, .bin/.pt, a trainer checkpoint
@@ -14,6 +14,8 @@ timm's `resnet50.a1_in1k` model.safetensors), which needs --config with
 model.image.tower='resnet': its trunk (running statistics included) becomes the image tower,
 the classifier `fc` is dropped (printed), and everything else keeps the config's seeded init. Pickled files are read with
 torch.load(weights_only=True) and an allowlist of data-only types; anything else is refused.
+Weights holding NaN or inf are refused naming the key (--allow-nonfinite imports them), and a
+truncated or damaged weights file or a config that is not JSON is named in one line.
 
 WORKDIR gets config.json (the model), an orbax checkpoint at step 0 (weights only), config.py
 (for --config=WORKDIR/config.py) and imported.json (where the weights came from). Then:
@@ -32,6 +34,7 @@ import sys
 
 from synthclip_jax.export.import_weights import FORMATS, import_weights, read_config, write_workdir
 from synthclip_jax.export.torch_files import WeightsError
+from synthclip_jax.files import DamagedFile
 
 
 def main(argv=None):
@@ -51,6 +54,8 @@ def main(argv=None):
     p.add_argument("--init-missing", nargs="*", default=[], metavar="PARAM",
                    help="our parameter paths (fnmatch, e.g. logit_bias) the source lacks, kept "
                         "at their seeded init")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="import weights holding NaN or inf (refused by default, naming the key)")
     args = p.parse_args(argv)
     try:
         config = read_config(args.config) if args.config else None
@@ -58,7 +63,8 @@ def main(argv=None):
         notes = []
         config, params = import_weights(
             args.format, args.src, config, resize_pos_embed=args.resize_pos_embed,
-            skip_keys=args.skip_keys, init_missing=args.init_missing, notes=notes)
+            skip_keys=args.skip_keys, init_missing=args.init_missing, notes=notes,
+            allow_nonfinite=args.allow_nonfinite)
         for note in notes:
             print(f"note: {note}", flush=True)
         print(f"writing {args.out} ...", flush=True)
@@ -66,7 +72,7 @@ def main(argv=None):
             "format": args.format, "src": args.src, "config": args.config,
             "resize_pos_embed": args.resize_pos_embed, "skip_keys": args.skip_keys,
             "init_missing": args.init_missing, "notes": notes})
-    except WeightsError as e:
+    except (WeightsError, DamagedFile) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = config.model

@@ -166,7 +166,12 @@ def main(argv=None) -> int:
     encoder = Encoder(graphdef, mesh, config.eval.batch_size, config.mesh.rules)
     suite = Suite(config, encoder, specs, progress=True)
     print(f"evaluating step {step} of {workdir}{' (best)' if args.best else ''}", flush=True)
-    results = suite(params)
+    from synthclip_jax.evaluate.encode import NonFiniteFeatures
+    try:
+        results = suite(params)
+    except NonFiniteFeatures as bad:
+        print(f"\nerror: step {step} of {workdir}: {bad}", file=sys.stderr)  # after the bar
+        return 1
     if jax.process_index() == 0:
         print(markdown_table(results, suite.timings))
         if args.out:
