@@ -1,10 +1,11 @@
 """Image transforms shared by training (RandomResizedCrop) and evaluation (center crop):
 encoded image -> crop box -> bicubic resize -> normalised float32 array. NumPy and PIL only.
 """
-import io
 
 import numpy as np
 from PIL import Image
+
+from synthclip_jax.data.image_decode import decode_rgb
 
 
 def random_resized_crop_box(width, height, scale, ratio, rng: np.random.Generator):
@@ -42,9 +43,8 @@ def decode_crop(image_bytes: bytes, crop, size: int) -> np.ndarray:
     """Encoded image -> uint8 (size, size, 3): `crop(width, height)` gives the box, resized
     (bicubic) to size x size. Training sends these pixels to the device, which normalises them
     (image_normalize.py)."""
-    with Image.open(io.BytesIO(image_bytes)) as img:
-        img = img.convert("RGB")
-        img = img.resize((size, size), Image.Resampling.BICUBIC, box=crop(*img.size))
+    img = decode_rgb(image_bytes)  # the one rule of every stage (EXIF, 16-bit, alpha)
+    img = img.resize((size, size), Image.Resampling.BICUBIC, box=crop(*img.size))
     return np.asarray(img, np.uint8)
 
 
