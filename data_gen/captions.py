@@ -35,6 +35,7 @@ from data_gen.common import (add_worker_args, progress, stage_parser, worker_ite
                              worker_suffix, write_jsonl_atomic)
 from data_gen.concepts import load_bank
 from synthclip_jax.files import atomic_path
+from synthclip_jax import cli_paths
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
 PROMPT = ("Your task is to write me an image caption that includes and visually describes a scene "
@@ -180,6 +181,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    cli_paths.input_file("captions", "--concepts", args.concepts)
+    cli_paths.output_dir("captions", "--out", args.out)
     concepts = load_bank(args.concepts, dedup=False)  # index = line of a bank from data_gen.concepts
     mine = worker_items(list(enumerate(concepts)), args.worker_index, args.num_workers)
     suffix = worker_suffix(args.worker_index, args.num_workers)

@@ -54,6 +54,7 @@ from data_gen.pair_records import process
 from data_gen.progress import Progress
 from synthclip_jax.data.shard_files import ShardWriter, shard_name
 from synthclip_jax.data.shard_index import write_combined_index
+from synthclip_jax import cli_paths
 
 PROGRESS_SECONDS = 10.0  # between progress lines when not on a terminal
 
@@ -323,6 +324,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cli_paths.output_dir("import_pairs", "--out", args.out)
     try:
         run(args)
     except Fatal as e:

@@ -46,6 +46,7 @@ from synthclip_jax.data.image_decode import decode_rgb
 from synthclip_jax.data.shard_files import ShardWriter, shard_name
 from synthclip_jax.data.shard_index import write_combined_index
 from synthclip_jax.data.tfrecord import encode_example
+from synthclip_jax import cli_paths
 
 
 def iter_samples(paths: list[str]):
@@ -363,7 +364,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    cli_paths.input_file("write", "--concepts", args.concepts)
+    cli_paths.output_dir("write", "--out", args.out)
+    return run(args)
 
 
 if __name__ == "__main__":

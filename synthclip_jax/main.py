@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from synthclip_jax import config_check, config_exit, resume_check
+from synthclip_jax import cli_paths, config_check, config_exit, resume_check
 from synthclip_jax.config_error import ConfigError
 from synthclip_jax.files import DamagedFile
 from synthclip_jax.workdir_lock import WorkdirBusy, WorkdirLock
@@ -68,6 +68,8 @@ def main(argv):
     del argv
     training = flags.FLAGS.mode == "train"
     config_check.validate(flags.FLAGS.config, training=training)  # before any device work
+    # It gets config.json, metrics and checkpoints: a file or a read-only place fails here.
+    cli_paths.output_dir("main", "--workdir", flags.FLAGS.workdir)
     # Reads only: the new config.json is written once this run holds the workdir.
     resume = resume_check.check(flags.FLAGS.config, flags.FLAGS.workdir) if training else None
     logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
