@@ -158,3 +158,28 @@ def test_a_workdir_a_crash_left_resumes_to_the_uninterrupted_result(trained, tmp
     assert step == 4
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  resumed, reference)
+
+
+@pytest.mark.slow
+def test_first_ctrl_c_saves_and_exits_130(tmp_path):
+    """It ended in a KeyboardInterrupt traceback, with nothing saved since the last checkpoint."""
+    import signal
+    import subprocess
+    import time
+    from tests.test_main_e2e import ROOT, TINY, main_cmd
+    proc = subprocess.Popen(main_cmd(tmp_path, *TINY, "--config.checkpoint.every_steps=0",
+                                     "--config.data.num_workers=0"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert "SIGINT: checkpoint saved at step" in out
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and 3 <= saved[0] < 24
+    assert not (tmp_path / "lock.json").exists()
