@@ -49,6 +49,7 @@ from data_gen.concepts import load_bank
 from data_gen.digest_set import DigestSet
 from data_gen.progress import Progress
 from synthclip_jax.files import atomic_path
+from synthclip_jax import cli_paths
 
 PUNCTS_TO_WRAP = [",", ".", ";", ":", "?", "!", "`"]
 CHARS_TO_SPACE = ["\t", "\n", "\r"]
@@ -184,6 +185,8 @@ def main(argv=None):
     add_worker_args(p)
     args = p.parse_args(argv)
     check_worker_args(args.worker_index, args.num_workers)
+    cli_paths.input_file("balance", "--concepts", args.concepts)
+    cli_paths.output_dir("balance", "--out", args.out)
     files = sorted(glob.glob(args.captions))
     if not files:
         raise SystemExit(f"balance: no files match {args.captions!r}")

@@ -42,6 +42,7 @@ from data_gen.concepts import load_bank
 from data_gen.engine import (ENGINE_ARGS, add_engine_args, check_engine_args, for_actors,
                              ray_map)
 from synthclip_jax.files import atomic_path
+from synthclip_jax import cli_paths
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
 PROMPT = ("Your task is to write me an image caption that includes and visually describes a scene "
@@ -294,6 +295,8 @@ def run_ray(args, concepts: list) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    cli_paths.input_file("captions", "--concepts", args.concepts)
+    cli_paths.output_dir("captions", "--out", args.out)
     concepts = load_bank(args.concepts, dedup=False)  # index = line of a bank from data_gen.concepts
     check_worker_args(args.worker_index, args.num_workers)
     claim_output(args)  # an existing output is skipped: only if made from this bank and settings

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from data_gen.common import stage_parser, add_worker_args, check_worker_args
 from synthclip_jax.files import atomic_path
+from synthclip_jax import cli_paths
 
 BUILTIN = Path(__file__).with_name("concept_bank.txt")
 
@@ -82,7 +83,12 @@ def main(argv=None):
         print("concepts: one small file, written by worker 0 only; nothing to do",
               file=sys.stderr)
         return
+    cli_paths.input_file("concepts", "--input", args.input)
     out = Path(args.out)
+    if out.is_dir():  # a folder (e.g. made ahead by a launch script): the bank goes inside
+        out = out / "concepts.txt"
+        print(f"concepts: --out {args.out} is a folder: writing {out}", file=sys.stderr)
+    cli_paths.output_file("concepts", "--out", out)
     if out.exists() and not args.overwrite:
         print(f"concepts: {out} exists, skipping (--overwrite to rewrite)", file=sys.stderr)
         return

@@ -58,6 +58,7 @@ from data_gen.common import (stage_parser, add_worker_args, check_worker_args, p
 from data_gen.engine import add_engine_args, check_engine_args, for_actors, ray_map
 from synthclip_jax.data.jpeg import encode_jpeg
 from synthclip_jax.files import atomic_path
+from synthclip_jax import cli_paths
 
 # runwayml/stable-diffusion-v1-5 was taken down from the hub; this is its official mirror.
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -379,7 +380,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    cli_paths.output_dir("images", "--out", args.out)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,15 @@ Input layouts (data_gen.pair_inputs): a CSV/TSV with header `image_path,caption[
 (or tab-separated: the released SynthCI-30M, images in the --image-root's *.zip archives, read in
 place), a TSV `id<TAB>image<TAB>caption1...` (SimCLIP/COCO), a folder of NAME.jpg + NAME.txt,
 or webdataset .tar shards. Table image paths are relative to --image-root (default: the input
-file's folder): a file under it, or a member of one of its *.zip archives.
+file's folder): a file under it, or a member of one of its *.zip archives; a path that leaves
+it (absolute, '..') is a bad item unless --allow-outside-root.
 
 Images: a JPEG already RGB, upright (no EXIF rotation) and at most --max-side, with its
 start-of-image and end-of-image markers (a truncated file lacks the latter), is stored as it is;
 any other image is decoded (a large JPEG at a reduced scale, by DCT scaling, never below the
-target size), converted to RGB (transparency over white), downscaled with LANCZOS to at most
+target size), converted to RGB by the rule every stage decodes with
+(synthclip_jax/data/image_decode.py: EXIF orientation, 16-bit grey scaled, transparency over
+white), downscaled with LANCZOS to at most
 --max-side (never upscaled) and re-encoded as JPEG at --jpeg-quality.
 
 Sharding: input item j (counting every row read, good or bad) goes to shard j % --num-shards,
@@ -45,11 +48,13 @@ import sys
 from data_gen import fingerprint
 from data_gen.common import check_worker_args, file_sha256, worker_suffix
 from data_gen.import_output import Output
-from data_gen.pair_inputs import Fatal, Position, Resolver, detect_kind, read_items
+from data_gen.pair_inputs import (Fatal, OutsideRoot, Position, Resolver, detect_kind,
+                                  read_items)
 from data_gen.pair_records import process
 from data_gen.progress import Progress
 from synthclip_jax.data.shard_files import ShardWriter, shard_name
 from synthclip_jax.data.shard_index import write_combined_index
+from synthclip_jax import cli_paths
 
 PROGRESS_SECONDS = 10.0  # between progress lines when not on a terminal
 
@@ -111,13 +116,19 @@ def import_shards(args, kind, out: Output, names: list) -> dict:
     """Streams the input, writes this worker's shards; returns its part of the manifest."""
     mine = [s for s in range(args.num_shards) if s % args.num_workers == args.worker_index]
     raise_open_files_limit(len(mine) + 64)
-    position, resolve = Position(), Resolver(args.quiet)
+    position, resolve = Position(), Resolver(args.quiet, args.allow_outside_root)
+
+    def resolved(item):
+        try:
+            return item._replace(image=resolve(item.image))
+        except OutsideRoot as outside:  # a bad item: refused, or skipped with --skip-bad
+            return item._replace(image=None, bad=str(outside))
 
     def owned():  # item j belongs to shard j % num_shards; only this worker's are read
         for j, item in enumerate(read_items(kind, args.input, args.image_root, args.sep,
                                             position)):
             if (j % args.num_shards) % args.num_workers == args.worker_index:
-                yield j, item._replace(image=resolve(item.image)) if not item.bad else item
+                yield j, resolved(item) if not item.bad else item
 
     fn = functools.partial(process_job, source=f"import_pairs:{kind}", max_side=args.max_side,
                            quality=args.jpeg_quality)
@@ -281,6 +292,9 @@ def parse_args(argv=None):
         help="records are dealt to the shards round-robin")
     arg("--image-root", help="base of relative CSV/TSV image paths, as files under it or members "
         "of its *.zip archives (default: the input's folder)")
+    arg("--allow-outside-root", action="store_true",
+        help="let table image paths leave --image-root (absolute paths, '..'); refused by "
+        "default, so that a table cannot read any file the importing user can")
     arg("--sep", help="CSV/TSV separator (default: tab if the header line has one, else comma)")
     arg("--prefix", default="pairs",
         help="shard names: PREFIX-00000-of-0000N.tfrecord (default: %(default)s)")
@@ -310,6 +324,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cli_paths.output_dir("import_pairs", "--out", args.out)
     try:
         run(args)
     except Fatal as e:

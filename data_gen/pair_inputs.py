@@ -237,11 +237,18 @@ def detect_kind(spec: str) -> str:
                 ".tar shards (a file, glob or comma-separated list)")
 
 
-class Resolver:
-    """Table image paths -> a zip member (the root's *.zip archives, indexed once) or a file."""
+class OutsideRoot(ValueError):
+    """A table row's image path that leaves the image root (absolute, or through '..')."""
 
-    def __init__(self, quiet):
-        self.quiet, self.zips = quiet, {}
+
+class Resolver:
+    """Table image paths -> a zip member (the root's *.zip archives, indexed once) or a file.
+    A path that leaves the root (`/etc/hostname`, `../../x.jpg`, a symlink out) is refused
+    (OutsideRoot) unless `allow_outside_root`: a table from elsewhere must not read any file
+    the importing user can."""
+
+    def __init__(self, quiet, allow_outside_root=False):
+        self.quiet, self.zips, self.allow_outside_root = quiet, {}, allow_outside_root
 
     def __call__(self, image):
         if not isinstance(image, ImagePath):
@@ -255,4 +262,14 @@ class Resolver:
             except ValueError as e:
                 raise Fatal(str(e)) from None
         zips = self.zips[image.root]
-        return (zips and zips.find(image.rel)) or os.path.join(image.root, image.rel)
+        found = zips and zips.find(image.rel)
+        if found:
+            return found
+        path = os.path.join(image.root, image.rel)
+        if not self.allow_outside_root:
+            root = os.path.realpath(image.root)
+            if os.path.commonpath([root, os.path.realpath(path)]) != root:
+                raise OutsideRoot(f"image path {image.rel!r} leaves the image root {root}; "
+                                  "fix the path, set --image-root to a folder holding it, or "
+                                  "pass --allow-outside-root if the table is trusted")
+        return path

@@ -5,33 +5,31 @@ are stored as they are and which are re-encoded is stated in `import_pairs --hel
 import io
 import math
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from data_gen.pair_inputs import Item
 from data_gen.zip_members import read_any
+from synthclip_jax.data.image_decode import decode_rgb, orientation
 from synthclip_jax.data.jpeg import encode_jpeg
 from synthclip_jax.data.tfrecord import encode_example
 
-EXIF_ORIENTATION = 0x0112
-
-
 def to_jpeg(data: bytes, max_side: int, quality: int) -> bytes:
+    """The image decoded by the one rule of every stage (synthclip_jax/data/image_decode.py:
+    EXIF orientation, 16-bit grey, transparency), at most `max_side`, as JPEG."""
     with Image.open(io.BytesIO(data)) as im:
         w, h = im.size
-        if im.format == "JPEG" and max(w, h) >= 2 * max_side:
-            # decode at 1/2, 1/4 or 1/8 scale (DCT scaling), never below the target size: the
-            # LANCZOS resize below then has less to do, at a fraction of the decode cost
-            s = max_side / max(w, h)
-            im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
-        im = ImageOps.exif_transpose(im)  # photos are often stored rotated + an EXIF flag
-        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-            im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-        im = im.convert("RGB")
-        w, h = im.size
-        if max(w, h) > max_side:
-            s = max_side / max(w, h)
-            im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
-        return encode_jpeg(im, quality)
+    draft = None
+    if max(w, h) >= 2 * max_side:
+        # a JPEG decodes at 1/2, 1/4 or 1/8 scale (DCT scaling), never below the target size:
+        # the LANCZOS resize below then has less to do, at a fraction of the decode cost
+        s = max_side / max(w, h)
+        draft = (math.ceil(w * s), math.ceil(h * s))
+    im = decode_rgb(data, draft)
+    w, h = im.size
+    if max(w, h) > max_side:
+        s = max_side / max(w, h)
+        im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
+    return encode_jpeg(im, quality)
 
 
 def can_pass_through(data: bytes, max_side: int) -> bool:
@@ -42,7 +40,7 @@ def can_pass_through(data: bytes, max_side: int) -> bool:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return (im.format == "JPEG" and im.mode == "RGB" and max(im.size) <= max_side
-                    and im.getexif().get(EXIF_ORIENTATION, 1) == 1)
+                    and orientation(im) == 1)
     except Exception:  # unreadable header: to_jpeg reports it
         return False
 

@@ -42,9 +42,11 @@ from data_gen.common import add_worker_args, check_worker_args, file_sha256, pro
 from data_gen.concepts import load_bank
 from data_gen.tars import TarCutShort, check_ended, read_member
 from synthclip_jax.files import atomic_path
+from synthclip_jax.data.image_decode import decode_rgb
 from synthclip_jax.data.shard_files import ShardWriter, shard_name
 from synthclip_jax.data.shard_index import write_combined_index
 from synthclip_jax.data.tfrecord import encode_example
+from synthclip_jax import cli_paths
 
 
 def iter_samples(paths: list[str]):
@@ -198,7 +200,7 @@ def contact_sheet(samples: list[dict], path: Path, tile: int = 192) -> None:
     for n, s in enumerate(samples):
         x = pad + (n % cols) * (tile + pad)
         y = pad + (n // cols) * (tile + text_h + pad)
-        image = Image.open(io.BytesIO(s["image"])).convert("RGB")
+        image = decode_rgb(s["image"])  # as training will see it
         sheet.paste(image.resize((tile, tile), Image.Resampling.BICUBIC), (x, y))
         for k, line in enumerate(_wrap(draw, s["captions"][0], font, tile, 4)):
             draw.text((x, y + tile + 2 + 15 * k), line, fill="black", font=font)
@@ -365,7 +367,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    cli_paths.input_file("write", "--concepts", args.concepts)
+    cli_paths.output_dir("write", "--out", args.out)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from synthclip_jax import choices
 from synthclip_jax.aot import targets
 from synthclip_jax.axis_rules import MESH_AXES
 from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config_shapes import check_shapes
 from synthclip_jax.data import mixture_spec
 from synthclip_jax.data.shard_files import glob_shards
 from synthclip_jax.data.text_reduction import MODES as TEXT_REDUCTIONS
@@ -29,6 +30,7 @@ def validate(config, check_paths: bool = True, training: bool = True) -> None:
     """Raises ConfigError on the first bad key. `check_paths=False` skips whether the data and
     evaluation paths exist (a shipped recipe names paths of the machine it runs on);
     `training=False` (evaluation only) does not ask for training data."""
+    check_shapes(config)  # tuple and path keys first: the checks below index into them
     check_choices(config)
     check_relations(config, training)
     if check_paths:
@@ -287,6 +289,9 @@ def check_paths_exist(config, training: bool = True) -> None:
     d, e = config.data, config.eval
     tfrecord = training and choices.canonical_source(d.source) == "tfrecord"
     for pattern, _ in (tfrecord and mixture_spec.parse(d.train)) or [(d.train, 1)]:  # each source
+        if tfrecord and pattern and not is_remote(pattern) and epath.Path(pattern).is_dir():
+            fail("data.train", d.train, "is a directory, not a glob of shards", "select its "
+                 f"shards: --config.data.train='{pattern.rstrip('/')}/*.tfrecord'")
         if tfrecord and pattern and not is_remote(pattern) and not glob_shards(pattern):
             where = "" if pattern == d.train else f" in {pattern!r}"
             fail("data.train", d.train, f"matches no file{where}", "point --config.data.train at "

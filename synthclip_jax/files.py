@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Iterator
 
 
+class DamagedFile(ValueError):
+    """A file that cannot be read as what it should be; the message is one line naming it, what
+    is wrong and what to do."""
+
+
 def temp_path(path) -> Path:
     """This process's temporary name for writing `path`: hidden and suffixed, so a glob such as
     `*.tfrecord` never picks up a half-written file. Temporaries of `path` that an earlier,
@@ -49,3 +54,65 @@ def read_jsonl(path) -> Iterator[dict]:
                     yield json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path} line {line_number}: not JSON ({e})") from e
+
+
+def default_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0666 less this process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _is_remote(path) -> bool:
+    return "://" in os.fspath(path)
+
+
+def replace_text(path, text: str) -> None:
+    """Rewrites `path` (pathlib, etils.epath or str) so that a kill at any moment leaves either
+    the old file or the new one, never half of either: local files are written beside it, synced
+    and renamed over it; object stores (gs://) replace whole objects already. The mode is the
+    usual 0644 (less the umask), as a plain write gives, not mkstemp's 0600."""
+    if _is_remote(path):
+        path.write_text(text)
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_jsonl_lines(path, warn=None) -> list[str]:
+    """The JSON lines of a run's append-only log (metrics.jsonl, eval.jsonl), blank lines
+    skipped, tolerating what a kill leaves: a last line that is cut short (not JSON) is dropped,
+    with `warn(message)` naming the file. A bad line before the last is not a torn append but a
+    damaged file: DamagedFile naming the file and line."""
+    text = path.read_text() if hasattr(path, "read_text") else Path(path).read_text()
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    kept = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                if warn is not None:
+                    warn(f"{path} line {n} is cut short (a kill while it was written): "
+                         f"dropping it ({line[:60]!r})")
+                break
+            raise DamagedFile(f"{path} line {n}: not JSON ({e}); the file is damaged before "
+                             "its last line: repair or remove that line") from e
+        kept.append(line)
+    return kept
+
+
+def read_json(path, fix: str):
+    """The JSON object in `path`; a file that is not JSON (a kill while it was written, an
+    edit gone wrong) raises DamagedFile in one line naming the file and `fix`."""
+    try:
+        text = path.read_text() if hasattr(path, "read_text") else Path(path).read_text()
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DamagedFile(f"{path} is not JSON ({e.msg} at line {e.lineno} column {e.colno}; "
+                         f"torn by a crash or edited?): {fix}") from None
+    except UnicodeDecodeError:
+        raise DamagedFile(f"{path} is not text (binary or damaged): {fix}") from None

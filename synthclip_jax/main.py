@@ -3,7 +3,9 @@
   python -m synthclip_jax.main --config=configs/demo_cpu.py --workdir=W [--config.KEY=VALUE ...]
 
 Resumes from the latest checkpoint in --workdir if there is one. SIGTERM saves a checkpoint at
-the next step boundary and exits 0. Writes W/config.json (the resolved config),
+the next step boundary and exits 0; so does a first Ctrl-C, exiting 130 (a second one quits at
+once). A run file that cannot be read (e.g. a config.json torn by a crash) exits 1 with one
+line naming it. Writes W/config.json (the resolved config),
 W/metrics.jsonl, W/eval.jsonl, W/tensorboard/ and W/checkpoints/. --mode=eval evaluates the
 latest checkpoint in W on eval.zeroshot / eval.retrieval and appends to W/eval.jsonl.
 --mode=compile compiles the train step for --config.compile.target (a TPU topology or GPU
@@ -14,6 +16,7 @@ stderr naming the key, the value and the fix, before any device work; so does a 
 config that describes another run (resume_check.py). A workdir in use by another live trainer
 (WORKDIR/lock.json, workdir_lock.py) exits with status 1 and one line naming it.
 """
+import signal
 import sys
 import logging as pylogging
 
@@ -21,8 +24,9 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from synthclip_jax import config_check, config_exit, resume_check
+from synthclip_jax import cli_paths, config_check, config_exit, resume_check
 from synthclip_jax.config_error import ConfigError
+from synthclip_jax.files import DamagedFile
 from synthclip_jax.workdir_lock import WorkdirBusy, WorkdirLock
 
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).",
@@ -73,6 +77,8 @@ def main(argv):
     if not flags.FLAGS.workdir:
         raise app.UsageError("--workdir is required (except with --mode=compile)")
     config_check.validate(flags.FLAGS.config, training=training)  # before any device work
+    # It gets config.json, metrics and checkpoints: a file or a read-only place fails here.
+    cli_paths.output_dir("main", "--workdir", flags.FLAGS.workdir)
     # Reads only: the new config.json is written once this run holds the workdir.
     resume = resume_check.check(flags.FLAGS.config, flags.FLAGS.workdir) if training else None
     logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
@@ -94,16 +100,20 @@ def main(argv):
     lock = take_workdir(config, workdir)
     worker_cleanup.reap_orphans(workdir)  # workers of a killed trainer of this workdir
     worker_cleanup.tag_children(workdir)
+    stop = loop.StopRequest()
     try:
-        if lock is not None:
-            resume.write_config()
         shapes_demo.prepare(config, workdir)  # under the lock: it may re-render WORKDIR/data
         logging.info("devices: %d x %s, processes: %d", jax.device_count(),
                      jax.devices()[0].device_kind, jax.process_count())
-        last = loop.train(config, workdir)
+        # config.json once the run has started: a resume refused on the way leaves it as it was.
+        last = loop.train(config, workdir, stop=stop,
+                          started=resume.write_config if lock is not None else None)
     finally:  # also after SIGTERM: the loop saves, stops and returns
         if lock is not None:
             lock.release()
+    if stop.signal == signal.SIGINT:  # saved; the status of an interrupted command
+        logging.warning("interrupted (Ctrl-C): checkpoint saved, exiting with status 130")
+        sys.exit(130)
     logging.info("done: %s", {k: round(v, 5) for k, v in last.items()})
     if jax.process_index() == 0:
         print(f"\nTrained model in {workdir}. Export it to OpenCLIP (PyTorch) with:\n"
@@ -118,4 +128,7 @@ if __name__ == "__main__":
         config_exit.exit_bad_config(str(bad))
     except WorkdirBusy as busy:
         print(f"workdir busy: {busy}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except DamagedFile as damaged:  # a run file a crash or an edit left unreadable
+        print(f"error: {damaged}", file=sys.stderr, flush=True)
         sys.exit(1)

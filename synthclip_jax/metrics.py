@@ -3,13 +3,17 @@
 On resume from step s, lines for steps after s (logged before the run stopped but after its
 last checkpoint) are dropped, so the file reads as one uninterrupted run. Object stores (gs://)
 have no append: there rows are buffered and the file is rewritten at most every FLUSH_SECONDS
-(and at close), not at every row. Rows may also go to Weights & Biases (wandb_log.py).
+(and at close), not at every row. A kill at any moment leaves a file a resume reads: rewrites
+replace the file whole (files.replace_text), and a torn last append is dropped on resume. Rows may also go to Weights & Biases (wandb_log.py).
 """
 import json
 import time
 
 import jax
+from absl import logging
 from etils import epath
+
+from synthclip_jax.files import read_jsonl_lines, replace_text
 
 FLUSH_SECONDS = 60.0  # object storage: one whole-file rewrite a minute, whatever the log rate
 
@@ -25,10 +29,10 @@ class MetricWriter:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lines = []
-        if self.path.exists():
-            self.lines = [line for line in self.path.read_text().splitlines()
-                          if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in self.lines))
+        if self.path.exists():  # a kill mid-append leaves a torn last line: dropped, with a word
+            self.lines = [line for line in read_jsonl_lines(self.path, warn=logging.warning)
+                          if json.loads(line)["step"] <= resume_step]
+            replace_text(self.path, "".join(line + "\n" for line in self.lines))
         self.appendable = "://" not in str(self.path)
         self.flushed, self.unflushed = time.monotonic(), False
         if tensorboard:
@@ -58,7 +62,7 @@ class MetricWriter:
     def flush(self):
         """Object storage: the buffered rows, written (the whole file: no append there)."""
         if self.enabled and not self.appendable and self.unflushed:
-            self.path.write_text("".join(x + "\n" for x in self.lines))
+            replace_text(self.path, "".join(x + "\n" for x in self.lines))
             self.unflushed, self.flushed = False, time.monotonic()
 
     def close(self):

@@ -31,6 +31,7 @@ from absl import logging
 from etils import epath
 
 import synthclip_jax
+from synthclip_jax.files import replace_text
 
 FILENAME = "provenance.json"
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
@@ -156,5 +157,5 @@ def record(workdir, resumed_from_step: int | None, devices=None) -> dict | None:
                          previous.get("devices"), previous.get("process_count"))
         history.setdefault("launches", []).append(launch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(history, indent=2) + "\n")
+    replace_text(path, json.dumps(history, indent=2) + "\n")  # whole even if killed mid-write
     return history

@@ -18,6 +18,7 @@ from etils import epath
 
 from synthclip_jax.config_base import base
 from synthclip_jax.config_error import ConfigError
+from synthclip_jax.files import read_json, replace_text
 
 ALLOW_KEY = "resume.allow_changes"
 IMPORTED = "imported.json"  # marks a workdir tools.import_weights wrote (weights only)
@@ -115,7 +116,19 @@ class ResumePlan:
             logging.warning("resume changes %s; previous config kept as %s",
                             describe(self.changed), kept.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.config_json)
+        replace_text(path, self.config_json)  # a kill mid-write leaves the old file or the new
+
+
+def read_config_json(workdir, resuming: bool = False) -> dict:
+    """WORKDIR/config.json as a dict; one that is not JSON (torn by a kill before writes were
+    atomic, or edited) raises files.DamagedFile naming it and where a copy may be."""
+    workdir = epath.Path(workdir)
+    kept = sorted(workdir.glob("config.step*.json"))
+    fix = (f"restore it from a copy ({kept[-1].name} beside it, or the config the run was "
+           "started with" if kept else "restore it from the config the run was started with")
+    fix += ("; or delete it to resume without comparing configs)" if resuming else
+            "; it names the model the checkpoints hold)")
+    return read_json(workdir / "config.json", fix)
 
 
 def describe(changed: dict) -> str:
@@ -140,7 +153,7 @@ def check(config, workdir) -> ResumePlan:
         logging.warning("%s holds checkpoints but no config.json: resuming without comparing "
                         "configs", workdir)
         return ResumePlan(workdir, config_json, steps[-1], {})
-    changed = differences(json.loads(stored.read_text()), json.loads(config_json))
+    changed = differences(read_config_json(workdir, resuming=True), json.loads(config_json))
     # A key added to the code since the run started, at its default: new keys come with the
     # default that keeps the old behaviour, so runs from before the key can resume.
     defaults = flatten(json.loads(base().to_json_best_effort()))

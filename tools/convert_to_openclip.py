@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from synthclip_jax.export.openclip import ExportError
+from synthclip_jax.files import DamagedFile
 from synthclip_jax.export.workdir import FORMATS, export
 from synthclip_jax.train.best_checkpoint import add_step_flags
 
@@ -32,7 +33,7 @@ def main(argv=None):
     try:
         step = export(args.workdir, args.out, args.step, args.format, best=args.best,
                       ema=args.ema)
-    except (ExportError, FileNotFoundError) as e:
+    except (ExportError, FileNotFoundError, DamagedFile) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"exported step {step}{' (EMA weights)' if args.ema else ''} of {args.workdir} to "

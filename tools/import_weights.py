@@ -3,7 +3,7 @@ ImageNet-pretrained ResNet trunk (torchvision, timm), into a workdir.
 
   python -m tools.import_weights --format openclip|hf|synthclip|torchvision|timm --src PATH
       --out WORKDIR [--config FILE] [--resize-pos-embed] [--skip-keys PATTERN ...]
-      [--init-missing PARAM ...] [--timm-model NAME]
+      [--init-missing PARAM ...] [--timm-model NAME] [--allow-nonfinite]
 
 --src: openclip: a `local-dir` export (open_clip_config.json + open_clip_model.safetensors or
 open_clip_pytorch_model.bin) or a state dict file (.safetensors, .bin/.pt, a trainer checkpoint
@@ -18,6 +18,8 @@ checkpoints) with --timm-model NAME (timm's architecture, e.g. vit_base_patch16_
 dict cannot show the head count): every key is used, head included, and the workdir holds a
 train.task='classify' model with the seed's Normalize(0.5, 0.5). Pickled files are read with
 torch.load(weights_only=True) and an allowlist of data-only types; anything else is refused.
+Weights holding NaN or inf are refused naming the key (--allow-nonfinite imports them), and a
+truncated or damaged weights file or a config that is not JSON is named in one line.
 
 WORKDIR gets config.json (the model), an orbax checkpoint at step 0 (weights only), config.py
 (for --config=WORKDIR/config.py) and imported.json (where the weights came from). Then:
@@ -36,6 +38,7 @@ import sys
 
 from synthclip_jax.export.import_weights import FORMATS, import_weights, read_config, write_workdir
 from synthclip_jax.export.torch_files import WeightsError
+from synthclip_jax.files import DamagedFile
 
 
 def main(argv=None):
@@ -58,6 +61,8 @@ def main(argv=None):
     p.add_argument("--timm-model", default=None, metavar="NAME",
                    help="--format timm with a ViT classifier state dict: timm's model name "
                         "(e.g. vit_base_patch16_224), which fixes the head count")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="import weights holding NaN or inf (refused by default, naming the key)")
     args = p.parse_args(argv)
     try:
         config = read_config(args.config) if args.config else None
@@ -66,7 +71,7 @@ def main(argv=None):
         config, params = import_weights(
             args.format, args.src, config, resize_pos_embed=args.resize_pos_embed,
             skip_keys=args.skip_keys, init_missing=args.init_missing, notes=notes,
-            timm_model=args.timm_model)
+            timm_model=args.timm_model, allow_nonfinite=args.allow_nonfinite)
         for note in notes:
             print(f"note: {note}", flush=True)
         print(f"writing {args.out} ...", flush=True)
@@ -74,7 +79,7 @@ def main(argv=None):
             "format": args.format, "src": args.src, "config": args.config,
             "resize_pos_embed": args.resize_pos_embed, "skip_keys": args.skip_keys,
             "init_missing": args.init_missing, "notes": notes, "timm_model": args.timm_model})
-    except WeightsError as e:
+    except (WeightsError, DamagedFile) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = config.model

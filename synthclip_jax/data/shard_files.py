@@ -329,6 +329,14 @@ class TFRecordShards:
 
 def main(argv=None):  # python -m synthclip_jax.data.shard_files SHARD...: (re)build indexes
     for p in (sys.argv[1:] if argv is None else argv):
+        if os.path.isdir(p):  # a folder: its shards
+            shards = glob_shards(os.path.join(p, "*.tfrecord"))
+            if not shards:
+                sys.exit(f"error: {p} is a folder holding no *.tfrecord shards")
+            main(shards)
+            continue
+        if not os.path.isfile(p):
+            sys.exit(f"error: {p}: no such shard file")
         print(f"{p}: indexed {build_index(p)} records")
 
 

@@ -21,7 +21,8 @@ import numpy as np
 from absl import logging
 
 from synthclip_jax.data import storage
-from synthclip_jax.data.shard_files import TFRecordShards, glob_shards, index_bounds, read_index
+from synthclip_jax.data.shard_files import (_FRAMING, _HEADER, CorruptRecordError, TFRecordShards,
+                                           _check_header, glob_shards, index_bounds, read_index)
 from synthclip_jax.files import atomic_path
 
 COMBINED = "tfrecord_index.npz"
@@ -55,15 +56,49 @@ def write_combined_index(folder) -> str:
 
 
 def _read_combined(folder: str) -> dict:
-    """{shard name: (size, record lengths)} of a folder's combined index; {} when it has none."""
+    """{shard name: (size, record lengths)} of a folder's combined index; {} when it has none,
+    or when it is damaged (not a zip of the four arrays, arrays that disagree with each other:
+    a warning names it and the rebuild command, and the shards' own indexes are read)."""
+    path = f"{folder}/{COMBINED}"
     try:
-        data = storage.read_bytes(f"{folder}/{COMBINED}")
+        data = storage.read_bytes(path)
     except FileNotFoundError:
         return {}
-    with np.load(io.BytesIO(data)) as z:
-        ends = np.cumsum(z["counts"])
-        parts = np.split(z["lengths"], ends[:-1]) if len(ends) else []
-        return {str(n): (int(s), p) for n, s, p in zip(z["names"], z["sizes"], parts)}
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            names, sizes, counts, lengths = (z[k] for k in ("names", "sizes", "counts",
+                                                            "lengths"))
+        if not len(names) == len(sizes) == len(counts):
+            raise ValueError(f"{len(names)} names, {len(sizes)} sizes, {len(counts)} counts")
+        if np.any(counts < 0) or int(counts.sum()) != len(lengths):
+            raise ValueError(f"counts sum to {int(counts.sum())}, {len(lengths)} lengths")
+        ends = np.cumsum(counts)
+        parts = np.split(lengths, ends[:-1]) if len(ends) else []
+        for name, size, part in zip(names, sizes, parts):
+            if np.any(part < _FRAMING) or int(part.sum()) != int(size):
+                raise ValueError(f"the record lengths of {name} do not add up to its size")
+        return {str(n): (int(s), p) for n, s, p in zip(names, sizes, parts)}
+    except Exception as error:  # numpy and zipfile raise many kinds for a damaged file
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        logging.warning("damaged combined index %s (%s): reading the shards' own indexes "
+                        "instead; rebuild it with `python -m synthclip_jax.data.shard_index %s`",
+                        path, reason, folder)
+        return {}
+
+
+def _last_record_fits(path: str, bounds: np.ndarray) -> bool:
+    """Whether the shard has a record header at the combined index's last record offset, with
+    the length the index gives (12 bytes read): a cheap check that the index and shard agree.
+    Remote shards are not read (a request each)."""
+    if len(bounds) < 2 or storage.is_remote(path):
+        return True
+    with open(path, "rb") as f:
+        f.seek(int(bounds[-2]))
+        header = f.read(_HEADER)
+    try:
+        return _check_header(header, path, int(bounds[-2])) + _FRAMING == bounds[-1] - bounds[-2]
+    except CorruptRecordError:
+        return False
 
 
 def load_bounds(paths: list) -> list:
@@ -89,6 +124,13 @@ def load_bounds(paths: list) -> list:
             missing.append(k)
             continue
         bounds[k] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        if not _last_record_fits(path, bounds[k]):
+            logging.warning("combined index %s/%s disagrees with %s (no record where it says "
+                            "the last one starts); reading the shard's own index. Rebuild it "
+                            "with `python -m synthclip_jax.data.shard_index %s`", folder,
+                            COMBINED, path, folder)
+            bounds[k] = None
+            missing.append(k)
     rows = storage.concurrently(lambda k: read_index(paths[k], sizes[k]), missing)
     for k, r in zip(missing, rows):
         bounds[k] = index_bounds(r)
@@ -108,5 +150,8 @@ if __name__ == "__main__":
         print(__doc__)
         sys.exit(0 if len(sys.argv) > 1 else 2)
     for folder in sys.argv[1:]:
+        if not os.path.isdir(folder):
+            sys.exit(f"error: {folder} is not a folder: give the folder holding the shards "
+                     "(their combined index is written there)")
         out = write_combined_index(folder)
         print(f"{out}: {len(_read_combined(os.path.dirname(out) or '.'))} shards")

@@ -1,10 +1,14 @@
 """Image transforms shared by training (RandomResizedCrop) and evaluation (center crop):
 encoded image -> crop box -> bicubic resize -> normalised float32 array. NumPy and PIL only.
 """
+
 import io
+import math
 
 import numpy as np
 from PIL import Image
+
+from synthclip_jax.data.image_decode import orientation, to_rgb
 
 
 def random_resized_crop_box(width, height, scale, ratio, rng: np.random.Generator):
@@ -39,25 +43,30 @@ def center_crop_box(width, height):
 
 
 def decode_crop(image_bytes: bytes, crop, size: int, draft: bool = False) -> np.ndarray:
-    """Encoded image -> uint8 (size, size, 3): `crop(width, height)` gives the box (in the
-    stored image's pixels), resized (bicubic) to size x size. Training sends these pixels to
-    the device, which normalises them (image_normalize.py).
+    """Encoded image -> uint8 (size, size, 3): `crop(width, height)` (called once) gives the box
+    in the shown image's pixels (EXIF orientation applied), resized (bicubic) to size x size.
+    Decoded by the one rule of every stage (data/image_decode.py). Training sends these pixels
+    to the device, which normalises them (image_normalize.py).
 
     `draft` (data.jpeg_draft): a JPEG whose crop box is at least twice `size` on both sides is
     decoded at 1/2, 1/4 or 1/8 scale by the decoder itself (DCT scaling, PIL `Image.draft`: the
     largest scale that keeps the box at least `size` wide and high), then cropped and resized
     as usual; several times fewer pixels decoded for low-resolution training. The pixels
     differ slightly from a full decode (tests/test_jpeg_draft.py states by how much)."""
-    with Image.open(io.BytesIO(image_bytes)) as img:
-        width, height = img.size
+    with Image.open(io.BytesIO(image_bytes)) as image:
+        width, height = image.size
+        if orientation(image) in (5, 6, 7, 8):  # stored a quarter turn off: shown w, h swapped
+            width, height = height, width
         box = crop(width, height)
-        box_w, box_h = box[2] - box[0], box[3] - box[1]
-        if draft and img.format == "JPEG" and min(box_w, box_h) >= 2 * size:
-            img.draft("RGB", (-(-width * size // box_w), -(-height * size // box_h)))
-            fx, fy = img.size[0] / width, img.size[1] / height
-            box = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
-        img = img.convert("RGB")
-        img = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
+        scale = min(box[2] - box[0], box[3] - box[1]) / size
+        if draft and image.format == "JPEG" and scale >= 2:
+            # one scale for both axes, so the stored orientation does not matter
+            image.draft("RGB", (math.ceil(image.size[0] / scale),
+                                math.ceil(image.size[1] / scale)))
+        img = to_rgb(image)
+    fx, fy = img.size[0] / width, img.size[1] / height
+    img = img.resize((size, size), Image.Resampling.BICUBIC,
+                     box=(box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy))
     return np.asarray(img, np.uint8)
 
 

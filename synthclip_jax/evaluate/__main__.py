@@ -134,7 +134,13 @@ def main(argv=None) -> int:
         print(f"error: {config_path} not found: is {workdir} a training workdir?",
               file=sys.stderr)
         return 2
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    from synthclip_jax.files import DamagedFile
+    from synthclip_jax.resume_check import read_config_json
+    try:
+        config = ml_collections.ConfigDict(read_config_json(workdir))
+    except DamagedFile as damaged:
+        print(f"error: {damaged}", file=sys.stderr)
+        return 2
     try:
         config = apply_flags(config, args)
     except ConfigError as bad:
@@ -170,7 +176,12 @@ def main(argv=None) -> int:
     encoder = Encoder(graphdef, mesh, config.eval.batch_size, config.mesh.rules)
     suite = Suite(config, encoder, specs, progress=True)
     print(f"evaluating step {step} of {workdir}{' (best)' if args.best else ''}", flush=True)
-    results = suite(params)
+    from synthclip_jax.evaluate.encode import NonFiniteFeatures
+    try:
+        results = suite(params)
+    except NonFiniteFeatures as bad:
+        print(f"\nerror: step {step} of {workdir}: {bad}", file=sys.stderr)  # after the bar
+        return 1
     if jax.process_index() == 0:
         print(markdown_table(results, suite.timings))
         if args.out:

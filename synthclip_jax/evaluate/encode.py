@@ -10,7 +10,21 @@ import numpy as np
 from flax import nnx
 
 from synthclip_jax import sharding
+from synthclip_jax.files import DamagedFile
 from synthclip_jax.image_normalize import normalize
+
+
+class NonFiniteFeatures(DamagedFile):
+    """Features holding NaN or inf: the weights do (a diverged run, damaged weights). Every
+    metric over them would be a number that means nothing, so evaluation stops instead."""
+
+
+def finite(features: np.ndarray, what: str) -> np.ndarray:
+    if not np.isfinite(features).all():
+        raise NonFiniteFeatures(
+            f"{what} features are not finite (NaN or inf): the model's weights hold non-finite values (a diverged run or damaged "
+            "weights); evaluate an earlier checkpoint or re-import intact weights")
+    return features
 
 
 class Encoder:
@@ -61,14 +75,14 @@ class Encoder:
         images, tags = (jax.make_array_from_process_local_data(self.sharding, x)
                         for x in (images, tags))
         features, tags = self._tagged(params, images, tags)
-        return np.asarray(features), np.asarray(tags)
+        return finite(np.asarray(features), "image"), np.asarray(tags)
 
     def images(self, params, images: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) normalised float32, or uint8 pixels -> (N, E) L2-normalised features."""
         if images.dtype == np.uint8 and self.mean is None:
             raise ValueError("uint8 images need the Encoder's mean and std (data.mean/data.std)")
-        return self._run(self._image, params, images)
+        return finite(self._run(self._image, params, images), "image")
 
     def texts(self, params, tokens: np.ndarray) -> np.ndarray:
         """(N, context_length) int32 -> (N, E) L2-normalised features."""
-        return self._run(self._text, params, tokens)
+        return finite(self._run(self._text, params, tokens), "text")

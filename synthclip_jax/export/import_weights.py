@@ -23,6 +23,8 @@ from synthclip_jax.config_base import base
 from synthclip_jax.export import (fit, load_hf, load_openclip, load_resnet, load_synthclip,
                                   load_timm)
 from synthclip_jax.export.torch_files import WeightsError
+from synthclip_jax.export.torch_files import check_finite
+from synthclip_jax.files import read_json
 from synthclip_jax.resume_check import IMPORTED, flatten
 
 FORMATS = ("openclip", "hf", "synthclip") + load_resnet.FORMATS  # + ImageNet ResNet trunks
@@ -61,8 +63,8 @@ def read_config(path):
     """A config from a `.py` (its get_config()) or a `.json` (laid over the defaults)."""
     path = os.fspath(path)
     if path.endswith(".json"):
-        with open(path) as f:
-            return merge(base(), json.load(f))
+        return merge(base(), read_json(path, "give a config.json a training run wrote, or a "
+                                             "get_config() .py"))
     if path.endswith(".py"):
         import importlib.util
         spec = importlib.util.spec_from_file_location("_import_weights_config", path)
@@ -149,16 +151,19 @@ def check_agrees(source_config, config, src, resize_pos_embed, guessed=()):
 
 
 def import_weights(fmt, src, config=None, *, resize_pos_embed=False, skip_keys=(),
-                   init_missing=(), notes=None, timm_model=None):
+                   init_missing=(), notes=None, timm_model=None, allow_nonfinite=False):
     """(config, params): params a pure dict of float32 numpy arrays fitting `config` (the given
     one, or derived from the source's own config). `notes` (a list) receives what an import
     left out on purpose (an ImageNet ResNet's classifier). `timm_model`: timm's architecture
-    name of a `--format timm` ViT classifier (export/load_timm.py)."""
+    name of a `--format timm` ViT classifier (export/load_timm.py). Weights holding NaN or inf
+    are refused naming the key unless `allow_nonfinite`."""
     if fmt == "timm" and timm_vit_file(src):
         if timm_model is None and config is None:
             raise WeightsError(f"{src}: a timm ViT state dict does not show its head count; "
                                "pass --timm-model NAME (e.g. vit_base_patch16_224)")
-        return load_timm.import_timm_vit(src, timm_model, config)
+        config, params = load_timm.import_timm_vit(src, timm_model, config)
+        check_finite(fit._flatten(params), src, allow=allow_nonfinite)
+        return config, params
     if fmt in load_resnet.FORMATS:  # an image trunk only: the rest of the model is the config's
         if config is None:
             raise WeightsError(f"{src}: an ImageNet ResNet carries no CLIP config (text tower, "
@@ -166,9 +171,12 @@ def import_weights(fmt, src, config=None, *, resize_pos_embed=False, skip_keys=(
                                "model.image.tower='resnet'")
         if not os.path.isfile(os.fspath(src)):
             raise WeightsError(f"--src {src}: a {fmt} ResNet source is a state dict file")
-        return config, load_resnet.import_resnet(src, config, lambda: seeded_tree(config),
-                                                 skip_keys=skip_keys, notes=notes)
+        params = load_resnet.import_resnet(src, config, lambda: seeded_tree(config),
+                                           skip_keys=skip_keys, notes=notes)
+        check_finite(fit._flatten(params), src, allow=allow_nonfinite)
+        return config, params
     tensors, names, derive = read_source(fmt, src)
+    check_finite(tensors, src, names, allow=allow_nonfinite)
     if config is None:
         if derive is None:
             raise WeightsError(f"{src}: a bare state dict carries no model config (head counts, "

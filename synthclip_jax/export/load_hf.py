@@ -6,7 +6,6 @@ projections transposed back), then loaded by `fit.to_params`; error messages nam
 `model_config` reads the directory's `config.json` (and `preprocessor_config.json` if present)
 into our config: the inverse of `hf.hf_config`.
 """
-import json
 import os
 import re
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from synthclip_jax.data.tokenizer import EOT_ID
 from synthclip_jax.export.hf import HF_BLOCK_RENAMES, HF_RENAMES
+from synthclip_jax import files
 from synthclip_jax.export.torch_files import WeightsError, read_weights
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
@@ -25,8 +25,8 @@ TOWERS = (("vision_model", "visual.transformer", "vision_config"),
 
 
 def read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    return files.read_json(path, "it should be the config.json transformers' save_pretrained "
+                                 "writes; re-save or re-download the model")
 
 
 def model_config(directory, config):

@@ -8,13 +8,13 @@ scale, attentional pooling, another timm model or an HF tower, a custom tokenize
 refused naming the field, never dropped. A bare state dict carries no config (head counts, eps
 and activation cannot be read off tensors): it needs `--config`.
 """
-import json
 import os
 
 from synthclip_jax.data.tokenizer import VOCAB_SIZE
 from synthclip_jax.export.openclip import WEIGHTS_NAME
 from synthclip_jax.export.timm_vit import TIMM_LAYERNORM_EPS, TIMM_VITS
 from synthclip_jax.export.torch_files import PICKLE_SUFFIXES, WeightsError, read_weights
+from synthclip_jax.files import read_json
 
 CONFIG_NAME = "open_clip_config.json"
 # open_clip's factory looks for these in a local dir, in this order.
@@ -181,8 +181,8 @@ def read_source(src):
     if os.path.isdir(src):
         path = os.path.join(src, CONFIG_NAME)
         if os.path.isfile(path):
-            with open(path) as f:
-                cfg = json.load(f)
+            cfg = read_json(path, "it should hold OpenCLIP's model_cfg (as open_clip's "
+                                  "local-dir export writes it); re-export or re-download it")
         tensors, _ = read_weights(weights_file(src))
     elif src.endswith(PICKLE_SUFFIXES + (".safetensors",)):
         tensors, _ = read_weights(src)

@@ -26,6 +26,7 @@ from synthclip_jax.data.tokenizer import VOCAB_SIZE
 from synthclip_jax.export.timm_vit import (TIMM_LAYERNORM_EPS, TIMM_LEAVES, TIMM_VITS,
                                           timm_model_name, to_timm)
 from synthclip_jax.export.torchvision_resnet import to_torchvision
+from synthclip_jax.files import atomic_path, default_file_mode
 from synthclip_jax.models.tower_config import TOWERS, tower_key, tower_option
 
 WEIGHTS_NAME = "open_clip_model.safetensors"  # first in open_clip 3.3 factory's preferred_order
@@ -293,9 +294,13 @@ def openclip_state_dict(params, image_tower: str = "native") -> dict:
 
 
 def save_safetensors(tensors: dict, path):
-    """Floats as float32; integers (BatchNorm's num_batches_tracked) keep their dtype."""
-    save_file({k: np.array(v, None if np.issubdtype(np.asarray(v).dtype, np.integer)
-                           else np.float32, order="C") for k, v in tensors.items()}, str(path))
+    """Floats as float32; integers (BatchNorm's num_batches_tracked) keep their dtype. Written
+    whole or not at all (a temporary renamed), with the mode a plain file gets (0644 less the
+    umask; safetensors alone creates 0600, unlike the config beside it)."""
+    with atomic_path(path) as tmp:
+        save_file({k: np.array(v, None if np.issubdtype(np.asarray(v).dtype, np.integer)
+                               else np.float32, order="C") for k, v in tensors.items()}, str(tmp))
+        os.chmod(tmp, default_file_mode())
 
 
 def export_openclip(config, params, out_dir):

@@ -41,15 +41,46 @@ def load_pickle(path) -> object:
         allowed = {_type_name(t) for t in SAFE_TYPES}
         try:
             needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # not a zip checkpoint: torch's own message names the global
-            needed = []
+        except Exception:  # not a zip checkpoint: a plain pickle, or no pickle at all
+            needed = plain_pickle_globals(path)
+            if needed is None:
+                raise WeightsError(f"{path}: not a readable torch weights file (neither a torch "
+                                   "zip checkpoint nor a pickle: damaged?); re-download or "
+                                   "re-save it") from None
         others = [name for name in needed if name not in allowed]
-        what = ", ".join(others) if others else str(error).strip().splitlines()[-1]
+        what = ", ".join(others) if others else "objects other than tensors"
         raise WeightsError(
             f"{path}: refusing to unpickle {what}: weights are read with "
             f"torch.load(weights_only=True), which allows tensors, builtins and "
             f"{sorted(allowed)} only; re-save the tensors alone (e.g. with safetensors) from "
             "a trusted environment") from None
+    except Exception as error:  # a truncated zip, bytes that are no pickle: torch's words vary
+        raise WeightsError(f"{path}: not a readable torch weights file (truncated or damaged? "
+                           f"torch: {_first_line(error)}); re-download or re-save it") from None
+
+
+def plain_pickle_globals(path):
+    """The `module.name`s a plain (non-zip) pickle would import, read off its opcodes without
+    running them; None if the file is not a whole pickle."""
+    import pickletools
+    names, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # pickletools' errors for bytes that are no pickle vary
+        return None
+    return names
+
+
+def _first_line(error) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:160]}"
 
 
 def to_numpy(value) -> np.ndarray:
@@ -83,11 +114,35 @@ def unwrap(obj, path) -> tuple:
 def read_safetensors(path) -> dict:
     from safetensors import SafetensorError, safe_open
     try:
-        with safe_open(path, framework="np") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, TypeError):  # bfloat16, which numpy cannot hold: through torch
-        with safe_open(path, framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(path, framework="np") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}
+        except TypeError:  # bfloat16, which numpy cannot hold: through torch
+            with safe_open(path, framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:  # truncated, damaged
+        raise WeightsError(f"{path}: not a readable .safetensors file (truncated or damaged? "
+                           f"safetensors: {_first_line(error)}); re-download or re-save "
+                           "it") from None
+
+
+def check_finite(tensors: dict, where, names=None, allow: bool = False) -> None:
+    """Refuses weights holding NaN or inf, naming the first such key: such weights evaluate to
+    plausible-looking numbers here but to NaN features in OpenCLIP. `allow`: only a warning."""
+    for key, value in tensors.items():
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+        if bad:
+            name = (names or {}).get(key, key)
+            message = (f"{where}: weight {name!r} holds {bad} non-finite values (NaN/inf) of "
+                       f"{value.size}")
+            if not allow:
+                raise WeightsError(f"{message}; the weights are damaged: use an intact copy, or "
+                                   "pass --allow-nonfinite to import them anyway")
+            from absl import logging
+            logging.warning("%s (imported anyway: --allow-nonfinite)", message)
 
 
 def read_weights(path) -> tuple:

@@ -1,5 +1,4 @@
 """Export a training workdir (config.json + a checkpoint) in one of the FORMATS."""
-import json
 import os
 
 import ml_collections
@@ -7,6 +6,7 @@ import ml_collections
 from synthclip_jax.export.captioner import export_captioner, split_captioner
 from synthclip_jax.export.hf import check_hf, export_hf
 from synthclip_jax.export.openclip import check_openclip, export_openclip
+from synthclip_jax.resume_check import read_config_json
 from synthclip_jax.train.checkpoint import load_params
 
 FORMATS = {"openclip": (check_openclip, export_openclip), "hf": (check_hf, export_hf)}
@@ -25,8 +25,7 @@ def export(workdir, out_dir, step=None, fmt="openclip", best: bool = False,
     check, write = FORMATS[fmt]
     config_path = os.path.join(workdir, "config.json")
     if os.path.exists(config_path):  # refuse before reading any checkpoint
-        with open(config_path) as f:
-            check(ml_collections.ConfigDict(json.load(f)))
+        check(ml_collections.ConfigDict(read_config_json(workdir)))
     config, params, step = load_params(workdir, step, best=best, ema=ema)
     params, captioner = split_captioner(params)  # a CLIPS run's decoder: its own format
     write(config, params, out_dir)

@@ -3,8 +3,17 @@
 Saves are asynchronous (training goes on while arrays are written) and atomic (orbax writes to
 a temporary directory and renames), and the last `checkpoint.keep` are kept. Restoring targets
 the abstract state with its shardings, so a checkpoint restores onto any mesh.
+
+A kill at any moment leaves a workdir that resumes: a save cut short is an orbax temporary
+(`N.orbax-checkpoint-tmp-*`), removed when the next run opens the folder; a finished checkpoint
+that cannot be read (a file lost since, a disk fault) is moved aside as `N.unreadable` with a
+warning and the run resumes from the newest one that reads (`restore_newest`).
 """
+import time
+
+import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 STATE, DATA = "state", "data"
@@ -21,9 +30,11 @@ def saved_entries(directory, step: int) -> set:
 
 class Checkpointer:
     def __init__(self, directory, keep: int):
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+        self.directory = epath.Path(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                               cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(
-            epath.Path(directory), item_names=(STATE, DATA), options=options)
+            self.directory, item_names=(STATE, DATA), options=options)
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -52,6 +63,31 @@ class Checkpointer:
             state[key] = jax.tree.map(jnp.copy, state["params"])
         return state, restored[DATA]
 
+    def restore_newest(self, abstract_state):
+        """(step, state, data state) of the newest checkpoint that reads. One that does not is
+        moved aside as `N.unreadable` (so a later save of step N has its name free) and the next
+        older is tried; if none reads, the newest one's error is raised: then the fault is not
+        in the files (e.g. a model that differs from the checkpoint's)."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failures = []
+        for step in steps:
+            try:
+                state, data_state = self.restore(step, abstract_state)
+            except Exception as error:  # orbax raises many kinds for missing or damaged files
+                failures.append((step, error))
+                continue
+            for bad, error in failures:
+                aside = self.directory / f"{bad}.unreadable-{int(time.time())}"
+                if jax.process_index() == 0:
+                    (self.directory / str(bad)).rename(aside)
+                logging.warning("checkpoint %d cannot be read (%s: %s); moved aside to %s, "
+                                "resuming from step %d", bad, type(error).__name__,
+                                " ".join(str(error).split())[:300], aside, step)
+            if failures:
+                self.manager.reload()
+            return step, state, data_state
+        raise failures[0][1]
+
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
@@ -70,15 +106,15 @@ def load_params(workdir, step=None, best: bool = False, shardings=None, attempts
     `checkpoint.keep=1` the previous step goes as soon as the next is saved). Then the latest
     is listed again and read, up to `attempts` times; an explicitly asked `step` that vanished
     is an error saying so. `ema`: the weight average (train.ema_decay) instead of the params."""
-    import json
-
     import ml_collections
+
+    from synthclip_jax.resume_check import read_config_json
 
     workdir = epath.Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    config = ml_collections.ConfigDict(read_config_json(workdir))
     directory = workdir / ("best_checkpoint" if best else "checkpoints")
     for attempt in range(1, attempts + 1):
         steps = ocp.utils.checkpoint_steps(directory) if directory.exists() else []

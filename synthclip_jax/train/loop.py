@@ -7,6 +7,7 @@ Each logged row also says where the time went, averaged over the steps since the
 host batch; close to `step_sec` means input-bound), the device memory where the backend
 reports it, and `mfu` (model FLOPs per second over `log.peak_tflops` x devices) when set.
 """
+import os
 import signal
 import threading
 import time
@@ -32,7 +33,9 @@ from synthclip_jax.train.step import make_train_step
 
 
 class StopRequest:
-    """SIGTERM (TPU/spot preemption, SLURM, `kill`): checkpoint, then exit 0.
+    """SIGTERM (TPU/spot preemption, SLURM, `kill`): checkpoint, then exit 0. The first Ctrl-C
+    (SIGINT) does the same (main.py then exits 130, as an interrupted command does); a second
+    one, for a user who will not wait for the save, ends the process at once.
 
     One process: our handler sets `event`, and the loop stops after the current step. Several
     processes: the signal reaches them at different steps, and a process that saved and left
@@ -44,9 +47,28 @@ class StopRequest:
 
     def __init__(self):
         self.event = threading.Event()
+        self.signal = None  # the signal that asked to stop
         self.multiprocess = jax.process_count() > 1
+        self.previous = {}
         if not self.multiprocess and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.previous[signum] = signal.signal(signum, self._received)
+
+    def _received(self, signum, frame):
+        del frame
+        if signum == signal.SIGINT:  # the next Ctrl-C: the default action, death by SIGINT
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # os.write: logging takes locks the interrupted code may hold.
+            os.write(2, b"Ctrl-C: saving a checkpoint after this step; Ctrl-C again to quit "
+                        b"without it\n")
+        self.signal = self.signal or signum
+        self.event.set()
+
+    def close(self):
+        """Puts back the handlers found (a caller that trains twice in one process)."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
 
     def reached(self, step: int) -> bool:
         """Whether to checkpoint and stop after `step`; call once after every step."""
@@ -88,15 +110,19 @@ def restore_or_init(config, mesh, setup, checkpointer, data, previous=None):
         logging.info("stage %d from step %d: carried over from stage %d", previous.index + 1,
                      latest, previous.index)
     else:
-        state, data_state = checkpointer.restore(latest, setup.abstract_state)
+        latest, state, data_state = checkpointer.restore_newest(setup.abstract_state)
         data.set_state(data_state)
         logging.info("resumed from step %d", latest)
     return state
 
 
-def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dict:
+def train(config, workdir, stop: StopRequest | None = None, devices=None,
+          started=None) -> dict:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns last metrics.
-    With `train.stages`, one stage after another (train/stages.py)."""
+    With `train.stages`, one stage after another (train/stages.py). `started()` is called once
+    the state is restored or initialised, before the first step: main.py writes config.json
+    there, so a run refused before (mesh, batch, data, restore) leaves the workdir's files as
+    they were."""
     stop = StopRequest() if stop is None else stop
     plan = stages.plan(config)
     done = Checkpointer.steps_in(epath.Path(workdir) / "checkpoints")
@@ -105,13 +131,15 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None) -> dic
         if stage.index < len(plan) - 1 and done >= stage.end:
             continue  # finished before this (re)start
         previous = plan[stage.index - 1] if stage.index else None
-        last, step = _train_stage(stage, previous, workdir, stop, devices, len(plan) > 1)
+        last, step = _train_stage(stage, previous, workdir, stop, devices, len(plan) > 1,
+                                  started)
+        started = None
         if step < stage.end:  # stopped early (SIGTERM)
             break
     return last
 
 
-def _train_stage(stage, previous, workdir, stop, devices, staged: bool) -> tuple:
+def _train_stage(stage, previous, workdir, stop, devices, staged: bool, started) -> tuple:
     """Trains one stage up to its last step -> (last metrics, the step reached)."""
     config = stage.config
     warn_on_idle_eval_config(config)
@@ -129,6 +157,8 @@ def _train_stage(stage, previous, workdir, stop, devices, staged: bool) -> tuple
         data = DevicePrefetch(make_train_source(config), mesh, config.data.device_prefetch)
 
     state = restore_or_init(config, mesh, setup, checkpointer, data, previous)
+    if started is not None:
+        started()
     start = int(state["step"])
     resumed = checkpointer.latest_step() is not None
     provenance.record(workdir, start if resumed else None, devices=mesh.devices.flat)
@@ -203,7 +233,8 @@ def _train_stage(stage, previous, workdir, stop, devices, staged: bool) -> tuple
                 checkpointer.save(step, state, data.get_state())
                 logging.info("checkpoint at step %d (written in the background)", step)
             if stopping:
-                logging.warning("SIGTERM: checkpoint saved at step %d; exiting", step)
+                logging.warning("%s: checkpoint saved at step %d; exiting",
+                                signal.Signals(stop.signal or signal.SIGTERM).name, step)
                 break
             if eval_every and (step % eval_every == 0 or step == total):
                 try:
@@ -218,6 +249,7 @@ def _train_stage(stage, previous, workdir, stop, devices, staged: bool) -> tuple
         if checkpointer.latest_step() != step:
             checkpointer.save(step, state, data.get_state())
     finally:
+        stop.close()
         profiler.stop()
         checkpointer.close()
         writer.close()
