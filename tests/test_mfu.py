@@ -68,10 +68,10 @@ def test_object_storage_metrics_are_buffered(tmp_path, monkeypatch):
     every FLUSH_SECONDS and at close, not at every row."""
     writer = metrics.MetricWriter(tmp_path, resume_step=0, tensorboard=False)
     writer.appendable = False  # as for a gs:// workdir
-    writes = []
-    real_write = type(writer.path).write_text
-    monkeypatch.setattr(type(writer.path), "write_text",
-                        lambda self, text: (writes.append(text), real_write(self, text)))
+    writes = []  # whole-file writes (files.replace_text: atomic locally, one object on gs://)
+    real_replace = metrics.replace_text
+    monkeypatch.setattr(metrics, "replace_text",
+                        lambda path, text: (writes.append(text), real_replace(path, text)))
     monkeypatch.setattr(metrics, "FLUSH_SECONDS", 3600.0)
     for step in range(1, 51):
         writer.write(step, {"loss": 1.0 / step})
