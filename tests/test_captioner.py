@@ -96,6 +96,7 @@ def overfit_batch(config, n_copies=4):
     return {"image": images, "text": partial, "web_text": web, "caption": caption}
 
 
+@pytest.mark.slow
 def test_overfits_and_greedy_decoding_gives_the_captions_back(tmp_path):
     """With CLIPS's WordPiece tokenizer: targets, decoding ids and vocabulary are its own."""
     config = wordpiece_config(tmp_path)

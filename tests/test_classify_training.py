@@ -65,6 +65,7 @@ def straight(data, tmp_path_factory):
     return config, workdir
 
 
+@pytest.mark.slow
 def test_learns_and_resumes_exactly(straight, tmp_path):
     config, workdir = straight
     evals = [json.loads(x) for x in (workdir / "eval.jsonl").read_text().splitlines()]

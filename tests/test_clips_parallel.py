@@ -55,6 +55,7 @@ def run(config, devices):
 _single = {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 2, 2)], ids=str)
 def test_clips_step_on_8_devices_matches_one(mesh, loss="softmax"):
     assert len(jax.devices()) == 8

@@ -52,6 +52,7 @@ def test_images_ray_equals_local_byte_for_byte(ray_address, tmp_path):
         assert on_ray[name] == local[name], name
 
 
+@pytest.mark.slow
 def test_images_ray_job_killed_then_rerun(ray_address, tmp_path):
     args = ["--shapes", "400", "--chunk-size", "8", "--save-size", "32"]
     ref = tmp_path / "ref"

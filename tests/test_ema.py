@@ -38,6 +38,7 @@ def test_decay_schedule_is_timms(warmup):
                                    rtol=1e-6, err_msg=f"t={t}")
 
 
+@pytest.mark.slow
 def test_average_equals_numpy_recurrence_on_8_devices():
     """d = 0.6 with warmup: the first update copies, the warmup then caps at 0.6 from t = 3."""
     config = ema_config()
@@ -101,6 +102,7 @@ def train(workdir, total_steps, data_dir, evaluate=False):
     loop.train(config, workdir, devices=jax.devices()[:1])
 
 
+@pytest.mark.slow
 def test_run_resumes_evaluates_and_exports_the_average(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(straight, 4, tmp_path, evaluate=True)

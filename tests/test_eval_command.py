@@ -91,6 +91,7 @@ def test_best_checkpoint_keeps_the_best_step_across_a_resume(tmp_path):
     lowest.close()
 
 
+@pytest.mark.slow
 def test_evaluate_command_end_to_end(tmp_path, capsys):
     config = training_with_eval_config(tmp_path, (2, 2, 2), total_steps=2, eval_every=2)
     config.checkpoint.best_metric = "zeroshot/top1"

@@ -119,6 +119,7 @@ def training_with_eval_config(tmp_path, mesh, total_steps, eval_every):
     return config
 
 
+@pytest.mark.slow
 def test_training_evaluates_on_schedule_and_eval_mode(tmp_path):
     config = training_with_eval_config(tmp_path, (2, 2, 2), total_steps=4, eval_every=2)
     workdir = tmp_path / "run"

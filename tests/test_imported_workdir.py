@@ -28,6 +28,7 @@ def finetune_config(imported):
     return config
 
 
+@pytest.mark.slow
 def test_finetune_fsdp_first_loss_equals_pytorch(tmp_path):
     from synthclip_jax import sharding
     from synthclip_jax.data.source import make_train_source

@@ -54,6 +54,7 @@ def test_weights_and_label_smoothing_match_torch(alpha, weighted):
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_defaults_unchanged_and_bias_has_no_effect():
     img, txt, w = features(seed=1)
     mesh = mesh8()

@@ -33,6 +33,7 @@ def memory(config, mesh):
     return mem.temp_size_in_bytes, mem.argument_size_in_bytes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["demo", "vit"])
 def test_fsdp_and_mixed_meshes_cost_what_data_parallelism_costs(size):
     assert len(jax.devices()) == 8

@@ -117,6 +117,7 @@ def single():
     return run(dropout_config(), jax.devices()[:1])
 
 
+@pytest.mark.slow
 def test_step_on_fsdp_tensor_mesh_with_remat_and_accumulation_matches_single_device(single):
     """8 devices (data 2, fsdp 2, tensor 2), remat, and 2 micro-batches with whole-batch
     negatives: the kept subsets are drawn for the whole batch and split with the images, so

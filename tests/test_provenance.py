@@ -36,6 +36,7 @@ def read(workdir):
     return json.loads((workdir / "provenance.json").read_text())
 
 
+@pytest.mark.slow
 def test_run_writes_provenance_then_resume_with_other_code_warns(tmp_path, caplog):
     train(tmp_path, steps=2)
     got = read(tmp_path)

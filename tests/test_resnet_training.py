@@ -132,6 +132,7 @@ def one_device_run():
     ((8, 1, 1), 2, "micro"),
     ((2, 4, 1), 2, "full"),
 ], ids=["1dev", "data8_accum2_micro", "fsdp4_accum2_full"])
+@pytest.mark.slow
 def test_running_stats_after_3_steps_equal_pytorch(mesh, accum, negatives):
     config = resnet_config(mesh, accum, negatives)
     if mesh == (1, 1, 1):

@@ -4,6 +4,7 @@ import json
 import time
 
 import jax
+import pytest
 
 from synthclip_jax import device_memory
 from synthclip_jax.train import loop
@@ -21,6 +22,7 @@ class SlowSource(ForwardingSource):
         return next(self.inner)
 
 
+@pytest.mark.slow
 def test_metrics_rows_carry_data_wait_and_step_time(tmp_path, monkeypatch):
     make = loop.make_train_source
     monkeypatch.setattr(loop, "make_train_source", lambda c: SlowSource(make(c)))

@@ -53,6 +53,7 @@ def sweep_inputs(tmp_path_factory):
     return path, real, synthetic
 
 
+@pytest.mark.slow
 def test_three_scale_two_series_sweep(sweep_inputs, tmp_path, capsys):
     config, real, synthetic = sweep_inputs
     argv = ["--config", str(config), "--scales", "16,32,64", "--out", str(tmp_path),

@@ -13,6 +13,7 @@ from tests.test_pipeline import write_dataset
 SEED_CPU = ("clips_cpu", "simclip_cpu", "simpleclip_cpu", "simpleclip_r50")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SEED_CPU)
 def test_seed_cpu_config_trains_on_shards(name, tmp_path):
     (path,) = [p for p in CONFIGS if p.stem == name]

@@ -60,6 +60,7 @@ def test_plan_and_config_check():
             validate(c, check_paths=False)
 
 
+@pytest.mark.slow
 def test_switch_resumes_exactly_before_and_after(tmp_path):
     straight = tmp_path / "straight"
     train(straight, tmp_path)

@@ -58,6 +58,7 @@ def single_device(loss, accum=1):
     return _single[loss, accum]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid", "sigmoid_ring"])
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1), (2, 2, 2)], ids=str)
 def test_mesh_matches_single_device(loss, mesh):
@@ -82,6 +83,7 @@ def test_params_are_placed_by_rules():
     assert kernel.addressable_shards[0].data.shape == (2, 8, 32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss,mesh,accum", [("softmax", (2, 2, 2), 2),
                                               ("sigmoid", (2, 2, 1), 4),
                                               ("sigmoid_ring", (8, 1, 1), 2)], ids=str)
@@ -95,6 +97,7 @@ def test_grad_accumulation_with_full_negatives_is_the_whole_batch_step(loss, mes
     assert_params_close(params, ref_params)
 
 
+@pytest.mark.slow
 def test_grad_accumulation_micro_negatives_averages_micro_batches():
     """accum=2 on a (2,2,2) mesh: the loss is the mean of the two micro-batch losses computed
     directly (rows 0,2,4.. and 1,3,5..), and the update matches the 1-device accumulated run."""

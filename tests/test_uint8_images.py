@@ -32,6 +32,7 @@ def batch(tmp_path_factory):
     return config, batch
 
 
+@pytest.mark.slow
 def test_train_step_normalizes_on_device(batch):
     config, pixels = batch
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])

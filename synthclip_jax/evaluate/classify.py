@@ -8,7 +8,6 @@ crop_pct 0.875). SOURCE is any labelled set of evaluate/sources.py (class sub-fo
 with `label`, TFDS). The classifier's logits travel through the streamed, sharded image path
 (evaluate/stream.py: its `encode_image` is the logits).
 """
-import dataclasses
 import io
 
 import numpy as np
@@ -44,14 +43,8 @@ def resize_center_crop(image_bytes: bytes, resize: int, crop: int) -> np.ndarray
     return np.asarray(img, np.uint8)
 
 
-@dataclasses.dataclass(frozen=True)
-class SeedPreprocess:
-    """stream.Preprocess's interface with the seed's Resize + CenterCrop + Normalize."""
-    image_size: int
-    mean: tuple
-    std: tuple
-    read_threads: int = 16
-    read_ahead: int = 64
+class SeedPreprocess(stream.Preprocess):
+    """stream.Preprocess with the seed's Resize + CenterCrop + Normalize."""
 
     def decode(self, image_bytes, where: str) -> np.ndarray:
         try:
