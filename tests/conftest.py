@@ -28,3 +28,11 @@ def pytest_sessionfinish(session, exitstatus):
     # Only the process that made the cache removes it (not an xdist worker that inherited it).
     if os.environ.get(_CACHE_OWNER) == str(os.getpid()):
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    # xdist's --dist loadfile hands out whole files in collection order: the files holding slow
+    # tests go first (longest first, roughly), so that no long file starts last and leaves the
+    # other worker idle at the end. Order within a file is kept (a stable sort).
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
