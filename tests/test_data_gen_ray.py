@@ -16,7 +16,8 @@ from data_gen import captions as captions_stage
 from data_gen import images as images_stage
 from tests.test_data_gen_chain import kill_when, pair_indices, visible_files
 from tests.test_data_gen_images import tiny_pipeline
-from tests.test_data_gen_text import caption_args, tiny_model  # noqa: F401 (a fixture)
+from tests.test_data_gen_text import caption_args, hidden_and_visible
+from tests.test_data_gen_text import tiny_model  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 ray = pytest.importorskip("ray")
@@ -78,11 +79,6 @@ def test_images_ray_job_killed_then_rerun(ray_address, tmp_path):
     assert sorted(pair_indices(out)) == list(range(400))  # none missing, none twice
     print(f"ray job killed: {killed} after {len(done)}/50 chunks; leftovers: "
           f"{sorted(p.name for p in out.iterdir() if '.tmp-' in p.name)}; pid {os.getpid()}")
-
-
-def hidden_and_visible(folder: Path) -> dict:
-    """Every file, the fingerprint (hidden) included; temporaries excepted."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if ".tmp-" not in p.name}
 
 
 @pytest.mark.slow

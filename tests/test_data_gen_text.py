@@ -164,6 +164,11 @@ VLLM_PYTHON = os.environ.get("SYNTHCLIP_VLLM_PYTHON") or (
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
+def hidden_and_visible(folder: Path) -> dict:
+    """Every file, the fingerprint (hidden) included; temporaries excepted."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if ".tmp-" not in p.name}
+
+
 def read_captions(folder):
     return [json.loads(x) for x in (folder / "captions-00000-of-00001.jsonl")
             .read_text().splitlines()]
@@ -203,11 +208,9 @@ def test_captions_vllm(tiny_model, tmp_path):
         pytest.skip("the vLLM environment has no ray[data] (.ci/run installs it): "
                     "--engine ray through vLLM not checked")
     run_vllm(tmp_path / "on_ray", "--engine", "ray", "--concurrency", 1)
-    every_file = lambda d: {p.name: p.read_bytes() for p in sorted(d.iterdir())  # noqa: E731
-                            if ".tmp-" not in p.name}
-    local = every_file(tmp_path / "s1")
+    local = hidden_and_visible(tmp_path / "s1")
     assert ".fingerprint-captions.json" in local and len(local) >= 3
-    assert every_file(tmp_path / "on_ray") == local
+    assert hidden_and_visible(tmp_path / "on_ray") == local
 
 
 # ---- balance ----
