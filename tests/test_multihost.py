@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NUM_PROCESSES, LOCAL_DEVICES = 2, 2
 MESH, TOTAL, STOP_AT, CKPT_EVERY = (2, 2, 1), 8, 3, 2
 PHASE_TIMEOUT = 300
+KEPT_JAX_VARIABLES = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
 
 DRIVER = r'''
 import json, os, signal, sys, time
@@ -116,8 +117,10 @@ def free_port() -> int:
 
 def process_env(process_id: int, port: int, num_processes: int = NUM_PROCESSES,
                 local_devices: int = LOCAL_DEVICES) -> dict:
+    # The run's persistent compilation cache is kept (conftest): the phases and tests that
+    # compile the same programs read each other's executables.
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "OMPI_", "JAX_", "TPU_"))}
+           if not k.startswith(("SLURM_", "OMPI_", "JAX_", "TPU_")) or k in KEPT_JAX_VARIABLES}
     env.update(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}",
         JAX_PLATFORMS="cpu",
