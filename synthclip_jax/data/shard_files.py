@@ -27,7 +27,7 @@ import numpy as np
 from etils import epath
 
 from synthclip_jax.data import storage
-from synthclip_jax.files import atomic_path, temp_path
+from synthclip_jax.run.files import atomic_path, temp_path
 
 _HEADER = 12  # length (8) + its masked CRC (4)
 _FRAMING = 16  # header + payload CRC (4)

@@ -9,11 +9,11 @@ devices are known and raise the same `ConfigError`.
 """
 from etils import epath
 
-from synthclip_jax import choices
+from synthclip_jax.config import choices
 from synthclip_jax.aot import targets
-from synthclip_jax.axis_rules import MESH_AXES
-from synthclip_jax.config_error import ConfigError
-from synthclip_jax.config_shapes import check_shapes
+from synthclip_jax.config.axis_rules import MESH_AXES
+from synthclip_jax.config.error import ConfigError
+from synthclip_jax.config.shapes import check_shapes
 from synthclip_jax.data import mixture_spec
 from synthclip_jax.data.shard_files import glob_shards
 from synthclip_jax.data.text_reduction import MODES as TEXT_REDUCTIONS
@@ -23,7 +23,7 @@ from synthclip_jax.evaluate.suite import PER_DATASET
 from synthclip_jax.evaluate.templates import TEMPLATE_SETS
 from synthclip_jax.models.param_kinds import WEIGHT_DECAY_POLICIES
 from synthclip_jax.models.tower_config import TOWERS, tower_key, tower_option
-from synthclip_jax.recipe_check import check_recipes
+from synthclip_jax.config.recipe_check import check_recipes
 
 
 def validate(config, check_paths: bool = True, training: bool = True) -> None:
