@@ -1,5 +1,5 @@
 """Every config key with its default. Config files start from `base()` and change what differs,
-so `config.json` in a workdir lists the whole experiment. Keys are documented in the README."""
+so `config.json` in a workdir lists the whole experiment. Keys are documented in docs/training.md."""
 import math
 
 import ml_collections
