@@ -149,7 +149,7 @@ def test_library_imports_neither_tools_data_gen_nor_torch():
 # (synthclip_jax/__init__.py: the version), which allows none of the root's sub-modules
 RUN = "synthclip_jax.run"
 CONFIG_LEAVES = tuple(f"synthclip_jax.config.{m}" for m in (
-    "error", "choices", "axis_rules", "exit", "cli_paths", "recipe_check"))
+    "error", "choices", "axis_rules", "exit", "cli_paths"))
 LAYER_RULES = {RUN: ("synthclip_jax", RUN), **{leaf: () for leaf in CONFIG_LEAVES}}
 # module (prefix) -> who may import it besides itself: entry points, tools and tests
 TOP = {"synthclip_jax.config.check": ("synthclip_jax.config.check", "synthclip_jax.main",
