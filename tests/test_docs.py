@@ -6,6 +6,7 @@ The `--help` checks run in ONE interpreter (runpy over the modules, SystemExit c
 per command: importing jax, torch and the rest once keeps this file to seconds.
 """
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ("synthclip_jax", "tools", "data_gen")
 OUTSIDE = {"pytest", "pip", "venv"}  # other projects' modules the docs show; not checked here
-COMMAND = re.compile(r"python\s+-m\s+([A-Za-z_][\w.]*)")
+COMMAND = re.compile(r"python3?\s+-m\s+([A-Za-z_][\w.]*)")
 CONFIG_FLAG = re.compile(r"--config\.([a-z_][\w.]*)")  # --config.KEY=VALUE: placeholders are upper case
 GROUPS = ("model", "data", "eval", "loss", "optim", "train", "mesh", "checkpoint", "log",
           "resume", "compile")
@@ -27,8 +28,21 @@ KEY_TABLE_HEADER = "| key | meaning |"
 # absl programs define their flags on one global registry: the flags a module defined are removed
 # before the next one runs (absl's own help and logging flags stay).
 HELP_RUNNER = r"""
-import contextlib, io, json, runpy, sys, warnings
+import ast, contextlib, importlib.util, io, json, runpy, sys, warnings
 from absl import flags
+
+
+def docstring_head(module):
+    try:
+        spec = importlib.util.find_spec(module)
+        if spec and spec.submodule_search_locations:  # a package runs its __main__
+            spec = importlib.util.find_spec(module + ".__main__")
+        with open(spec.origin) as f:
+            return (ast.get_docstring(ast.parse(f.read())) or "").strip().split("\n")[0]
+    except Exception:
+        return ""
+
+
 results = {}
 for module in sys.argv[1:]:
     before = set(flags.FLAGS)
@@ -48,29 +62,34 @@ for module in sys.argv[1:]:
                 if module_name.startswith("absl") for name in (f.name for f in defined)}
     for name in set(flags.FLAGS) - before - absl_own:
         delattr(flags.FLAGS, name)
-    results[module] = [code, out.getvalue()]
+    results[module] = [code, out.getvalue(), docstring_head(module)]
 print("HELP-RESULTS " + json.dumps(results))
 """
 
 
 def doc_files() -> list[Path]:
-    return [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+    return [ROOT / "README.md", ROOT / "tests" / "README.md"] + sorted(
+        (ROOT / "docs").glob("*.md")) + sorted((ROOT / "tools").glob("*/README.md"))
 
 
 def documented_modules(texts) -> set[str]:
     return {m for text in texts for m in COMMAND.findall(text)}
 
 
-def help_answers(code: int, output: str) -> bool:
-    """argparse and plain programs exit 0 on --help; absl prints its help and exits 1 by
-    design, ending with its pointer to --helpfull."""
+def help_answers(code: int, output: str, docstring_head: str) -> bool:
+    """argparse exits 0 with its usage line; a plain program exits 0 printing its docstring
+    (whose first line must show); absl prints its help and exits 1 by design, ending with its
+    pointer to --helpfull."""
     if code == 0:
-        return bool(output.strip())
+        return "usage:" in output.lower() or bool(docstring_head and docstring_head in output)
     return code == 1 and "Try --helpfull to get a list of all flags." in output
 
 
-def run_help(modules) -> dict:
-    r = subprocess.run([sys.executable, "-c", HELP_RUNNER, *sorted(modules)], cwd=ROOT,
+def run_help(modules, extra_path=None) -> dict:
+    env = dict(os.environ)
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path), env.get("PYTHONPATH")]))
+    r = subprocess.run([sys.executable, "-c", HELP_RUNNER, *sorted(modules)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     line = next((x for x in r.stdout.splitlines() if x.startswith("HELP-RESULTS ")), None)
     assert line, r.stdout[-2000:] + r.stderr[-2000:]
@@ -81,8 +100,8 @@ def failures(modules) -> list[str]:
     unknown = sorted(m for m in modules if m.split(".")[0] not in OURS + tuple(OUTSIDE))
     ours = {m for m in modules if m.split(".")[0] in OURS}
     bad = [f"{m}: not a module of this repository or a known tool" for m in unknown]
-    for module, (code, output) in sorted(run_help(ours).items()):
-        if not help_answers(code, output):
+    for module, (code, output, docstring_head) in sorted(run_help(ours).items()):
+        if not help_answers(code, output, docstring_head):
             bad.append(f"python -m {module} --help: exit {code}: {output.strip()[-300:]}")
     return bad
 
@@ -94,12 +113,17 @@ def test_every_documented_command_answers_help():
     assert failures(modules) == []
 
 
-def test_a_command_that_drifted_fails():
+def test_a_command_that_drifted_fails(tmp_path):
     doc = "Run `python -m synthclip_jax.no_such_stage --out x` or\n`python -m\nfoo.bar`."
     assert documented_modules([doc]) == {"synthclip_jax.no_such_stage", "foo.bar"}
     bad = failures(documented_modules([doc]) | {"synthclip_jax.config.base"})
-    assert len(bad) == 3, bad  # not there; not ours; exists but answers nothing to --help
+    assert len(bad) == 3, bad  # not there; not ours; runs but answers nothing to --help
     assert any("no_such_stage" in b for b in bad) and any("foo.bar" in b for b in bad)
+    # a program that takes --help for its argument and goes on working
+    (tmp_path / "drifted.py").write_text('"""Counts things."""\nimport sys\nprint(sys.argv[1:])\n')
+    (code, output, head), = run_help({"drifted"}, extra_path=tmp_path).values()
+    assert (code, output.strip(), head) == (0, "['--help']", "Counts things.")
+    assert not help_answers(code, output, head)
 
 
 def table_keys(text: str) -> set[str]:
