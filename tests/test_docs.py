@@ -1,6 +1,7 @@
 """The docs cannot drift from the code: every `python -m MODULE` shown in README.md and docs/*.md
 exists and answers `--help`, every config key the docs name exists in the base config, every
-`configs/NAME.py` they name exists, and README's test command is the one CI runs.
+`configs/NAME.py` they name exists, every link between the pages resolves, and README's test
+command is the one CI runs.
 
 The `--help` checks run in ONE interpreter (runpy over the modules, SystemExit caught), not one
 per command: importing jax, torch and the rest once keeps this file to seconds.
@@ -198,3 +199,32 @@ def test_readme_test_command_is_what_ci_runs():
     command = re.sub(r"\s+--durations=\d+", "", runs[0]).strip()  # CI's timing report only
     readme = (ROOT / "README.md").read_text()
     assert re.search(r"^" + re.escape(command) + r"(\s+#.*)?$", readme, re.M), command
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def broken_links(path: Path) -> list[str]:
+    bad = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+        if re.match(r"[a-z]+://", target):
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        if not linked.exists():
+            bad.append(f"{path.name}: {target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in {
+                slug(h) for h in re.findall(r"^#+ (.+)$", linked.read_text(), re.M)}:
+            bad.append(f"{path.name}: {target}: no such heading")
+    return bad
+
+
+def test_links_between_the_docs_resolve(tmp_path):
+    assert [b for p in doc_files() for b in broken_links(p)] == []
+    page = tmp_path / "page.md"
+    page.write_text("# A page\n## Many hosts: TPU pods\n[a](page.md#many-hosts-tpu-pods) "
+                    "[b](#a-page) [c](gone.md) [d](page.md#nowhere) [e](https://x.org/y)\n")
+    assert broken_links(page) == ["page.md: gone.md: no such file",
+                                  "page.md: page.md#nowhere: no such heading"]
