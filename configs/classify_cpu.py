@@ -14,7 +14,7 @@ images the procedural renderer draws, for a few CPU minutes and for dataset-scal
 Same preprocessing as the seed's classifiers: Normalize(0.5, 0.5), evaluated with Resize
 round(32 / 0.875) = 37 and CenterCrop 32 (evaluate/classify.py); label smoothing 0.1.
 """
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 
 CLASSES = 8  # data_gen/shape_classes.txt
 

@@ -36,7 +36,7 @@ Where we differ or had to choose:
   python -m synthclip_jax.main --config=configs/clips_vitl14.py --workdir=gs://BUCKET/run \
       --config.data.train='gs://BUCKET/recap/*.tfrecord' --config.model.text.vocab_path=vocab.txt
 """
-from synthclip_jax.config_base import IMAGENET_MEAN, IMAGENET_STD, base
+from synthclip_jax.config.base import IMAGENET_MEAN, IMAGENET_STD, base
 from synthclip_jax.models.sizes import vit_size
 
 

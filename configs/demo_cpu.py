@@ -7,7 +7,7 @@ such as "a large red circle at the top left", retrieval shards, and a zero-shot 
 colour/shape pairs that training never shows), then trains, evaluating zero-shot accuracy on
 those unseen pairs (24 classes, chance 4.2%) and retrieval as it goes. Rerunning resumes.
 """
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 
 
 def get_config():

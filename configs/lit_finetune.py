@@ -15,7 +15,7 @@ weight decay 0.1; batch 1024; 10k steps; weight EMA 0.999, evaluated beside the 
 (QuickGELU-free, eps 1e-5), so `tools.import_weights --format openclip` of a ViT-B-16 fits;
 another architecture needs its own model keys (the import says which key differs).
 """
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.models.sizes import text_size, vit_size
 
 

@@ -17,7 +17,7 @@ default: the config has no norm_kwargs), QuickGELU in both towers, embed 512, te
 8 heads, context 77. Training values (batch, schedule) are open_clip's LAION defaults as far as
 the seed states them not; they matter only for training this config from scratch.
 """
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.models.sizes import text_size, vit_size
 
 

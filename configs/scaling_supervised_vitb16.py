@@ -23,7 +23,7 @@ No mixup/cutmix, RandAugment, random erasing, stochastic depth or repeated augme
       --config.data.train='/data/sd_classnames_cfg2/*.tfrecord' \
       --config.eval.classify=imagenet=/data/imagenet/val
 """
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.models.sizes import vit_size
 
 EXAMPLES = 1_281_167  # ImageNet-1k's train size; a sweep sets data.subset_records per scale

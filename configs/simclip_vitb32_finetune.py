@@ -27,7 +27,7 @@ Where we differ:
 """
 import math
 
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.models.sizes import text_size, vit_size
 
 BATCH = 1024

@@ -37,7 +37,7 @@ Deviations, written down:
 """
 import math
 
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 
 
 def get_config():

@@ -28,7 +28,7 @@ Where we deliberately differ:
   python -m synthclip_jax.main --config=configs/vitb16_synthci30m.py --workdir=gs://BUCKET/run \
       --config.data.train='gs://BUCKET/synthci30m/*.tfrecord'
 """
-from synthclip_jax.config_base import IMAGENET_MEAN, IMAGENET_STD, base
+from synthclip_jax.config.base import IMAGENET_MEAN, IMAGENET_STD, base
 from synthclip_jax.models.sizes import text_size, vit_size
 
 EXAMPLES = 30_000_000

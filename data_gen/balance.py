@@ -48,8 +48,8 @@ from data_gen.common import stage_parser, add_worker_args, check_worker_args, wo
 from data_gen.concepts import load_bank
 from data_gen.digest_set import DigestSet
 from data_gen.progress import Progress
-from synthclip_jax.files import atomic_path
-from synthclip_jax import cli_paths
+from synthclip_jax.run.files import atomic_path
+from synthclip_jax.config import cli_paths
 
 PUNCTS_TO_WRAP = [",", ".", ";", ":", "?", "!", "`"]
 CHARS_TO_SPACE = ["\t", "\n", "\r"]

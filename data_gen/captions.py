@@ -41,8 +41,8 @@ from data_gen.common import (add_worker_args, check_worker_args, progress, stage
 from data_gen.concepts import load_bank
 from data_gen.engine import (ENGINE_ARGS, add_engine_args, check_engine_args, for_actors,
                              ray_map)
-from synthclip_jax.files import atomic_path
-from synthclip_jax import cli_paths
+from synthclip_jax.run.files import atomic_path
+from synthclip_jax.config import cli_paths
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
 PROMPT = ("Your task is to write me an image caption that includes and visually describes a scene "

@@ -1,5 +1,5 @@
 """What every data_gen stage shares: work splitting across machines, atomic outputs, progress.
-(Atomic writing and JSON lines themselves are `synthclip_jax.files`, shared with the trainer.)
+(Atomic writing and JSON lines themselves are `synthclip_jax.run.files`, shared with the trainer.)
 
 A stage runs as N independent workers (`--worker-index I --num-workers N`, e.g. a SLURM array),
 with no coordinator: worker I takes items I, I+N, I+2N, ... of the stage's input, writes its own
@@ -14,7 +14,7 @@ import json
 from typing import Iterable, Sequence
 
 # Standard library only, like this module: the vLLM stage imports both in its own environment.
-from synthclip_jax.files import atomic_path
+from synthclip_jax.run.files import atomic_path
 
 
 def stage_parser(stage: str, doc: str) -> argparse.ArgumentParser:

@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from data_gen.common import stage_parser, add_worker_args, check_worker_args
-from synthclip_jax.files import atomic_path
-from synthclip_jax import cli_paths
+from synthclip_jax.run.files import atomic_path
+from synthclip_jax.config import cli_paths
 
 BUILTIN = Path(__file__).with_name("concept_bank.txt")
 

@@ -57,8 +57,8 @@ from data_gen.common import (stage_parser, add_worker_args, check_worker_args, p
                              worker_items)
 from data_gen.engine import add_engine_args, check_engine_args, for_actors, ray_map
 from synthclip_jax.data.jpeg import encode_jpeg
-from synthclip_jax.files import atomic_path
-from synthclip_jax import cli_paths
+from synthclip_jax.run.files import atomic_path
+from synthclip_jax.config import cli_paths
 
 # runwayml/stable-diffusion-v1-5 was taken down from the hub; this is its official mirror.
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"

@@ -16,7 +16,7 @@ import tempfile
 
 from etils import epath
 
-from synthclip_jax.files import atomic_path
+from synthclip_jax.run.files import atomic_path
 
 UPLOAD_CHUNK = 16 << 20
 

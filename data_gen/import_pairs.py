@@ -54,7 +54,7 @@ from data_gen.pair_records import process
 from data_gen.progress import Progress
 from synthclip_jax.data.shard_files import ShardWriter, shard_name
 from synthclip_jax.data.shard_index import write_combined_index
-from synthclip_jax import cli_paths
+from synthclip_jax.config import cli_paths
 
 PROGRESS_SECONDS = 10.0  # between progress lines when not on a terminal
 

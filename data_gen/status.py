@@ -58,7 +58,7 @@ class Report:
 
 
 def temporaries(out: Path, name: str) -> list:
-    """Temporary files of `name` (synthclip_jax.files.temp_path: .NAME.tmp-PID)."""
+    """Temporary files of `name` (synthclip_jax.run.files.temp_path: .NAME.tmp-PID)."""
     return glob.glob(str(out / f".{glob.escape(name)}.tmp-*"))
 
 

@@ -41,12 +41,12 @@ from data_gen import fingerprint
 from data_gen.common import add_worker_args, check_worker_args, file_sha256, progress, stage_parser
 from data_gen.concepts import load_bank
 from data_gen.tars import TarCutShort, check_ended, read_member
-from synthclip_jax.files import atomic_path
+from synthclip_jax.run.files import atomic_path
 from synthclip_jax.data.image_decode import decode_rgb
 from synthclip_jax.data.shard_files import ShardWriter, shard_name
 from synthclip_jax.data.shard_index import write_combined_index
 from synthclip_jax.data.tfrecord import encode_example
-from synthclip_jax import cli_paths
+from synthclip_jax.config import cli_paths
 
 
 def iter_samples(paths: list[str]):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from synthclip_jax.choices import LOSS_NAMES
+from synthclip_jax.config.choices import LOSS_NAMES
 from synthclip_jax.sharding import BATCH_AXES
 
 

@@ -24,10 +24,11 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from synthclip_jax import cli_paths, config_check, config_exit, resume_check
-from synthclip_jax.config_error import ConfigError
-from synthclip_jax.files import DamagedFile
-from synthclip_jax.workdir_lock import WorkdirBusy, WorkdirLock
+from synthclip_jax.config import check as config_check, exit as config_exit
+from synthclip_jax.config import cli_paths, resume_check
+from synthclip_jax.config.error import ConfigError
+from synthclip_jax.run.files import DamagedFile
+from synthclip_jax.run.workdir_lock import WorkdirBusy, WorkdirLock
 
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).",
                                 lock_config=True)
@@ -82,7 +83,7 @@ def main(argv):
     # Reads only: the new config.json is written once this run holds the workdir.
     resume = resume_check.check(flags.FLAGS.config, flags.FLAGS.workdir) if training else None
     logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
-    from synthclip_jax import distributed
+    from synthclip_jax.run import distributed
     distributed.maybe_initialize()  # first JAX call: joins the other hosts' processes
     import jax  # after absl parsed flags: jax reads its own flags/env at import
 

@@ -14,7 +14,7 @@ Why not XLA's cost analysis of the compiled step: it counts a scanned layer stac
 once, not once per layer (the towers scan their layers), and compiling a second time for it
 would double the start-up; tests/test_mfu.py checks this count against it on one-layer towers.
 """
-from synthclip_jax.recipe_check import kept_patches
+from synthclip_jax.config.recipe_check import kept_patches
 
 
 

@@ -26,8 +26,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from synthclip_jax.axis_rules import BATCH_AXES, DEFAULT_RULES, MESH_AXES  # noqa: F401
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.axis_rules import BATCH_AXES, DEFAULT_RULES, MESH_AXES  # noqa: F401
+from synthclip_jax.config.error import ConfigError
 
 
 

@@ -48,7 +48,7 @@ def zeroshot_folder(out):
 def trainer(config, workdir, ready_fd):
     """The child: resume or start, as main.py does (config.json once started), and train."""
     import jax
-    from synthclip_jax import resume_check
+    from synthclip_jax.config import resume_check
     from synthclip_jax.train import loop
     plan = resume_check.check(config, workdir)
 

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from configs.demo_cpu import get_config
-from synthclip_jax import config_check, sharding
+from synthclip_jax import sharding
+from synthclip_jax.config import check as config_check
 from synthclip_jax.aot import run, targets
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.model_flops import step_flops
 
 needs = {"tpu": pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,

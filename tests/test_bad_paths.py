@@ -15,8 +15,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from data_gen.concepts import BUILTIN, load_bank
-from synthclip_jax.config_check import validate
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.check import validate
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.data import shard_files
 from synthclip_jax.data.shard_files import ShardWriter, TFRecordShards, shard_name
 from synthclip_jax.data.shard_index import COMBINED, open_shards, write_combined_index
@@ -224,7 +224,7 @@ def test_tuple_key_of_the_wrong_shape_is_refused_at_the_door(override):
 def test_json_config_with_a_list_of_the_wrong_length_is_refused():
     """A config.json (resume, evaluate) holds lists, not tuples: checked the same."""
     import ml_collections
-    from synthclip_jax.config_base import base
+    from synthclip_jax.config.base import base
     config = ml_collections.ConfigDict(base().to_dict())
     config.data.mean = [0.5, 0.5, 0.5, 0.5]
     with pytest.raises(ConfigError, match=r"data.mean=\(0.5, 0.5, 0.5, 0.5\) has 4 values"):

@@ -15,7 +15,7 @@ open_clip = pytest.importorskip("open_clip", reason="OpenCLIP is an import sourc
 
 from safetensors.torch import save_file  # noqa: E402
 
-from synthclip_jax.files import default_file_mode  # noqa: E402
+from synthclip_jax.run.files import default_file_mode  # noqa: E402
 from tests.test_import_weights import openclip_cfg, openclip_model, save_local_dir  # noqa: E402
 from tools import convert_to_openclip, import_weights  # noqa: E402
 

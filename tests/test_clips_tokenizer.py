@@ -98,7 +98,7 @@ def test_training_and_evaluation_use_the_configured_tokenizer(vocab_path, tmp_pa
     from synthclip_jax.data.text_tokenizer import tokenizer_of
     from synthclip_jax.evaluate import zeroshot
     from synthclip_jax.evaluate.retrieval import RetrievalSet
-    from synthclip_jax.config_base import base
+    from synthclip_jax.config.base import base
     from tests.test_pipeline import write_dataset
 
     config = base()

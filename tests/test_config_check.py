@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from configs import demo_cpu
-from synthclip_jax.config_check import validate
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.check import validate
+from synthclip_jax.config.error import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
@@ -225,7 +225,7 @@ def test_main_exits_2_with_one_line_before_jax(tmp_path, override, named):
 
 def test_choice_names_match_their_implementations():
     """choices.py lists the names; the jax modules map the same names onto functions."""
-    from synthclip_jax import choices
+    from synthclip_jax.config import choices
     from synthclip_jax.models import layers, two_tower
 
     assert set(layers.ACTIVATIONS) == set(choices.ACTIVATIONS)

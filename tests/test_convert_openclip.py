@@ -19,7 +19,7 @@ from flax import nnx
 torch = pytest.importorskip("torch", reason="the export parity tests run the PyTorch model")
 open_clip = pytest.importorskip("open_clip", reason="the export target is open_clip_torch")
 
-from synthclip_jax.config_base import base  # noqa: E402
+from synthclip_jax.config.base import base  # noqa: E402
 from synthclip_jax.data.tokenizer import tokenize  # noqa: E402
 from synthclip_jax.models.two_tower import build_model  # noqa: E402
 from synthclip_jax.train.checkpoint import load_params  # noqa: E402

@@ -12,7 +12,7 @@ import torch
 from timm.utils.model_ema import ModelEmaV3
 
 from synthclip_jax import sharding
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.data import shapes_demo
 from synthclip_jax.data.source import make_train_source
 from synthclip_jax.train import ema, loop

@@ -13,7 +13,7 @@ from tests.test_multihost import NUM_PROCESSES, ROOT, free_port, kill_group, pro
 
 DRIVER = r'''
 import json, sys
-from synthclip_jax import distributed
+from synthclip_jax.run import distributed
 distributed.maybe_initialize()
 import jax
 from tests.test_eval_multiprocess import evaluate

@@ -1,4 +1,4 @@
-"""synthclip_jax.files: atomic writes and JSON lines, and that the vLLM stage (its own
+"""synthclip_jax.run.files: atomic writes and JSON lines, and that the vLLM stage (its own
 environment: no jax, numpy or PIL) can import them."""
 import json
 import subprocess
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synthclip_jax.files import atomic_path, read_jsonl
+from synthclip_jax.run.files import atomic_path, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

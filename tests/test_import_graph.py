@@ -6,6 +6,11 @@
     at module level. torch may be imported inside a function only under `synthclip_jax.export`
     (an export to a PyTorch library runs it; training never does).
   * Loading every config file (and calling its get_config()) does not import jax.
+  * Layers inside `synthclip_jax` (LAYER_RULES): `run/` (files, lock, metrics, provenance) is the
+    bottom and imports nothing of ours outside itself; the config's leaves (`error`, `choices`,
+    `axis_rules`, ...) import nothing of ours, so models, data and training can use them; the
+    checks at the door (`config.check*`, which import every package's names) and `main` are
+    the top: only entry points import the checks, nothing imports `main`.
 
 Edges go to the module an import statement names (`from a.b import c` -> a.b.c when that is a
 module of ours, else a.b); the implicit import of parent packages is not an edge.
@@ -138,6 +143,48 @@ def test_library_imports_neither_tools_data_gen_nor_torch():
                                     or not name.startswith(TORCH_INSIDE_FUNCTIONS_ALLOWED)):
                 bad.append(f"{name} imports {target}" + (" at module level" if top_level else ""))
     assert not bad, bad
+
+
+# module (prefix) -> the modules of ours it may import: prefixes, and the package root itself
+# (synthclip_jax/__init__.py: the version), which allows none of the root's sub-modules
+RUN = "synthclip_jax.run"
+CONFIG_LEAVES = tuple(f"synthclip_jax.config.{m}" for m in (
+    "error", "choices", "axis_rules", "exit", "cli_paths"))
+LAYER_RULES = {RUN: ("synthclip_jax", RUN), **{leaf: () for leaf in CONFIG_LEAVES}}
+# module (prefix) -> who may import it besides itself: entry points, tools and tests
+TOP = {"synthclip_jax.config.check": ("synthclip_jax.config.check", "synthclip_jax.main",
+                                      "synthclip_jax.evaluate.__main__", "tools."),
+       "synthclip_jax.main": ("tools.",)}
+
+
+def matches(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix if prefix.endswith(".") else prefix + ".") \
+        or (prefix.endswith("check") and name.startswith(prefix))  # check, check_data, ...
+
+
+def layer_violations(graph) -> list[str]:
+    bad = []
+    for name, targets in graph.items():
+        for rule, allowed in LAYER_RULES.items():
+            if matches(name, rule):
+                bad += [f"{name} imports {t} (allowed: {allowed or 'nothing of ours'})"
+                        for t in targets if not any(
+                            t == a or (a != "synthclip_jax" and matches(t, a)) for a in allowed)]
+        for top, importers in TOP.items():
+            bad += [f"{name} imports {t} (only {', '.join(importers)} may)"
+                    for t in targets if matches(t, top) and not any(
+                        matches(name, i) for i in importers)]
+    return bad
+
+
+def test_layer_rules_hold_and_can_fail():
+    assert layer_violations(import_graph(our_modules())) == []
+    fake = {"synthclip_jax.run.files": {"synthclip_jax.train.loop"},
+            "synthclip_jax.config.error": {"synthclip_jax.run.files"},
+            "synthclip_jax.train.loop": {"synthclip_jax.config.check_data"},
+            "synthclip_jax.config.check": {"synthclip_jax.main"},
+            "synthclip_jax.run.metrics": {"synthclip_jax.run.files", "synthclip_jax"}}
+    assert len(layer_violations(fake)) == 4
 
 
 def test_config_files_load_without_jax():

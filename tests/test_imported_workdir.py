@@ -71,8 +71,8 @@ def test_finetune_fsdp_first_loss_equals_pytorch(tmp_path):
 
 
 def test_init_from_mismatch_and_imported_workdir_refusals(tmp_path):
-    from synthclip_jax import resume_check
-    from synthclip_jax.config_error import ConfigError
+    from synthclip_jax.config import resume_check
+    from synthclip_jax.config.error import ConfigError
     from synthclip_jax.train import init_from
     from synthclip_jax.train.state import make_train_setup
     from synthclip_jax import sharding

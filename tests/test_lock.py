@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from synthclip_jax import sharding
-from synthclip_jax.config_check import validate
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.check import validate
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.data.source import make_train_source
 from synthclip_jax.train.state import count_params, make_train_setup
 from synthclip_jax.train.step import make_train_step

@@ -6,7 +6,8 @@ import logging as std_logging
 import jax
 import pytest
 
-from synthclip_jax import metrics, sharding
+from synthclip_jax import sharding
+from synthclip_jax.run import metrics
 from synthclip_jax.data.source import make_train_source
 from synthclip_jax.model_flops import step_flops
 from synthclip_jax.train import loop

@@ -5,8 +5,8 @@ import collections
 import numpy as np
 import pytest
 
-from synthclip_jax import config_check
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config import check as config_check
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.data import mixture_spec
 from synthclip_jax.data.shard_files import ShardWriter, shard_name
 from synthclip_jax.data.tfrecord import encode_example

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.models.two_tower import build_model
 
 

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from synthclip_jax import distributed
+from synthclip_jax.run import distributed
 from synthclip_jax.data.source import make_train_source
 from synthclip_jax.train import loop
 from tests.test_train_parallel import tiny_train_config
@@ -34,7 +34,7 @@ KEPT_JAX_VARIABLES = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COM
 
 DRIVER = r'''
 import json, os, signal, sys, time
-from synthclip_jax import distributed
+from synthclip_jax.run import distributed
 initialized = distributed.maybe_initialize()  # before anything touches a JAX backend
 
 import jax

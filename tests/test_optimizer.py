@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.models import layers
 from synthclip_jax.models.two_tower import build_model
 from synthclip_jax.train.optimizer import make_optimizer, make_schedule, weight_decay_mask

@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 
 from synthclip_jax import sharding
-from synthclip_jax.config_base import base
-from synthclip_jax.config_check import validate
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.base import base
+from synthclip_jax.config.check import validate
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.data.source import make_train_source
 from synthclip_jax.model_flops import step_flops
 from synthclip_jax.models.patch_dropout import kept_patch_indices, num_kept

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.data import pipeline, transforms
 from synthclip_jax.data.shard_files import (CorruptRecordError, ShardWriter, TFRecordShards,
                                             shard_name)

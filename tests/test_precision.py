@@ -10,8 +10,8 @@ from flax import nnx
 
 from configs import demo_cpu
 from synthclip_jax import sharding
-from synthclip_jax.config_check import validate
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.check import validate
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.models import layers
 from synthclip_jax.train.state import make_train_setup
 from synthclip_jax.train.step import make_train_step

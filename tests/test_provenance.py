@@ -12,7 +12,7 @@ import jax
 import pytest
 
 import synthclip_jax
-from synthclip_jax import provenance
+from synthclip_jax.run import provenance
 from synthclip_jax.train import loop
 from tests.test_train_parallel import tiny_train_config
 

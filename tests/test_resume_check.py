@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from synthclip_jax import resume_check
-from synthclip_jax.config_base import base
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config import resume_check
+from synthclip_jax.config.base import base
+from synthclip_jax.config.error import ConfigError
 
 
 def started_run(workdir, config, steps=(5, 10)):

@@ -25,7 +25,7 @@ SAVED_AT, TOTAL = 2, 4
 
 DRIVER = r'''
 import json, sys
-from synthclip_jax import distributed
+from synthclip_jax.run import distributed
 distributed.maybe_initialize()
 
 import jax

@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.data import pipeline
 from synthclip_jax.data.shapes_demo import write_shards
 from synthclip_jax.evaluate import zeroshot

@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from synthclip_jax import resume_check
-from synthclip_jax.config_error import ConfigError
-from synthclip_jax.files import DamagedFile, replace_text
-from synthclip_jax.metrics import MetricWriter
+from synthclip_jax.config import resume_check
+from synthclip_jax.config.error import ConfigError
+from synthclip_jax.run.files import DamagedFile, replace_text
+from synthclip_jax.run.metrics import MetricWriter
 from synthclip_jax.train import loop
 from synthclip_jax.train.checkpoint import load_params
 from tests.test_train_parallel import tiny_train_config

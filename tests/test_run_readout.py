@@ -6,7 +6,7 @@ import time
 import jax
 import pytest
 
-from synthclip_jax import device_memory
+from synthclip_jax.run import device_memory
 from synthclip_jax.train import loop
 from tests.source_wrappers import ForwardingSource
 from tests.test_train_parallel import tiny_train_config

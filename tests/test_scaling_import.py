@@ -95,7 +95,7 @@ def test_openclip_quickgelu_raw_state_dict(tmp_path):
 
 def test_scaling_clip_config_is_openclip_vitb16_quickgelu():
     """configs/scaling_clip_vitb16.py describes open_clip's own ViT-B-16 with QuickGELU."""
-    from synthclip_jax.config_base import base
+    from synthclip_jax.config.base import base
     cfg = dict(open_clip.get_model_config("ViT-B-16"), quick_gelu=True)
     theirs = load_openclip.model_config({"model_cfg": cfg}, base())
     imp.check_agrees(theirs, scaling_clip_vitb16.get_config(), "ViT-B-16-quickgelu", False)
@@ -168,8 +168,8 @@ def test_classify_eval_matches_timm(timm_vit, tmp_path):
 
 def test_init_from_checks_the_task(timm_vit, tmp_path):
     """Fine-tuning the imported classifier needs train.task=classify; the refusal names it."""
-    from synthclip_jax.config_base import base
-    from synthclip_jax.config_error import ConfigError
+    from synthclip_jax.config.base import base
+    from synthclip_jax.config.error import ConfigError
     from synthclip_jax.train import init_from
     _, path = timm_vit
     assert run_cli("--format", "timm", "--src", path, "--timm-model", "test_vit",

@@ -5,7 +5,7 @@ import math
 import jax
 import pytest
 
-from synthclip_jax import config_check
+from synthclip_jax.config import check as config_check
 from synthclip_jax.train import loop
 from tests.test_configs import CONFIGS, load
 from tests.test_pipeline import write_dataset

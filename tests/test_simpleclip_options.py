@@ -7,9 +7,9 @@ import pytest
 from flax import nnx
 
 from configs import demo_cpu
-from synthclip_jax.config_base import base
-from synthclip_jax.config_check import validate
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.base import base
+from synthclip_jax.config.check import validate
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.export.openclip import ExportError, check_openclip
 from synthclip_jax.models.two_tower import build_model
 from synthclip_jax.train.optimizer import make_optimizer, make_schedule, weight_decay_mask

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from synthclip_jax.config_check import validate
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.check import validate
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.data import shapes_demo
 from synthclip_jax.models.pos_embed import resize_image_pos
 from synthclip_jax.train import loop

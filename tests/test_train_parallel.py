@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from synthclip_jax import sharding
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.data.source import make_train_source
 from synthclip_jax.losses import make_contrastive_loss
 from synthclip_jax.models.two_tower import build_model

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from synthclip_jax.workdir_lock import NAME, WorkdirBusy, WorkdirLock
+from synthclip_jax.run.workdir_lock import NAME, WorkdirBusy, WorkdirLock
 
 
 def dead_pid() -> int:

@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from synthclip_jax.export.openclip import ExportError
-from synthclip_jax.files import DamagedFile
+from synthclip_jax.run.files import DamagedFile
 from synthclip_jax.export.workdir import FORMATS, export
 from synthclip_jax.train.best_checkpoint import add_step_flags
 

@@ -38,7 +38,7 @@ import sys
 
 from synthclip_jax.export.import_weights import FORMATS, import_weights, read_config, write_workdir
 from synthclip_jax.export.torch_files import WeightsError
-from synthclip_jax.files import DamagedFile
+from synthclip_jax.run.files import DamagedFile
 
 
 def main(argv=None):

@@ -118,7 +118,7 @@ def run_point(args, name, glob, scale, out) -> dict:
     if done.exists():
         print(f"[{name} N={scale}] done before: {done}", flush=True)
         return json.loads(done.read_text())
-    from synthclip_jax import config_check
+    from synthclip_jax.config import check as config_check
     from synthclip_jax.train import loop
     config = point_config(args, glob, scale, out)
     config_check.validate(config)
@@ -224,7 +224,7 @@ def quiet_orbax():
 def main(argv=None) -> int:
     args = parse_args(argv)
     from absl import logging
-    from synthclip_jax.config_error import ConfigError
+    from synthclip_jax.config.error import ConfigError
     logging.set_verbosity(logging.INFO)  # the trainer's progress lines
     quiet_orbax()
     out = Path(args.out)

@@ -3,9 +3,9 @@ pytest.raises) under tests/, so a change that makes CI faster can show it droppe
 
     python -m tools.test_inventory [TESTS_DIR]
 """
+import argparse
 import ast
 import pathlib
-import sys
 
 
 def inventory(root: pathlib.Path) -> dict:
@@ -22,5 +22,8 @@ def inventory(root: pathlib.Path) -> dict:
 
 
 if __name__ == "__main__":
-    counts = inventory(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "tests"))
+    parser = argparse.ArgumentParser(prog="python -m tools.test_inventory",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("tests_dir", nargs="?", default="tests", metavar="TESTS_DIR")
+    counts = inventory(pathlib.Path(parser.parse_args().tests_dir))
     print(", ".join(f"{k}: {v}" for k, v in counts.items()))

@@ -17,7 +17,7 @@ import time
 
 from synthclip_jax.aot import report
 from synthclip_jax.aot.targets import Target, parse
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.error import ConfigError
 
 INSTALL = "pip install -e '.[aot]'"
 MISSING_EXIT = 3

@@ -17,7 +17,7 @@ import dataclasses
 import grain
 import numpy as np
 
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.data.pipeline import GrainSource, batched, load_example, shuffled_indices
 from synthclip_jax.data.shard_files import TFRecordShards
 

@@ -7,7 +7,7 @@ device or Grain work; data/mixture.py builds the pipeline.
 """
 import re
 
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.error import ConfigError
 
 _WEIGHT = re.compile(r"^(?P<glob>.+):(?P<weight>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)$")
 

@@ -32,7 +32,7 @@ import numpy as np
 from absl import flags
 from etils import epath
 
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.data import read_modes, text_reduction
 from synthclip_jax.data.shard_files import CorruptRecordError, TFRecordShards
 from synthclip_jax.data.shard_index import open_shards

@@ -26,7 +26,7 @@ import threading
 import numpy as np
 from absl import logging
 
-from synthclip_jax.choices import READ_MODES
+from synthclip_jax.config.choices import READ_MODES
 from synthclip_jax.data.shard_files import TFRecordShards
 
 

@@ -14,6 +14,7 @@ reads at start-up.
 
 Rebuild a missing index: python -m synthclip_jax.data.shard_files SHARD [SHARD ...]
 """
+import argparse
 import collections
 import glob
 import os
@@ -27,7 +28,7 @@ import numpy as np
 from etils import epath
 
 from synthclip_jax.data import storage
-from synthclip_jax.files import atomic_path, temp_path
+from synthclip_jax.run.files import atomic_path, temp_path
 
 _HEADER = 12  # length (8) + its masked CRC (4)
 _FRAMING = 16  # header + payload CRC (4)
@@ -328,7 +329,12 @@ class TFRecordShards:
         return check_record(self._file(s).read(offset, n), self.paths[s], offset, n)
 
 def main(argv=None):  # python -m synthclip_jax.data.shard_files SHARD...: (re)build indexes
-    for p in (sys.argv[1:] if argv is None else argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m synthclip_jax.data.shard_files",
+        description="(Re)build the .index file beside each TFRecord shard; a folder stands for "
+                    "its *.tfrecord shards.")
+    parser.add_argument("paths", nargs="+", metavar="SHARD_OR_FOLDER")
+    for p in parser.parse_args(argv).paths:
         if os.path.isdir(p):  # a folder: its shards
             shards = glob_shards(os.path.join(p, "*.tfrecord"))
             if not shards:

@@ -23,7 +23,7 @@ from absl import logging
 from synthclip_jax.data import storage
 from synthclip_jax.data.shard_files import (_FRAMING, _HEADER, CorruptRecordError, TFRecordShards,
                                            _check_header, glob_shards, index_bounds, read_index)
-from synthclip_jax.files import atomic_path
+from synthclip_jax.run.files import atomic_path
 
 COMBINED = "tfrecord_index.npz"
 

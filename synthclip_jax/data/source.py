@@ -10,10 +10,10 @@ cluster batches (train/online_clusters.py, `data.clusters`) re-embed the data wi
 """
 import jax
 
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.data import mixture_spec
 from synthclip_jax.data.shapes import ShapesSource
-from synthclip_jax.choices import SOURCES, canonical_source
+from synthclip_jax.config.choices import SOURCES, canonical_source
 
 
 def make_train_source(config):

@@ -53,8 +53,8 @@ def ints(text):
 
 def apply_flags(config, args):
     """The run's config with the command line's datasets and choices in its eval section."""
-    from synthclip_jax import config_check
-    from synthclip_jax.config_error import ConfigError
+    from synthclip_jax.config import check as config_check
+    from synthclip_jax.config.error import ConfigError
     e = config.eval
     with config.unlocked():  # a run from before these keys: their defaults
         for key, default in (("linear_probe", ""), ("linear_probe_shots", ()), ("classify", ""),
@@ -113,7 +113,7 @@ def make_mesh(config):
     import jax
 
     from synthclip_jax import sharding
-    from synthclip_jax.config_error import ConfigError
+    from synthclip_jax.config.error import ConfigError
     try:
         return sharding.make_mesh(config.mesh)
     except ConfigError:  # the training mesh needs other devices: evaluate data parallel
@@ -127,15 +127,15 @@ def main(argv=None) -> int:
     import ml_collections
     from etils import epath
 
-    from synthclip_jax.config_error import ConfigError
+    from synthclip_jax.config.error import ConfigError
     workdir = epath.Path(args.workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
         print(f"error: {config_path} not found: is {workdir} a training workdir?",
               file=sys.stderr)
         return 2
-    from synthclip_jax.files import DamagedFile
-    from synthclip_jax.resume_check import read_config_json
+    from synthclip_jax.run.files import DamagedFile
+    from synthclip_jax.config.resume_check import read_config_json
     try:
         config = ml_collections.ConfigDict(read_config_json(workdir))
     except DamagedFile as damaged:
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         print(f"error: {bad}", file=sys.stderr)
         return 2
 
-    from synthclip_jax import distributed
+    from synthclip_jax.run import distributed
     distributed.maybe_initialize()
     import jax
 

@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from synthclip_jax import sharding
-from synthclip_jax.files import DamagedFile
+from synthclip_jax.run.files import DamagedFile
 from synthclip_jax.image_normalize import normalize
 
 

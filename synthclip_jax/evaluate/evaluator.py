@@ -14,7 +14,7 @@ from absl import logging
 from synthclip_jax.data.text_tokenizer import tokenizer_of
 from synthclip_jax.evaluate import classify, retrieval, sources, zeroshot
 from synthclip_jax.evaluate.encode import Encoder
-from synthclip_jax.metrics import MetricWriter
+from synthclip_jax.run.metrics import MetricWriter
 from synthclip_jax.train.best_checkpoint import BestCheckpoint
 
 

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from synthclip_jax.choices import CLUSTER_MODALITIES as MODALITIES
+from synthclip_jax.config.choices import CLUSTER_MODALITIES as MODALITIES
 from synthclip_jax.data.shard_files import CorruptRecordError, TFRecordShards
 from synthclip_jax.data.tfrecord import decode_example
 from synthclip_jax.data.tokenizer import tokenize as tokenize_bpe

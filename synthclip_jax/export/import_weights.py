@@ -19,13 +19,13 @@ import time
 
 import ml_collections
 
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.export import (fit, load_hf, load_openclip, load_resnet, load_synthclip,
                                   load_timm)
 from synthclip_jax.export.torch_files import WeightsError
 from synthclip_jax.export.torch_files import check_finite
-from synthclip_jax.files import read_json
-from synthclip_jax.resume_check import IMPORTED, flatten
+from synthclip_jax.run.files import read_json
+from synthclip_jax.config.resume_check import IMPORTED, flatten
 
 FORMATS = ("openclip", "hf", "synthclip") + load_resnet.FORMATS  # + ImageNet ResNet trunks
 # Keys that neither shape the parameters nor change the function the weights compute.

@@ -13,7 +13,7 @@ import numpy as np
 
 from synthclip_jax.data.tokenizer import EOT_ID
 from synthclip_jax.export.hf import HF_BLOCK_RENAMES, HF_RENAMES
-from synthclip_jax import files
+from synthclip_jax.run import files
 from synthclip_jax.export.torch_files import WeightsError, read_weights
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",

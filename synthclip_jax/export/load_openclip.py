@@ -14,7 +14,7 @@ from synthclip_jax.data.tokenizer import VOCAB_SIZE
 from synthclip_jax.export.openclip import WEIGHTS_NAME
 from synthclip_jax.export.timm_vit import TIMM_LAYERNORM_EPS, TIMM_VITS
 from synthclip_jax.export.torch_files import PICKLE_SUFFIXES, WeightsError, read_weights
-from synthclip_jax.files import read_json
+from synthclip_jax.run.files import read_json
 
 CONFIG_NAME = "open_clip_config.json"
 # open_clip's factory looks for these in a local dir, in this order.

@@ -21,7 +21,7 @@ import math
 import os
 import re
 
-from synthclip_jax.config_base import IMAGENET_MEAN, IMAGENET_STD
+from synthclip_jax.config.base import IMAGENET_MEAN, IMAGENET_STD
 from synthclip_jax.export.torch_files import WeightsError, read_weights
 
 # Keys only a SynthCLIP checkpoint has (OpenCLIP's native CLIP has visual.proj/conv1 instead).

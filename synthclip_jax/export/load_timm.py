@@ -12,7 +12,7 @@ carries the seed's preprocessing: Normalize(0.5, 0.5) at the model's image size.
 """
 import numpy as np
 
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.export import fit
 from synthclip_jax.export.timm_vit import TIMM_LAYERNORM_EPS, TIMM_VITS, timm_model_name
 from synthclip_jax.export.torch_files import WeightsError, read_weights

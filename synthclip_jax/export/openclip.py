@@ -26,7 +26,7 @@ from synthclip_jax.data.tokenizer import VOCAB_SIZE
 from synthclip_jax.export.timm_vit import (TIMM_LAYERNORM_EPS, TIMM_LEAVES, TIMM_VITS,
                                           timm_model_name, to_timm)
 from synthclip_jax.export.torchvision_resnet import to_torchvision
-from synthclip_jax.files import atomic_path, default_file_mode
+from synthclip_jax.run.files import atomic_path, default_file_mode
 from synthclip_jax.models.tower_config import TOWERS, tower_key, tower_option
 
 WEIGHTS_NAME = "open_clip_model.safetensors"  # first in open_clip 3.3 factory's preferred_order

@@ -6,7 +6,7 @@ import ml_collections
 from synthclip_jax.export.captioner import export_captioner, split_captioner
 from synthclip_jax.export.hf import check_hf, export_hf
 from synthclip_jax.export.openclip import check_openclip, export_openclip
-from synthclip_jax.resume_check import read_config_json
+from synthclip_jax.config.resume_check import read_config_json
 from synthclip_jax.train.checkpoint import load_params
 
 FORMATS = {"openclip": (check_openclip, export_openclip), "hf": (check_hf, export_hf)}

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from synthclip_jax.choices import PROJECTIONS
+from synthclip_jax.config.choices import PROJECTIONS
 from synthclip_jax.models import layers
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from synthclip_jax import sharding
-from synthclip_jax.choices import ATTENTION_IMPLS, REMAT_POLICIES
+from synthclip_jax.config.choices import ATTENTION_IMPLS, REMAT_POLICIES
 from synthclip_jax.models.param_kinds import PARAM_KINDS
 
 ACTIVATIONS = {

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from synthclip_jax import sharding
-from synthclip_jax.choices import RESNET_DEPTHS
+from synthclip_jax.config.choices import RESNET_DEPTHS
 from synthclip_jax.models import layers
 from synthclip_jax.models.batch_norm import BatchNorm
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from synthclip_jax import sharding
-from synthclip_jax.choices import TEXT_POOL_TYPES as POOL_TYPES
+from synthclip_jax.config.choices import TEXT_POOL_TYPES as POOL_TYPES
 from synthclip_jax.data.tokenizer import PAD_ID
 from synthclip_jax.models import layers
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from synthclip_jax import sharding
-from synthclip_jax.choices import IMAGE_POOL_TYPES as POOL_TYPES
+from synthclip_jax.config.choices import IMAGE_POOL_TYPES as POOL_TYPES
 from synthclip_jax.models import layers
 from synthclip_jax.models.patch_dropout import keep_patches
 

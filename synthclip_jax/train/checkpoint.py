@@ -108,7 +108,7 @@ def load_params(workdir, step=None, best: bool = False, shardings=None, attempts
     is an error saying so. `ema`: the weight average (train.ema_decay) instead of the params."""
     import ml_collections
 
-    from synthclip_jax.resume_check import read_config_json
+    from synthclip_jax.config.resume_check import read_config_json
 
     workdir = epath.Path(workdir)
     config_path = workdir / "config.json"

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.train.checkpoint import DATA, STATE, restore_params
 from synthclip_jax.train.ema import with_ema
 

@@ -17,14 +17,15 @@ from jax.experimental import multihost_utils
 from absl import logging
 from etils import epath
 
-from synthclip_jax import provenance, sharding, wandb_log
+from synthclip_jax import sharding
+from synthclip_jax.run import provenance, wandb_log
 from synthclip_jax.data.device_prefetch import DevicePrefetch
 from synthclip_jax.data.source import make_train_source
-from synthclip_jax.device_memory import describe, device_memory
+from synthclip_jax.run.device_memory import describe, device_memory
 from synthclip_jax.evaluate.evaluator import Evaluator
-from synthclip_jax.metrics import MetricWriter
+from synthclip_jax.run.metrics import MetricWriter
 from synthclip_jax.model_flops import step_flops
-from synthclip_jax.plots import plot_curves
+from synthclip_jax.run.plots import plot_curves
 from synthclip_jax.train import init_from, stages
 from synthclip_jax.train.checkpoint import Checkpointer
 from synthclip_jax.train.profiling import StepProfiler, enable_compile_cache

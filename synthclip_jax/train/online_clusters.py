@@ -36,7 +36,7 @@ from synthclip_jax.data.shard_files import TFRecordShards
 from synthclip_jax.data.text_tokenizer import tokenizer_of
 from synthclip_jax.evaluate.encode import Encoder
 from synthclip_jax.evaluate.record_features import record_features
-from synthclip_jax.files import atomic_path
+from synthclip_jax.run.files import atomic_path
 
 NEIGHBOURS = "neighbours.npz"
 

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from synthclip_jax.choices import OPTIMIZERS
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.choices import OPTIMIZERS
+from synthclip_jax.config.error import ConfigError
 from synthclip_jax.models.param_kinds import DECAYED_KINDS, WEIGHT_DECAY_POLICIES
 
 

@@ -26,7 +26,7 @@ from flax import nnx
 from synthclip_jax import losses, sharding
 from synthclip_jax.image_normalize import normalize
 from synthclip_jax.models.patch_dropout import BATCH_KEY as PATCH_KEEP, with_patch_dropout
-from synthclip_jax.choices import ACCUM_NEGATIVES
+from synthclip_jax.config.choices import ACCUM_NEGATIVES
 from synthclip_jax.train.classify_loss import make_classify_loss
 from synthclip_jax.train import ema
 from synthclip_jax.train.clips_loss import make_clips_loss

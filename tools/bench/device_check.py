@@ -80,7 +80,7 @@ class Report:
 
 
 def model_config(spec, batch: int, *, loss="softmax", attention="auto", dtype="bfloat16"):
-    from synthclip_jax.config_base import base
+    from synthclip_jax.config.base import base
 
     c = base()
     vw, vd, vh, vp = spec["image"]
@@ -113,7 +113,7 @@ def random_batch(batch: int, image_size: int, seed: int = 0):
 
 
 def peak_memory() -> dict:
-    from synthclip_jax.device_memory import device_memory
+    from synthclip_jax.run.device_memory import device_memory
     return device_memory()
 
 

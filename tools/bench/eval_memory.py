@@ -53,7 +53,7 @@ def child(mode: str, folder: str, image_size: int, limit: int):
     from flax import nnx
 
     from synthclip_jax import sharding
-    from synthclip_jax.config_base import base
+    from synthclip_jax.config.base import base
     from synthclip_jax.evaluate import stream, zeroshot
     from synthclip_jax.evaluate.encode import Encoder
     from synthclip_jax.models.two_tower import build_model

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.data.pipeline import make_grain_source
 from tools.bench.input import write_records
 

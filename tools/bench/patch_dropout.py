@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from synthclip_jax import sharding
-from synthclip_jax.config_base import base
+from synthclip_jax.config.base import base
 from synthclip_jax.model_flops import step_flops
 from synthclip_jax.models.sizes import vit_size
 from synthclip_jax.train.state import make_train_setup

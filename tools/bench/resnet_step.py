@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (libgomp): t
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 
-from synthclip_jax.choices import RESNET_DEPTHS  # noqa: E402
+from synthclip_jax.config.choices import RESNET_DEPTHS  # noqa: E402
 
 from tools.bench.train_step import (CONTEXT, Ours, PeerProcess, TorchSteps,  # noqa: E402
                                     load_line, make_adamw, make_inputs, run_rounds)
@@ -45,7 +45,7 @@ def parse_args(argv=None):
 
 
 def our_config(args):
-    from synthclip_jax.config_base import base
+    from synthclip_jax.config.base import base
     c = base()
     c.model.image.update(tower="resnet", resnet_depth=args.depth, resnet_width=64)
     c.model.text.update(width=args.text_width, depth=args.text_depth, heads=args.text_heads)

@@ -64,7 +64,7 @@ def ints(text):
 
 
 def tiny_config(loss, batch, embed_dim):
-    from synthclip_jax.config_base import base
+    from synthclip_jax.config.base import base
 
     c = base()
     c.model.image.update(dict(width=64, depth=2, heads=2, patch_size=16))
@@ -121,7 +121,7 @@ def loss_point(loss, batch, embed_dim, steps, timed):
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from synthclip_jax import losses, sharding
-    from synthclip_jax.config_base import base
+    from synthclip_jax.config.base import base
 
     mesh = sharding.make_mesh(base().mesh)
     feat = NamedSharding(mesh, P(sharding.BATCH_AXES, None))

@@ -94,7 +94,7 @@ def make_inputs(batch: int, image_size: int, seed: int = 0):
 
 
 def our_config(spec, batch, dtype, activation):
-    from synthclip_jax.config_base import base
+    from synthclip_jax.config.base import base
 
     c = base()
     vw, vd, vh, vp = spec["image"]

@@ -13,7 +13,7 @@ import jax
 from absl import logging
 from etils import epath
 
-from synthclip_jax.files import read_jsonl_lines, replace_text
+from synthclip_jax.run.files import read_jsonl_lines, replace_text
 
 FLUSH_SECONDS = 60.0  # object storage: one whole-file rewrite a minute, whatever the log rate
 

@@ -16,9 +16,9 @@ import json
 from absl import logging
 from etils import epath
 
-from synthclip_jax.config_base import base
-from synthclip_jax.config_error import ConfigError
-from synthclip_jax.files import read_json, replace_text
+from synthclip_jax.config.base import base
+from synthclip_jax.config.error import ConfigError
+from synthclip_jax.run.files import read_json, replace_text
 
 ALLOW_KEY = "resume.allow_changes"
 IMPORTED = "imported.json"  # marks a workdir tools.import_weights wrote (weights only)

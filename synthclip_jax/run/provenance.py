@@ -31,7 +31,7 @@ from absl import logging
 from etils import epath
 
 import synthclip_jax
-from synthclip_jax.files import replace_text
+from synthclip_jax.run.files import replace_text
 
 FILENAME = "provenance.json"
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")

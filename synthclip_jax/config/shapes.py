@@ -3,7 +3,7 @@ as `config_check` checks the scalar keys. Without it `data.mean` with two values
 compilation with a broadcasting error, and `data.rrc_scale=0.5` crashed inside the config check
 itself. Called first by `config_check.validate`; jax-free like it.
 """
-from synthclip_jax.config_error import ConfigError
+from synthclip_jax.config.error import ConfigError
 
 
 class Sequence:

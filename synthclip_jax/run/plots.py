@@ -5,7 +5,7 @@ matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 from etils import epath  # noqa: E402
 
-from synthclip_jax.files import read_jsonl  # noqa: E402
+from synthclip_jax.run.files import read_jsonl  # noqa: E402
 
 EVAL_KEYS = ("zeroshot/top1", "zeroshot/top5", "retrieval/i2t_R@1", "retrieval/t2i_R@1")
 

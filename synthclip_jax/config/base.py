@@ -1,12 +1,12 @@
 """Every config key with its default. Config files start from `base()` and change what differs,
-so `config.json` in a workdir lists the whole experiment. Keys are documented in the README."""
+so `config.json` in a workdir lists the whole experiment. Keys are documented in docs/training.md."""
 import math
 
 import ml_collections
 from ml_collections import config_dict
 
 from synthclip_jax.models.sizes import text_size, vit_size
-from synthclip_jax.axis_rules import DEFAULT_RULES
+from synthclip_jax.config.axis_rules import DEFAULT_RULES
 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -175,8 +175,8 @@ def base() -> ml_collections.ConfigDict:
         # project "" = off; mode online | offline (files under WORKDIR/wandb, `wandb sync`).
         wandb=dict(project="", mode="online"),
     )
-    # Starting in a workdir that already has a run (synthclip_jax/resume_check.py,
-    # synthclip_jax/workdir_lock.py): keys allowed to differ from the stored config.json beyond
+    # Starting in a workdir that already has a run (synthclip_jax/config/resume_check.py,
+    # synthclip_jax/run/workdir_lock.py): keys allowed to differ from the stored config.json beyond
     # the safe ones (comma-separated keys or groups, e.g. "lr,warmup_steps"), and after how long
     # without a heartbeat another host's workdir lock counts as left by a dead run.
     # A relative compile_cache_dir lies in the workdir; "" = off (train/profiling.py).
