@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.xla_env import xla_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,9 +22,7 @@ def run_module(module, *args, env=None, timeout=900):
 def single_device_env():
     """The environment without conftest's fake-device flag: the bench runs as a user runs it."""
     env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    env["XLA_FLAGS"] = " ".join(flags)
+    env["XLA_FLAGS"] = xla_flags()
     env["JAX_PLATFORMS"] = "cpu"
     return env
 

@@ -16,6 +16,7 @@ import pytest
 
 from synthclip_jax.train.checkpoint import load_params
 from tests.crash_driver import STEPS
+from tests.xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILLS = 20
@@ -24,7 +25,7 @@ KILLS = 20
 @pytest.mark.slow
 def test_killed_at_random_moments_the_run_finishes_as_if_never_killed(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "XLA_FLAGS": ""}  # one CPU device: the trainers use one
+           "XLA_FLAGS": xla_flags()}  # one CPU device: the trainers use one
     proc = subprocess.run([sys.executable, "-m", "tests.crash_driver", str(tmp_path), str(KILLS),
                            "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

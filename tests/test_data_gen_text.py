@@ -199,15 +199,17 @@ def test_captions_vllm(tiny_model, tmp_path):
     rows = run_vllm(tmp_path / "s1")
     assert rows and all({"concept", "caption", "seed", "model"} <= set(r) for r in rows)
     assert all(r["seed"] == captions.caption_seed(7, r["concept_index"], r["k"]) for r in rows)
-    # per-request seeds: another batch size gives the same captions
-    assert run_vllm(tmp_path / "s2", "--batch-size", 2) == rows
 
-    # --engine ray through vLLM (its own local Ray cluster, one actor holding vLLM's LLM): the
-    # sampled run's files byte for byte, fingerprint included.
+    # One more vLLM start checks two things: per-request seeds (another batch size gives the
+    # same captions) and --engine ray through vLLM (its own local Ray cluster, one actor holding
+    # vLLM's LLM): the sampled run's files byte for byte, fingerprint included.
+    other_batch = ("--batch-size", 2)
     if subprocess.run([VLLM_PYTHON, "-c", "import ray.data"], capture_output=True).returncode:
+        assert run_vllm(tmp_path / "s2", *other_batch) == rows
         pytest.skip("the vLLM environment has no ray[data] (.ci/run installs it): "
                     "--engine ray through vLLM not checked")
-    run_vllm(tmp_path / "on_ray", "--engine", "ray", "--concurrency", 1)
+    on_ray = run_vllm(tmp_path / "on_ray", "--engine", "ray", "--concurrency", 1, *other_batch)
+    assert on_ray == rows, "another batch size (on Ray) changed the sampled captions"
     local = hidden_and_visible(tmp_path / "s1")
     assert ".fingerprint-captions.json" in local and len(local) >= 3
     assert hidden_and_visible(tmp_path / "on_ray") == local

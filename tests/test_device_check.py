@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.xla_env import xla_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ["matmul_peak", "b16_step", "step_sweep", "input_pipeline", "loss_vs_float32",
          "data_gen_images", "data_gen_captions"]
@@ -18,8 +20,7 @@ def test_device_check_smoke(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("diffusers")
     env = dict(os.environ, OUT=str(tmp_path), JAX_PLATFORMS="cpu", BUDGET_S="1500")
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                                if not f.startswith("--xla_force_host_platform_device_count"))
+    env["XLA_FLAGS"] = xla_flags()
     proc = subprocess.run(["bash", "tools/bench/device_check.sh", "--smoke"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

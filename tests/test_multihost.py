@@ -25,6 +25,7 @@ from synthclip_jax.run import distributed
 from synthclip_jax.data.source import make_train_source
 from synthclip_jax.train import loop
 from tests.test_train_parallel import tiny_train_config
+from tests.xla_env import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_PROCESSES, LOCAL_DEVICES = 2, 2
@@ -122,7 +123,7 @@ def process_env(process_id: int, port: int, num_processes: int = NUM_PROCESSES,
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "OMPI_", "JAX_", "TPU_")) or k in KEPT_JAX_VARIABLES}
     env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}",
+        XLA_FLAGS=xla_flags(local_devices),
         JAX_PLATFORMS="cpu",
         JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
         JAX_NUM_PROCESSES=str(num_processes),
