@@ -1,7 +1,14 @@
-"""Step time with patch dropout (`model.image.patch_dropout`) against none, same run.
+"""Step time with patch dropout (`model.image.patch_dropout`) and at lower resolution (a CLIPA
+low-resolution stage) against the full step, same run.
 
   python -m tools.bench.patch_dropout [--size B/16] [--image-size 224] [--batch 8] [--steps 5]
-                                      [--fractions 0,0.5,0.75]
+                                      [--fractions 0,0.5,0.75] [--low-res 112,96]
+                                      [--context-lengths 77]
+
+`--low-res`: also time each of these resolutions without patch dropout (a stage's
+`image_size`; B/16 at 96 px has the 6 x 6 tokens of CLIPA's 84 px at patch 14).
+`--context-lengths`: also time the first resolution with these shorter text contexts (a
+stage's `context_length`); the ratios are all to the first row.
 
 Compiles the trainer's own step (`make_train_step`, one CPU device) for a ViT-`size` + text-B
 CLIP (context 77, vocabulary 49408, embed 512) once per fraction, and prints each median step
@@ -23,13 +30,14 @@ from synthclip_jax.train.step import make_train_step
 from tools.bench.mesh_efficiency import median_step_ms
 
 
-def config_for(size, image_size, batch, fraction):
+def config_for(size, image_size, batch, fraction, text_length=0):
     c = base()
     c.batch_size, c.total_steps, c.warmup_steps = batch, 100, 1
     c.mesh.data = 1
     c.model.image.update(vit_size(size))
     c.model.image.patch_dropout = fraction
     c.data.image_size = image_size
+    c.data.train_context_length = text_length  # 0: model.text.context_length
     return c
 
 
@@ -37,7 +45,8 @@ def step_ms(config, steps):
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     setup = make_train_setup(config, mesh)
     rng = np.random.default_rng(0)
-    b, s, ctx = config.batch_size, config.data.image_size, config.model.text.context_length
+    b, s = config.batch_size, config.data.image_size
+    ctx = config.data.train_context_length or config.model.text.context_length
     host = {"image": rng.integers(0, 256, (b, s, s, 3), np.uint8),
             "text": rng.integers(1, 49406, (b, ctx)).astype(np.int32)}
     return median_step_ms(make_train_step(config, setup, mesh), setup.init(),
@@ -51,15 +60,21 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=5, help="timed steps per fraction (median)")
     p.add_argument("--fractions", default="0,0.5,0.75")
+    p.add_argument("--low-res", default="", help="comma-separated image sizes, no dropout")
+    p.add_argument("--context-lengths", default="", help="comma-separated text lengths")
     args = p.parse_args(argv)
-    fractions = [float(f) for f in args.fractions.split(",")]
+    points = [(args.image_size, float(f), 0) for f in args.fractions.split(",")]
+    points += [(int(s), 0.0, 0) for s in args.low_res.split(",") if s]
+    points += [(args.image_size, 0.0, int(n)) for n in args.context_lengths.split(",") if n]
     first = None
-    for fraction in fractions:
-        config = config_for(args.size, args.image_size, args.batch, fraction)
+    for image_size, fraction, text_length in points:
+        config = config_for(args.size, image_size, args.batch, fraction, text_length)
         ms, flops = step_ms(config, args.steps), step_flops(config)
         first = first or (ms, flops)
-        print(f"patch_dropout {fraction:4.2f}  {ms:9.1f} ms/step  ratio vs {fractions[0]:g} = "
-              f"{ms / first[0]:.2f}  (FLOP ratio {flops / first[1]:.2f})", flush=True)
+        print(f"{image_size:4d} px  patch_dropout {fraction:4.2f}  text "
+              f"{text_length or config.model.text.context_length:3d}  {ms:9.1f} ms/step  "
+              f"ratio vs first = {ms / first[0]:.2f}  (FLOP ratio {flops / first[1]:.2f})",
+              flush=True)
 
 
 if __name__ == "__main__":
