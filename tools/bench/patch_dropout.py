@@ -11,12 +11,16 @@ low-resolution stage) against the full step, same run.
 stage's `context_length`); the ratios are all to the first row.
 
 Compiles the trainer's own step (`make_train_step`, one CPU device) for a ViT-`size` + text-B
-CLIP (context 77, vocabulary 49408, embed 512) once per fraction, and prints each median step
-time, its ratio to the first fraction's, and the analytic FLOP ratio (model_flops.py, which
-counts the kept tokens) beside it. The towers are what patch dropout shrinks; the text tower,
+CLIP (context 77, vocabulary 49408, embed 512) once per point, and prints each median step
+time, wall and process CPU (the CPU time is the steadier on a shared machine), their ratios to
+the first row's, and the analytic FLOP ratio (model_flops.py, which counts the kept tokens and
+the text rows) beside them. The towers are what patch dropout shrinks; the text tower,
 the loss and the optimizer are not, so the measured ratio sits above the image tower's share.
 """
 import argparse
+import os
+import statistics
+import time
 
 import jax
 import numpy as np
@@ -27,7 +31,6 @@ from synthclip_jax.model_flops import step_flops
 from synthclip_jax.models.sizes import vit_size
 from synthclip_jax.train.state import make_train_setup
 from synthclip_jax.train.step import make_train_step
-from tools.bench.mesh_efficiency import median_step_ms
 
 
 def config_for(size, image_size, batch, fraction, text_length=0):
@@ -41,16 +44,29 @@ def config_for(size, image_size, batch, fraction, text_length=0):
     return c
 
 
-def step_ms(config, steps):
+def step_times(config, steps) -> tuple:
+    """(median wall ms, median process CPU ms) per step, after a warm-up (compile) step. The
+    CPU time (all of XLA's threads) hardly moves when other processes share the cores, which
+    inflates the wall time by however busy the machine happens to be at that point."""
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     setup = make_train_setup(config, mesh)
     rng = np.random.default_rng(0)
     b, s = config.batch_size, config.data.image_size
     ctx = config.data.train_context_length or config.model.text.context_length
-    host = {"image": rng.integers(0, 256, (b, s, s, 3), np.uint8),
-            "text": rng.integers(1, 49406, (b, ctx)).astype(np.int32)}
-    return median_step_ms(make_train_step(config, setup, mesh), setup.init(),
-                          sharding.global_batch(host, mesh), steps)
+    batch = sharding.global_batch(
+        {"image": rng.integers(0, 256, (b, s, s, 3), np.uint8),
+         "text": rng.integers(1, 49406, (b, ctx)).astype(np.int32)}, mesh)
+    step, state = make_train_step(config, setup, mesh), setup.init()
+    state, _ = step(state, batch)
+    jax.block_until_ready(state)
+    wall, cpu = [], []
+    for _ in range(steps):
+        w, c = time.perf_counter(), time.process_time()
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return 1000 * statistics.median(wall), 1000 * statistics.median(cpu)
 
 
 def main(argv=None):
@@ -69,13 +85,12 @@ def main(argv=None):
     first = None
     for image_size, fraction, text_length in points:
         config = config_for(args.size, image_size, args.batch, fraction, text_length)
-        ms, flops = step_ms(config, args.steps), step_flops(config)
-        first = first or (ms, flops)
+        (wall, cpu), flops = step_times(config, args.steps), step_flops(config)
+        first = first or (wall, cpu, flops)
         print(f"{image_size:4d} px  patch_dropout {fraction:4.2f}  text "
-              f"{text_length or config.model.text.context_length:3d}  {ms:9.1f} ms/step  "
-              f"ratio vs first = {ms / first[0]:.2f}  (FLOP ratio {flops / first[1]:.2f})",
-              flush=True)
-
+              f"{text_length or config.model.text.context_length:3d}  wall {wall:9.1f} ms "
+              f"(x{wall / first[0]:.2f})  cpu {cpu:9.1f} ms (x{cpu / first[1]:.2f})  "
+              f"FLOPs x{flops / first[2]:.2f}  load {os.getloadavg()[0]:.1f}", flush=True)
 
 if __name__ == "__main__":
     main()
