@@ -104,7 +104,6 @@ def data_state(workdir, step):
     return ocp.JsonCheckpointHandler().restore(workdir / "checkpoints" / str(step) / "data")
 
 
-@pytest.mark.slow
 def test_batch_switch_continues_at_the_next_example(tmp_path):
     """Stage 1's first batch of 16 (built at the 24 examples stage 0 consumed) holds examples
     24-39: batches 3 and 4 of a batch-8 pipeline of the same shapes, which never switched;
@@ -127,6 +126,7 @@ def test_batch_switch_continues_at_the_next_example(tmp_path):
     assert batch["text"].shape == (16, 16)
 
 
+@pytest.mark.slow  # torch + open_clip import
 def test_short_text_reads_the_first_positions_as_openclip(tmp_path, caplog):
     """8-token rows through a 16-position text tower = OpenCLIP's text tower of context 8
     holding the table's first 8 rows (CLIPA's short-text training)."""

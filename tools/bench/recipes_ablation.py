@@ -11,6 +11,8 @@ over its stages, equal `--budget-steps` steps of the baseline):
                  short unmasked end, open_clip `--force-patch-dropout 0`)
   clipa          configs/clipa_cpu.py's stages: 16 px, dropout 0.5, 8-token text, batch 128,
                  then 10% at 32 px, full text, batch 64
+  clipa_long_text  the same with the whole 16-token text in both stages (the demo captions
+                 name the position last: "... at the top left", which 8-token rows cut)
 The data are the shapes demo's (rendered once, `data_gen`-free): the training pairs, held-out
 retrieval pairs (render indices after the training ones) and the zero-shot set of colour/shape
 pairs training never shows. Each run evaluates with the trainer's eval hook at its last step
@@ -30,13 +32,17 @@ STAGES = {
     "baseline": (),
     "patch_dropout": (dict(fraction=0.9, patch_dropout=0.5), dict(fraction=0.1)),
     "clipa": None,  # configs/clipa_cpu.py's
+    "clipa_long_text": None,  # the same without the short text (which cuts the position words)
 }
 
 
 def variant_stages(name):
     if STAGES[name] is None:
         from configs.clipa_cpu import get_config
-        return tuple(get_config().train.stages)
+        stages = tuple(get_config().train.stages)
+        if name == "clipa_long_text":
+            stages = tuple({k: v for k, v in s.items() if k != "context_length"} for s in stages)
+        return stages
     return STAGES[name]
 
 
@@ -129,7 +135,8 @@ def main(argv=None):
     p.add_argument("--num-train", type=int, default=8000, help="training pairs rendered")
     p.add_argument("--num-retrieval", type=int, default=256, help="held-out retrieval pairs")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time")
-    p.add_argument("--only", default=",".join(STAGES), help="comma-separated variants")
+    p.add_argument("--only", default="baseline,patch_dropout,clipa",
+                   help=f"comma-separated variants of {', '.join(STAGES)}")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     from configs.demo_cpu import get_config
