@@ -51,7 +51,7 @@ class TextTransformer(nnx.Module):
         # global batch (its "involuntary full rematerialization"), far larger at pod batch sizes.
         x = jnp.take(layers.read(self.token_embedding), tokens, axis=0)
         # A shorter row (CLIPA's short training text, data.train_context_length) reads the
-        # first positions of the table, as CLIPA's text tower does.
+        # first positions of the table, as OpenCLIP's text tower does (tests/test_stages.py).
         x = x + layers.read(self.positional_embedding)[:tokens.shape[1]]
         x = sharding.constrain(x, ("batch", "seq", "embed"))
         x = self.transformer(x.astype(self.dtype), causal=self.causal)
