@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 
-from tools.bench.recipes_ablation import print_table, run_all
+from tools.bench.recipes_ablation import report, run_all
 
 
 def export(pretrained, out) -> str:
@@ -81,13 +81,8 @@ def main(argv=None):
             workdirs[f"{name}/{seed}"] = workdir
             jobs.append((f"{name} seed {seed}", cmd, workdir + ".log"))
     run_all(jobs, args.parallel)
-    results = {label: held_out(w) for label, w in workdirs.items()}
-    for name in ("lit", "scratch"):
-        runs = [results[f"{name}/{s}"] for s in seeds]
-        results[f"{name}/mean"] = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
-    print_table(results, list(results))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    report({label: held_out(w) for label, w in workdirs.items()}, ["lit", "scratch"], seeds,
+           args.out)
 
 
 if __name__ == "__main__":

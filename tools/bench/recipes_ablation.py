@@ -126,6 +126,17 @@ def print_table(results: dict, names: list):
         print(f"{k:34s}" + "".join(f"{results[n].get(k, float('nan')):20.4f}" for n in names))
 
 
+def report(results: dict, names: list, seeds: list, out: str):
+    """Adds each name's mean over the seeds to `results` ({"name/seed": metrics}), prints
+    the table and writes OUT/results.json."""
+    for n in names:
+        runs = [results[f"{n}/{s}"] for s in seeds]
+        results[f"{n}/mean"] = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+    print_table(results, list(results))
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for the data and the runs")
@@ -151,12 +162,7 @@ def main(argv=None):
             for s in seeds for n in names]
     run_all(jobs, args.parallel)
     results = {f"{n}/{s}": summary(run_dir(args.out, n, s)) for s in seeds for n in names}
-    for n in names:  # the mean over seeds
-        runs = [results[f"{n}/{s}"] for s in seeds]
-        results[f"{n}/mean"] = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
-    print_table(results, list(results))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    report(results, names, seeds, args.out)
 
 
 if __name__ == "__main__":
