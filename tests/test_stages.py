@@ -1,10 +1,10 @@
-"""Training stages (train/stages.py): a run at 8 px with patch dropout, 8-token text and batch 8
-switching to 16 px, the whole 16-token context and batch 16 resumes exactly right before and
-right after the switch (from the straight run's checkpoints, by a fresh trainer), its metrics
-carry the stage and the examples seen, its input continues at the next example, its position
-embeddings are resized at the switch as OpenCLIP's resize_pos_embed would, its short text reads
-the first position embeddings as OpenCLIP's text tower of that context, and bad stage lists
-fail at the door."""
+"""Training stages (train/stages.py): a run at 8 px with patch dropout, 8-token text rows of
+4-token partial captions and batch 8 switching to 16 px, the whole 16-token context and batch
+16 resumes exactly right before and right after the switch (from the straight run's
+checkpoints, by a fresh trainer), its metrics carry the stage and the examples seen, its input
+continues at the next example, its position embeddings are resized at the switch as OpenCLIP's
+resize_pos_embed would, its short text reads the first position embeddings as OpenCLIP's text
+tower of that context, and bad stage lists fail at the door."""
 import json
 import shutil
 
@@ -21,7 +21,8 @@ from synthclip_jax.train.checkpoint import load_params
 from synthclip_jax.train.stages import plan
 from tests.test_ema import demo_config
 
-STAGES = (dict(steps=3, image_size=8, patch_dropout=0.5, context_length=8),
+STAGES = (dict(steps=3, image_size=8, patch_dropout=0.5, context_length=8,
+               partial_caption_tokens=4),
           dict(fraction=0.4, lr_scale=0.5, batch_size=16))
 
 
@@ -53,6 +54,7 @@ def test_plan_and_config_check():
     assert stages[1].config.lr == staged_config().lr * 0.5
     assert [s.config.data.train_context_length for s in stages] == [8, 0]
     assert [s.config.batch_size for s in stages] == [8, 16]
+    assert [s.config.data.partial_caption_tokens for s in stages] == [4, 0]
     assert [(s.examples_before, s.examples_after) for s in stages] == [(0, 32), (24, 0)]
     validate(staged_config(), check_paths=False)
     for stages_value, key in [((dict(steps=3),), "train.stages"),
@@ -114,6 +116,8 @@ def test_batch_switch_continues_at_the_next_example(tmp_path):
     first, second = plan(config)
     short = next(make_train_source(first.config))
     assert short["text"].shape == (8, 8) and short["image"].shape[1] == 8
+    # stage 0's partial captions: SOT, at most 4 caption tokens, EOT
+    assert ((short["text"] != 0).sum(1) == 6).all()
     switched = make_train_source(second.config)
     switched.set_state({**switched.get_state(), "global_examples": 24})
     batch = next(switched)
