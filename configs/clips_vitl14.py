@@ -16,13 +16,20 @@ CLIPS's partial synthetic captions: `data.text_reduction=subcaption` (the paper'
 Where we differ or had to choose:
 - Batch size, steps and lr are not in the CLIPS code (paper only); the values below are
   placeholders of CLIPA's scale, to be set per run.
-- The CLIPA-style schedule (`train.stages`, train/stages.py): pre-training at 84 px, then a
-  short unmasked stage at 224 px. From the CLIPA-v2 paper (arXiv 2306.15658): the 84 px
-  pre-training resolution and the fine-tuning share, 512M of 12.8B + 512M samples = ~4% (here
-  the last 4% of the steps). Chosen here: patch dropout 0.5 in the 84 px stage (FLIP's 50%;
-  CLIPA also shortens the text to 8-32 tokens there, which a stage cannot change yet), one
-  cosine schedule over the whole run instead of CLIPA's separate fine-tuning schedule
-  (lr_scale 1), and no 336 px stage.
+- The CLIPA-style schedule (`train.stages`, train/stages.py): pre-training at low resolution
+  with short text and a large batch, then a short unmasked stage at 224 px with the whole
+  context and a smaller batch. CLIPA's (UCSC-VLAA/CLIPA clipa_jax/configs/model_h:
+  84_8_pre_training.py, unmask_tuning*.py; CLIPA-v2, arXiv 2306.15658): 84 px, 8-token text
+  rows and batch 65536 in pre-training (12.8B samples); 224 px, 32 tokens and batch 16384 in
+  fine-tuning (512M samples, ~4% of all). Here: 84 px, `context_length=8` (CLIPA's row length;
+  with CLIPS's layout 5 caption tokens between bos, eos and the [CLS] slot) and the base batch
+  in stage 1; the whole 80-token context and half the batch (CLIPA's ratio is a quarter) in
+  stage 2, 7% of the steps = 3.6% of the samples. Chosen here: patch dropout 0.5 in the 84 px
+  stage (FLIP's 50%; CLIPA's 84 px H/14 run masks nothing, its smaller models do), one cosine
+  schedule over the whole run instead of CLIPA's separate fine-tuning schedule (lr_scale 1:
+  the cosine is already at ~1% of its peak when stage 2 starts), and no 336 px stage. The
+  short text reads the first 8 of the 80 text position embeddings (OpenCLIP's
+  `positional_embedding[:seq_len]`), so stage 2 and evaluation use the same table.
 - CLIPS's contrastive loss averages two caption sets (web + partial synthetic) and adds an
   autoregressive captioner; this config trains the encoders with the plain contrastive loss on
   one caption per image (`configs/clips_cpu.py` is the captioner recipe).
@@ -64,9 +71,10 @@ def get_config():
     c.data.num_workers = 8
     c.mesh.fsdp = -1
     c.mesh.data = 1
-    # CLIPA-style: 84 px with half the patches dropped, then unmasked 224 px (= data.image_size)
-    c.train.stages = (dict(fraction=0.96, image_size=84, patch_dropout=0.5),
-                      dict(fraction=0.04))
+    # CLIPA-style: 84 px, half the patches dropped, 8-token text; then unmasked 224 px
+    # (= data.image_size), the whole context, half the batch
+    c.train.stages = (dict(fraction=0.93, image_size=84, patch_dropout=0.5, context_length=8),
+                      dict(fraction=0.07, batch_size=16384))
     c.checkpoint.every_steps = 2000
     c.log.every_steps = 100
     return c

@@ -53,6 +53,7 @@ def step_flops(config) -> int:
     return clip_step_flops(
         batch=config.batch_size, image_size=config.data.image_size, patch=m.image.patch_size,
         vit_width=m.image.width, vit_depth=m.image.depth, text_width=m.text.width,
-        text_depth=m.text.depth, context=m.text.context_length, embed_dim=m.embed_dim,
+        text_depth=m.text.depth, context=config.data.get("train_context_length", 0)
+        or m.text.context_length, embed_dim=m.embed_dim,
         mlp_ratio=m.image.mlp_ratio, text_mlp_ratio=m.text.mlp_ratio,
         kept_patches=kept_patches(config))["step"]

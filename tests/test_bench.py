@@ -85,8 +85,9 @@ def test_input_output_format():
     out = run_module("tools.bench.input", "--config", "configs/demo_cpu.py", "--records", "64",
                      "--batch", "8", "--workers", "0,1", "--train_batch", "8",
                      "--train_steps", "1", env=single_device_env())
-    rows = re.findall(r"^\s+([01])\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    rows = re.findall(r"^\s+([01])\s+([\d.]+)\s+([\d.]+)\s+([\d.]+|nan)$", out, re.M)
     assert [r[0] for r in rows] == ["0", "1"] and all(float(r[1]) > 0 for r in rows), out
+    assert float(rows[0][3]) > 0 and rows[1][3] == "nan", out  # per CPU-second: 0 workers only
     assert re.search(r"^trainer consumes [\d.]+ examples/s", out, re.M), out
 
 

@@ -213,8 +213,13 @@ def recipes(c) -> None:
     # by the JPEG decoder (DCT scaling, PIL draft; data/transforms.py): low-resolution training
     # keeps up with a cheap step. Off by default: the pixels differ slightly from a full decode.
     c.data.jpeg_draft = False
+    # Training text rows this long (CLIPA's short text): the text tower reads the first N of
+    # its model.text.context_length position embeddings; evaluation and export keep the whole
+    # context. 0 = model.text.context_length.
+    c.data.train_context_length = 0
     # Stages (train/stages.py; CLIPA): a tuple of dicts, each with its length ("steps" or
-    # "fraction" of total_steps) and any of "image_size", "patch_dropout", "lr_scale";
+    # "fraction" of total_steps) and any of "image_size", "patch_dropout", "lr_scale",
+    # "context_length" (data.train_context_length), "partial_caption_tokens", "batch_size";
     # () = one stage, the config as it is.
     c.train.stages = ()
 

@@ -41,6 +41,7 @@ from synthclip_jax.data.text_tokenizer import caption_targets, get_text_tokenize
 from synthclip_jax.data.tfrecord import decode_example
 from synthclip_jax.data.transforms import decode_crop, random_resized_crop_box
 from synthclip_jax.data.worker_cleanup import die_with_parent
+from synthclip_jax.train.stage_spec import train_text_length
 
 MAX_REPLACEMENTS = 100  # consecutive bad records tolerated while looking for a good one
 
@@ -163,7 +164,7 @@ def load_example(config, shards: TFRecordShards, process_count: int = 1) -> Load
     """The training example loader of `config` over `shards` (read as `data.read_mode` says)."""
     d = config.data
     records = read_modes.records_for(d, shards, process_count)
-    return LoadExample(records, d.image_size, config.model.text.context_length,
+    return LoadExample(records, d.image_size, train_text_length(config),
                        rrc_scale=tuple(d.rrc_scale), skip_corrupt=d.skip_corrupt,
                        text_reduction=text_reduction.check_mode(d.text_reduction),
                        tokenizer=(config.model.text.tokenizer, config.model.text.vocab_path),
@@ -181,9 +182,10 @@ def train_dataset(config, shards: TFRecordShards, process_index: int, process_co
                   seed: int | None = None) -> grain.IterDataset:
     """This process's batches (batch_size / process_count rows; the trainer has checked that it
     divides, `sharding.check_batch_size`, before making any source), from global example
-    `start` on (a multiple of batch_size: the examples of all processes consumed so far).
-    `indices` (global record order) and `seed` (of the per-example random choices) replace the
-    config's: SimCLIP's cluster orders (train/online_clusters.py)."""
+    `start` on (the examples of all processes consumed so far; after a `train.stages`
+    batch size switch not a multiple of batch_size). `indices` (global record order) and `seed`
+    (of the per-example random choices) replace the config's: SimCLIP's cluster orders
+    (train/online_clusters.py)."""
     d = config.data
     load = load_example(config, shards, process_count)
     if indices is None:

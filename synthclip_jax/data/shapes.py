@@ -87,7 +87,14 @@ class ShapesSource:
         self.image_size, self.context_length, self.vocab_size = (
             image_size, context_length, vocab_size)
         self.mean, self.std = np.array(mean, np.float32), np.array(std, np.float32)
-        self.next_batch = 0
+        # Global examples consumed, not batches: a `train.stages` batch size switch continues
+        # from the next example.
+        self.next_example = 0
+
+    @property
+    def next_batch(self) -> int:
+        """Batches of this source's size drawn, counted from example 0."""
+        return self.next_example // self.global_batch
 
     def example(self, index: int):
         rng = np.random.default_rng([self.seed, index])
@@ -101,13 +108,13 @@ class ShapesSource:
         return self
 
     def __next__(self) -> dict:
-        start = self.next_batch * self.global_batch + self.first_row
+        start = self.next_example + self.first_row
         images, tokens = [], []
         for i in range(start, start + self.local_batch):
             image, caption = self.example(i)
             images.append(image)
             tokens.append(tokenize_words(caption, self.context_length, self.vocab_size))
-        self.next_batch += 1
+        self.next_example += self.global_batch
         images = (np.stack(images).astype(np.float32) / 255.0 - self.mean) / self.std
         return {"image": images, "text": np.stack(tokens)}
 
@@ -117,12 +124,12 @@ class ShapesSource:
         return {}
 
     def get_state(self) -> dict:
-        return {"next_batch": self.next_batch, "seed": self.seed,
-                "global_batch": self.global_batch}
+        return {"next_example": self.next_example, "seed": self.seed}
 
     def set_state(self, state: dict):
-        for key in ("seed", "global_batch"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"checkpointed data iterator has {key}={state[key]}, but the "
-                                 f"config gives {getattr(self, key)}; resume with the same config")
-        self.next_batch = int(state["next_batch"])
+        if state["seed"] != self.seed:
+            raise ValueError(f"checkpointed data iterator has seed={state['seed']}, but the "
+                             f"config gives {self.seed}; resume with the same config")
+        # checkpoints from before next_example counted batches of their global_batch
+        self.next_example = int(state["next_example"] if "next_example" in state
+                                else state["next_batch"] * state["global_batch"])

@@ -14,6 +14,7 @@ from synthclip_jax.config.error import ConfigError
 from synthclip_jax.data import mixture_spec
 from synthclip_jax.data.shapes import ShapesSource
 from synthclip_jax.config.choices import SOURCES, canonical_source
+from synthclip_jax.train.stage_spec import train_text_length
 
 
 def make_train_source(config):
@@ -28,7 +29,7 @@ def make_train_source(config):
                               "model.captioner.enabled) needs data.source='tfrecord'")
         return ShapesSource(seed=config.seed, global_batch=config.batch_size,
                             image_size=config.data.image_size,
-                            context_length=config.model.text.context_length,
+                            context_length=train_text_length(config),
                             vocab_size=config.model.text.vocab_size,
                             mean=config.data.mean, std=config.data.std,
                             process_index=jax.process_index(),

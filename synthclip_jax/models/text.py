@@ -40,7 +40,7 @@ class TextTransformer(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, tokens):
-        """tokens: (B, context_length) int32 -> (B, embed_dim) unnormalised."""
+        """tokens: (B, L <= context_length) int32 -> (B, embed_dim) unnormalised."""
         return self.pool(self.tokens(tokens), tokens)
 
     def tokens(self, tokens):
@@ -50,7 +50,9 @@ class TextTransformer(nnx.Module):
         # temporary but makes XLA replicate the B x S x D cotangent of the lookup over the whole
         # global batch (its "involuntary full rematerialization"), far larger at pod batch sizes.
         x = jnp.take(layers.read(self.token_embedding), tokens, axis=0)
-        x = x + layers.read(self.positional_embedding)
+        # A shorter row (CLIPA's short training text, data.train_context_length) reads the
+        # first positions of the table, as OpenCLIP's text tower does (tests/test_stages.py).
+        x = x + layers.read(self.positional_embedding)[:tokens.shape[1]]
         x = sharding.constrain(x, ("batch", "seq", "embed"))
         x = self.transformer(x.astype(self.dtype), causal=self.causal)
         # final_ln_after_pool: the norm follows the pooling (in `pool`)

@@ -126,6 +126,9 @@ def train(config, workdir, stop: StopRequest | None = None, devices=None,
     they were."""
     stop = StopRequest() if stop is None else stop
     plan = stages.plan(config)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    for stage in plan:  # every stage's batch size, before hours of training in the first
+        sharding.check_batch_size(stage.config.batch_size, mesh, config.train.grad_accum_steps)
     done = Checkpointer.steps_in(epath.Path(workdir) / "checkpoints")
     last = {}
     for stage in plan:
@@ -202,8 +205,11 @@ def _train_stage(stage, previous, workdir, stop, devices, staged: bool, started)
             clock.update(time=dispatched, step=step, data_wait=0.0)
             memory = device_memory()
             writer.write(step, {**last, "examples_per_sec": rate, **timing, **memory,
-                                **({"stage": stage.index} if staged else {})})
-            eta = (config.total_steps - step) * config.batch_size / max(rate, 1e-9)
+                                **({"stage": stage.index, "examples_seen":
+                                    stages.examples_seen(stage, step)} if staged else {})})
+            # the examples left over this rate (later stages may have other batch sizes)
+            left = (total - step) * config.batch_size + stage.examples_after
+            eta = left / max(rate, 1e-9)
             logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f ex/s  step %.3fs (data %.3fs)%s%s"
                          "  eta %dh%02dm", step, total, last["loss"], last["lr"], rate,
                          timing["step_sec"], timing["data_wait_sec"],

@@ -1,16 +1,15 @@
-"""Training stages (`train.stages`; CLIPA's schedule: low resolution, masked, then a short
-full-resolution unmasked stage). One run, one step counter, one learning-rate schedule over
-`total_steps`; each stage changes only what it names:
-
-  image_size     the training resolution (`data.image_size`); the image position embeddings
-                 are resized at the switch (models/pos_embed.py, = OpenCLIP resize_pos_embed)
-  patch_dropout  `model.image.patch_dropout` in this stage
-  lr_scale       the whole-run schedule times this factor in this stage
-
-and its length, `steps` or `fraction` (of `total_steps`, rounded); the lengths add up to
-`total_steps`, and the last stage's resolution is `data.image_size` (the one evaluation,
-export and `--mode=eval` use). Text context, partial caption length and batch size per stage
-are refused by config_check (recipe_check.py) for now.
+"""Training stages (`train.stages`; CLIPA's schedule: low resolution, masked, short text, then a
+short full-resolution unmasked stage). One run, one step counter, one learning-rate schedule
+over `total_steps`; each stage changes only what it names (train/stage_spec.py: image_size,
+patch_dropout, lr_scale, context_length, partial_caption_tokens, batch_size), and its length,
+`steps` or `fraction` (of `total_steps`, rounded); the lengths add up to `total_steps`, and the
+last stage's resolution is `data.image_size` (the one evaluation, export and `--mode=eval`
+use). At a resolution switch the image position embeddings are resized (models/pos_embed.py,
+= OpenCLIP resize_pos_embed); a shorter text context reads the first N text position
+embeddings, whose table keeps `model.text.context_length` rows, so a text switch changes no
+parameter. A batch size switch rebuilds the input pipeline at the examples consumed so far
+(the data state counts examples, not batches), so no example is skipped or repeated; each
+stage's `examples_before` says how many came before it (the `examples_seen` metric).
 
 The trainer (train/loop.py) runs the stages one after another in the same workdir, each up to
 its last step; the stage of a step is the one whose steps (start, end] hold it, so a
@@ -21,7 +20,6 @@ started again at zero (a resized embedding is a new parameter), everything else 
 An uninterrupted run goes through that same checkpoint, so resuming anywhere, right before or
 right after a switch, computes what the straight run computes.
 """
-import copy
 import dataclasses
 
 import jax
@@ -29,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthclip_jax.models.pos_embed import resize_image_pos
+from synthclip_jax.train.stage_spec import stage_config
 
 IMAGE_POS = ("visual", "positional_embedding")
 
@@ -39,6 +38,8 @@ class Stage:
     start: int  # steps (start, end] belong to this stage
     end: int
     config: object  # the run's config with this stage's values
+    examples_before: int = 0  # training examples of the stages before this one
+    examples_after: int = 0  # and of those after it (the ETA)
 
 
 def lengths(config) -> list:
@@ -52,16 +53,19 @@ def plan(config) -> list:
     stages = config.train.get("stages", ())  # .get: configs from before the key
     if not stages:
         return [Stage(0, 0, config.total_steps, config)]
-    out, start = [], 0
+    out, start, examples = [], 0, 0
     for index, (spec, length) in enumerate(zip(stages, lengths(config))):
-        c = copy.deepcopy(config)
-        c.data.image_size = spec.get("image_size", config.data.image_size)
-        c.model.image.patch_dropout = spec.get("patch_dropout",
-                                               config.model.image.patch_dropout)
-        c.lr = config.lr * spec.get("lr_scale", 1.0)
-        out.append(Stage(index, start, start + length, c))
+        c = stage_config(config, spec)
+        out.append(Stage(index, start, start + length, c, examples_before=examples))
         start += length
-    return out
+        examples += length * c.batch_size
+    return [dataclasses.replace(s, examples_after=examples - s.examples_before
+                                - (s.end - s.start) * s.config.batch_size) for s in out]
+
+
+def examples_seen(stage: Stage, step: int) -> int:
+    """Training examples consumed by the end of `step` (a step of `stage`)."""
+    return stage.examples_before + (step - stage.start) * stage.config.batch_size
 
 
 def stage_of_step(stages: list, step: int) -> Stage:

@@ -222,7 +222,7 @@ def part_input_pipeline(spec, ctx, box):
             if box.left() <= 0:
                 out[f"workers_{workers}"] = "skipped: time box"
                 continue
-            out[f"images_per_s_workers_{workers}"] = pipeline_rate(config, workers, batches)
+            out[f"images_per_s_workers_{workers}"] = pipeline_rate(config, workers, batches)[0]
     return out
 
 

@@ -55,7 +55,10 @@ def write_records(folder: Path, n: int):
     return str(folder / "*.tfrecord")
 
 
-def pipeline_rate(config, workers: int, batches: int) -> float:
+def pipeline_rate(config, workers: int, batches: int) -> tuple:
+    """(images/s, images per CPU-second of this process): the second, per core and hardly
+    moved by other processes on the machine, means something only with 0 workers (the
+    workers' own CPU time is not this process's)."""
     from synthclip_jax.data.pipeline import make_grain_source
 
     config.data.num_workers = workers
@@ -66,10 +69,11 @@ def pipeline_rate(config, workers: int, batches: int) -> float:
     warmup = 1 + -(-d.read_ahead // config.batch_size) + workers * d.prefetch_per_worker
     for _ in range(warmup):
         next(source)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(source)
-    return batches * config.batch_size / (time.perf_counter() - start)
+    images = batches * config.batch_size
+    return images / (time.perf_counter() - start), images / (time.process_time() - cpu)
 
 
 def train_rate(config) -> float:
@@ -109,11 +113,11 @@ def main(argv):
                 config.data.jpeg_draft = draft.lower() in ("true", "1", "yes")
                 print(f"input pipeline: {FLAGS.records} records of 256 px JPEG -> {size} px, "
                       f"batch {FLAGS.batch}, jpeg_draft={config.data.jpeg_draft}")
-                print(f"{'workers':>8} {'images/s':>10} {'per worker':>11}")
+                print(f"{'workers':>8} {'images/s':>10} {'per worker':>11} {'per CPU-s':>10}")
                 for workers in map(int, FLAGS.workers):
-                    rate = pipeline_rate(config, workers, batches)
-                    print(f"{workers:>8} {rate:>10.1f} {rate / max(workers, 1):>11.1f}",
-                          flush=True)
+                    rate, per_cpu = pipeline_rate(config, workers, batches)
+                    print(f"{workers:>8} {rate:>10.1f} {rate / max(workers, 1):>11.1f} "
+                          f"{per_cpu if not workers else float('nan'):>10.1f}", flush=True)
     if not FLAGS.train_batch:
         return
     config.batch_size = FLAGS.train_batch
