@@ -203,16 +203,16 @@ def test_config_files_load_without_jax():
 
 def test_old_config_base_path_still_loads_an_old_config_with_a_warning(tmp_path):
     old_config = tmp_path / "old_config.py"
-    old_config.write_text("from synthclip_jax.config.base import base\n\n"
+    old_config.write_text("from synthclip_jax.config_base import base\n\n"
                           "def get_config():\n    c = base()\n    c.total_steps = 7\n    return c\n")
     code = ("import warnings, runpy; warnings.simplefilter('error', DeprecationWarning)\n"
             "try:\n    runpy.run_path(%r)\nexcept DeprecationWarning as w:\n    print('warned:', w)\n"
             "warnings.simplefilter('ignore')\n"
             "import importlib; from synthclip_jax.config import base\n"
             "print(runpy.run_path(%r)['get_config']().total_steps, "
-            "importlib.import_module('synthclip_jax.config.base').base is base.base)"
+            "importlib.import_module('synthclip_jax.config_base').base is base.base)"
             % (str(old_config), str(old_config)))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "warned: synthclip_jax.config.base moved to synthclip_jax.config.base" in out.stdout
+    assert "warned: synthclip_jax.config_base moved to synthclip_jax.config.base" in out.stdout
     assert out.stdout.splitlines()[-1] == "7 True"
