@@ -100,17 +100,26 @@ def first_step(workdir) -> int:
 
 
 def run_crashed(config, workdir, kills: int, seed: int, run_seconds: float):
+    """`run_seconds`: how long a whole run lasts after its restore. A run resumed at step s has
+    (STEPS - s) / STEPS of it left, and kills are drawn over that (plus a little, for the end).
+    A run that finishes unkilled re-measures it: the machine's load, and so the speed, changes
+    during a CI run, and a stale, long estimate would let most trainers finish unkilled, each
+    of which costs a whole rerun."""
     rng = random.Random(seed)
     landed, starts, delays, startup = 0, [], [], []
     while True:
-        starts.append(first_step(workdir))
+        start_step = first_step(workdir)
+        starts.append(start_step)
         forked = time.monotonic()
         pid, read_fd = fork_trainer(config, workdir)
         ready = wait_started(read_fd, pid)
-        startup.append(round(time.monotonic() - forked, 2))
+        restored = time.monotonic()
+        startup.append(round(restored - forked, 2))
         os.close(read_fd)
+        left = (STEPS - start_step) / STEPS
         if landed < kills and ready:
-            delay = rng.uniform(0, run_seconds)  # anywhere from restore to the end
+            # anywhere from the restore to just after the end
+            delay = rng.uniform(0, run_seconds * (left + 0.1))
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -133,6 +142,8 @@ def run_crashed(config, workdir, kills: int, seed: int, run_seconds: float):
         if landed >= kills:
             print("seconds to restore:", startup, file=sys.stderr)
             return landed, starts, delays
+        if ready and left > 0:
+            run_seconds = (time.monotonic() - restored) / left
         # finished before all the kills landed: run it again from the start
         import shutil
         shutil.rmtree(workdir)
