@@ -42,10 +42,16 @@ def shape_bytes(text: str) -> int:
 _ARRAY_LAYOUT = re.compile(r"\b([a-z]\w*)\[([\d,]*)\](\{[^{}]*(?:\([^)]*\)[^{}]*)*\})?")
 
 
+_MEMORY_SPACE = re.compile(r"S\(([1-9]\d*)\)")
+
+
 def hbm_bytes(text: str) -> int:
-    """shape_bytes without the arrays a TPU layout places in on-chip memory (`S(1)`: VMEM)."""
+    """shape_bytes of the arrays in the default memory space (HBM) only: a layout's `S(n)`,
+    n > 0, places an array elsewhere (TPU VMEM / CMEM / semaphores, host memory; the numbers
+    differ by chip), which is no HBM traffic."""
     return sum(DTYPE_BYTES.get(t, 4) * math.prod(int(d) for d in dims.split(",") if d)
-               for t, dims, layout in _ARRAY_LAYOUT.findall(text) if "S(1)" not in layout)
+               for t, dims, layout in _ARRAY_LAYOUT.findall(text)
+               if not _MEMORY_SPACE.search(layout))
 
 
 @dataclasses.dataclass
