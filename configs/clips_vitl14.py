@@ -62,7 +62,11 @@ def get_config():
                         causal=False, pool_type="last", activation="gelu_tanh",
                         tokenizer="clips_wordpiece", vocab_path="/data/clips/vocab.txt")
     c.model.dtype = "bfloat16"
-    c.model.remat = True
+    # Save only the weight matmuls' outputs (MaxText's dots_with_no_batch_dims_saveable), not
+    # full remat: at 512 per v5p chip it fits both stages (224 px: 90.5 of 95 GiB; 84 px: 19)
+    # for +0.5-2% FLOPs instead of full remat's +23%; XLA estimates 8% (84 px) and 13% (224 px)
+    # faster steps (tools/bench/RESULTS.md, issue 28). Smaller chips: remat_policy="full".
+    c.model.remat_policy = "dots"
     c.data.source = "tfrecord"
     c.data.train = "/data/recap_datacomp/*.tfrecord"
     c.data.text_reduction = "subcaption"

@@ -54,6 +54,9 @@ def get_config():
     c.model.text.update(text_size("B"), layernorm_eps=1e-5, activation="quick_gelu",
                         causal=True, pool_type="argmax")
     c.model.dtype = "bfloat16"  # params stay float32
+    # No rematerialisation (remat=False, remat_policy "auto" = none under data parallelism): the
+    # seed's 256 images per device fit a 32 GB device without it (27.6 GiB per v4 chip of 30.75
+    # usable, tools/bench/RESULTS.md, issue 28), and it costs no recomputed FLOPs.
     c.data.source = "tfrecord"
     c.data.train = "/data/synthci30m/*.tfrecord"
     c.data.image_size = 224

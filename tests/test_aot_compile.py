@@ -78,6 +78,74 @@ def test_report_fits_with_the_analytic_flops_and_the_mesh_collectives(report):
                    for lp in forward), forward
     if platform == "gpu":
         assert row["estimate"] is None  # no time estimate without a device
+    # roofline estimate: the compute side is the FLOPs over the chip's peak; the memory side at
+    # least reads and writes the train state once (the optimizer update: outputs = new state)
+    roof, chip = row["roofline"], targets.parse(TARGETS[platform]).chip
+    assert roof["compute_seconds"] == pytest.approx(
+        row["flops_per_device"] / (chip.peak_tflops * 1e12))
+    assert roof["hbm_bytes"] >= 2 * mem["outputs_gib"] * targets.GIB
+    assert roof["step_seconds"] == max(roof["compute_seconds"], roof["memory_seconds"])
+    assert 0 < roof["mfu"] <= 1
+
+
+# A scanned layer as XLA writes it: a while loop (3 trips) whose fusion slices one layer out of
+# a stacked f32[3,4,8] weight and writes one row into a stacked activation in place; one
+# operand lives in TPU VMEM (S(1)), which is no HBM traffic.
+LOOP_HLO = """
+%slice_and_scale (p0: f32[3,4,8], p1: s32[], p2: f32[4,8]) -> f32[4,8] {
+  %p0 = f32[3,4,8]{2,1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %c0 = s32[] constant(0)
+  %ds = f32[1,4,8]{2,1,0} dynamic-slice(%p0, %p1, %c0, %c0), dynamic_slice_sizes={1,4,8}
+  %b = f32[4,8]{1,0} bitcast(%ds)
+  %p2 = f32[4,8]{1,0:T(8,128)S(1)} parameter(2)
+  ROOT %m = f32[4,8]{1,0} multiply(%b, %p2)
+}
+
+%body (t: (s32[], f32[3,4,8], f32[4,8], f32[3,4,8])) -> (s32[], f32[3,4,8], f32[4,8], f32[3,4,8]) {
+  %t = (s32[], f32[3,4,8], f32[4,8], f32[3,4,8]) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=0
+  %w = f32[3,4,8]{2,1,0} get-tuple-element(%t), index=1
+  %x = f32[4,8]{1,0:T(8,128)S(1)} get-tuple-element(%t), index=2
+  %acts = f32[3,4,8]{2,1,0} get-tuple-element(%t), index=3
+  %f = f32[4,8]{1,0} fusion(%w, %i, %x), kind=kLoop, calls=%slice_and_scale
+  %row = f32[1,4,8]{2,1,0} bitcast(%f)
+  %z = s32[] constant(0)
+  %upd = f32[3,4,8]{2,1,0} dynamic-update-slice(%acts, %row, %i, %z, %z)
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  ROOT %out = (s32[], f32[3,4,8], f32[4,8], f32[3,4,8]) tuple(%next, %w, %f, %upd)
+}
+
+%cond (t: (s32[], f32[3,4,8], f32[4,8], f32[3,4,8])) -> pred[] {
+  %t = (s32[], f32[3,4,8], f32[4,8], f32[3,4,8]) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=0
+  %n = s32[] constant(3)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (w: f32[3,4,8], x: f32[4,8]) -> f32[3,4,8] {
+  %w = f32[3,4,8]{2,1,0} parameter(0)
+  %x = f32[4,8]{1,0} parameter(1)
+  %zero = s32[] constant(0)
+  %acts0 = f32[3,4,8]{2,1,0} broadcast(f32[] constant(0)), dimensions={}
+  %init = (s32[], f32[3,4,8], f32[4,8], f32[3,4,8]) tuple(%zero, %w, %x, %acts0)
+  %loop = (s32[], f32[3,4,8], f32[4,8], f32[3,4,8]) while(%init), condition=%cond, body=%body
+  ROOT %result = f32[3,4,8]{2,1,0} get-tuple-element(%loop), index=3
+}
+"""
+
+
+def test_hbm_bytes_count_slices_in_place_updates_and_loops():
+    from synthclip_jax.aot import hlo_stats
+    layer = 4 * 8 * 4  # one f32[4,8]
+    per_trip = (layer + 4 + layer  # the fusion reads one layer's slice and the s32 index (the
+                # VMEM operand: nothing) and writes one layer
+                + 3 * 4  # the counter's add: two s32 read, one written
+                + 2 * layer)  # the in-place update reads and writes one row, not the stack
+    entry = 3 * layer  # the broadcast writes the stacked activation once
+    stats = hlo_stats.analyze(LOOP_HLO)
+    assert stats.bytes_accessed == entry + 3 * per_trip
 
 
 @needs["tpu"]

@@ -301,14 +301,16 @@ def test_launch_preflight_compiles_first_and_can_be_skipped():
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs the aot extra")
 def test_launch_preflight_refuses_a_step_that_does_not_fit(tmp_path):
-    """The real compile (demo model, an impossible batch for v5e-4): nothing is created."""
+    """The real compile (demo model, an impossible batch for v5e-4): nothing is created. (The
+    batch is far out of reach so that the compiler refuses at once: near the limit, libtpu
+    spends minutes rematerialising to make it fit.)"""
     proc = sh(TPU / "launch.sh", "--name", "n", "--zone", "z", "--workdir", "gs://b/r",
               "--accelerator-type", "v5litepod-4", "--config", "configs/demo_cpu.py", "--",
-              "--config.batch_size=65536", env={**ENV, "TMPDIR": str(tmp_path)}, check=False)
+              "--config.batch_size=262144", env={**ENV, "TMPDIR": str(tmp_path)}, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     # the compile exited 1 with one line: the per-device batch and what would help
     line, = [x for x in proc.stderr.splitlines() if x.startswith("compile: ")]
-    assert "does not fit on v5litepod-4" in line and "16384 examples per device" in line
+    assert "does not fit on v5litepod-4" in line and "65536 examples per device" in line
     assert "--config.model.remat=True" in line and "--config.train.grad_accum_steps=" in line
     assert "error: pre-flight: the train step does not fit" in proc.stderr
     assert not json.loads((tmp_path / "n-compile_report.json").read_text())["fits"]

@@ -169,7 +169,8 @@ def remat_eqns(config, devices):
     batch = {"image": jnp.zeros((8, 16, 16, 3), jnp.float32),
              "text": jnp.ones((8, 7), jnp.int32)}
     closed = jax.make_jaxpr(make_train_step(config, setup, mesh))(setup.abstract_state, batch)
-    return [e for e in walk(closed.jaxpr) if e.primitive.name in ("checkpoint", "remat", "remat2")]
+    return [e for e in walk(closed.jaxpr) if e.primitive.name in ("checkpoint", "remat", "remat2")
+            and e.params.get("policy") is not layers.RECOMPUTE]  # the per-layer ones
 
 
 def policy_name(eqn):

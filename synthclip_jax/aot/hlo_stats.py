@@ -39,6 +39,21 @@ def shape_bytes(text: str) -> int:
     return sum(DTYPE_BYTES.get(t, 4) * math.prod(d) for t, d in shape_dims(text))
 
 
+_ARRAY_LAYOUT = re.compile(r"\b([a-z]\w*)\[([\d,]*)\](\{[^{}]*(?:\([^)]*\)[^{}]*)*\})?")
+
+
+_MEMORY_SPACE = re.compile(r"S\(([1-9]\d*)\)")
+
+
+def hbm_bytes(text: str) -> int:
+    """shape_bytes of the arrays in the default memory space (HBM) only: a layout's `S(n)`,
+    n > 0, places an array elsewhere (TPU VMEM / CMEM / semaphores, host memory; the numbers
+    differ by chip), which is no HBM traffic."""
+    return sum(DTYPE_BYTES.get(t, 4) * math.prod(int(d) for d in dims.split(",") if d)
+               for t, dims, layout in _ARRAY_LAYOUT.findall(text)
+               if not _MEMORY_SPACE.search(layout))
+
+
 @dataclasses.dataclass
 class Instr:
     name: str
@@ -53,6 +68,7 @@ class Computation:
     instrs: list
     shapes: dict  # value name -> shape text (parameters and instructions)
     is_entry: bool = False
+    root: str = ""  # the ROOT instruction's name
 
 
 def parse_module(text: str) -> dict:
@@ -73,6 +89,8 @@ def parse_module(text: str) -> dict:
         if m:
             ins = Instr(m[2], m[3], m[4], m[5])
             current.instrs.append(ins)
+            if m[1]:
+                current.root = ins.name
             current.shapes[ins.name] = ins.shape
     return comps
 
@@ -182,10 +200,94 @@ class Loop:
         return "backward" if "transpose(" in self.op_name else "forward"
 
 
+# Opcodes that move no bytes through HBM themselves (aliases, control flow whose callees are
+# counted, async "done" halves) and collectives (the interconnect, counted apart).
+NO_HBM_TRAFFIC = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "while",
+                  "call", "conditional", "after-all", "partition-id", "replica-id",
+                  "opt-barrier", "add-dependency", "copy-done", "send-done", "recv-done"}
+
+
+def _fused_params(comps: dict, ins: Instr):
+    """A fusion instruction -> (its computation, {operand index: parameter name}), or None."""
+    callee = re.search(r"calls=%?([\w.\-]+)", ins.rest)
+    fused = comps.get(callee[1]) if callee else None
+    if fused is None:
+        return None
+    return fused, {int(re.match(r"\s*(\d+)", p.rest)[1]): p.name
+                   for p in fused.instrs if p.opcode == "parameter"}
+
+
+def _sliced_use_bytes(comps: dict, fused: Computation, value: str):
+    """Bytes a fusion reads of `value` (one of its parameters) when it only slices it
+    (dynamic-slice: the slice) or updates it in place (dynamic-update-slice: nothing read),
+    as scanned layers index their stacked weights and activations, through bitcasts and
+    nested fusions; None if it reads it whole."""
+    total = 0
+    for ins in fused.instrs:
+        ops = _operands(ins)
+        if value not in ops:
+            continue
+        if ins.opcode == "dynamic-slice" and ops[0] == value:
+            total += hbm_bytes(ins.shape)
+        elif ins.opcode == "dynamic-update-slice" and ops[0] == value:
+            pass
+        elif ins.opcode == "bitcast":
+            inner = _sliced_use_bytes(comps, fused, ins.name)
+            if inner is None:
+                return None
+            total += inner
+        elif ins.opcode == "fusion" and (nested := _fused_params(comps, ins)):
+            for i in (i for i, o in enumerate(ops) if o == value):
+                inner = (_sliced_use_bytes(comps, nested[0], nested[1][i])
+                         if i in nested[1] else None)
+                if inner is None:
+                    return None
+                total += inner
+        else:
+            return None
+    return total
+
+
+def _written_bytes(comp: Computation, ins: Instr) -> int:
+    """Bytes `ins` writes: an in-place dynamic-update-slice writes its update only."""
+    if ins.opcode == "dynamic-update-slice":
+        return hbm_bytes(comp.shapes.get(_operands(ins)[1], ""))
+    return hbm_bytes(ins.shape)
+
+
+def instr_bytes(comps: dict, comp: Computation, ins: Instr) -> int:
+    """HBM bytes read and written by one unfused instruction (a fusion counts as one kernel:
+    its operands and result), in the spirit of XLA's HloCostAnalysis "bytes accessed"."""
+    kind = ins.opcode.removesuffix("-start")
+    if ins.opcode in NO_HBM_TRAFFIC or kind in COLLECTIVES or ins.opcode.endswith("-done"):
+        return 0
+    ops = _operands(ins)
+    if ins.opcode == "dynamic-slice":
+        return 2 * hbm_bytes(ins.shape)
+    if ins.opcode == "dynamic-update-slice":
+        return 2 * _written_bytes(comp, ins)
+    if ins.opcode != "fusion":
+        return hbm_bytes(ins.shape) + sum(hbm_bytes(comp.shapes.get(o, "")) for o in ops)
+    found = _fused_params(comps, ins)
+    if found is None:
+        return hbm_bytes(ins.shape) + sum(hbm_bytes(comp.shapes.get(o, "")) for o in ops)
+    fused, params = found
+    read = 0
+    for i, operand in enumerate(ops):
+        sliced = _sliced_use_bytes(comps, fused, params[i]) if i in params else None
+        read += hbm_bytes(comp.shapes.get(operand, "")) if sliced is None else sliced
+    by_name = {x.name: x for x in fused.instrs}
+    root = by_name.get(fused.root, fused.instrs[-1])
+    outs = ([by_name[o] for o in _operands(root) if o in by_name] if root.opcode == "tuple"
+            else [root])
+    return read + sum(_written_bytes(fused, x) for x in outs)
+
+
 @dataclasses.dataclass
 class Stats:
     flops: int = 0  # per device, loops multiplied out
     flops_once: int = 0  # every computation counted once (as XLA's cost analysis counts)
+    bytes_accessed: int = 0  # HBM bytes read + written, unfused instructions, loops multiplied
     loops: list = dataclasses.field(default_factory=list)
     collectives: list = dataclasses.field(default_factory=list)  # dicts, see `analyze`
 
@@ -207,10 +309,12 @@ def analyze(text: str) -> Stats:
     entry = next(c for c in comps.values() if c.is_entry)
     stats = Stats()
 
-    def visit(comp, weight, loop, depth, seen):
+    def visit(comp, weight, loop, depth, seen, fused=False):
         if comp.name in seen:  # a computation calling itself would be malformed HLO
             return
         for ins in comp.instrs:
+            if not fused:  # a fusion's inner instructions stay on chip
+                stats.bytes_accessed += weight * instr_bytes(comps, comp, ins)
             f = instr_flops(comp, ins)
             stats.flops += weight * f
             stats.flops_once += f
@@ -233,7 +337,8 @@ def analyze(text: str) -> Stats:
                     visit(comps[callee], weight * inner.trips, inner, depth + 1,
                           seen | {comp.name})
                 else:
-                    visit(comps[callee], weight, loop, depth, seen | {comp.name})
+                    visit(comps[callee], weight, loop, depth, seen | {comp.name},
+                          fused or ins.opcode == "fusion")
 
     visit(entry, 1, None, 0, frozenset())
     return stats

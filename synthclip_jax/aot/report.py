@@ -16,6 +16,8 @@ from synthclip_jax.aot.targets import GIB
 from synthclip_jax.models.layers import remat_policy
 
 GEMM_NOTE = "estimate: XLA's optimal_seconds x (loop-multiplied / once-counted matmul FLOPs)"
+ROOFLINE_NOTE = ("roofline estimate: max(FLOPs / peak bf16, HBM bytes / bandwidth) per device, "
+                 "an upper bound on throughput")
 
 
 def _settings(config, mesh_shape: dict) -> dict:
@@ -70,6 +72,7 @@ def build(config, target, compiled) -> dict:
         "model_flops_per_device": model_flops_per_device(config, devices),
         "collectives": hlo_stats.collective_summary(stats),
         "estimate": estimate(config, target, ex, stats, mesh_shape),
+        "roofline": roofline(config, target, stats, mesh_shape),
     }
     return row
 
@@ -91,13 +94,31 @@ def estimate(config, target, executable, stats, mesh_shape) -> dict | None:
     cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
     seconds = (cost or {}).get("optimal_seconds")
     if not seconds or seconds <= 0 or not stats.flops_once:
-        return None  # GPU: no estimate without a device
+        return None  # GPU: no estimate without a device; TPU: often negative (none)
     seconds *= stats.flops / stats.flops_once
     samples = per_device_batch(config, mesh_shape) / seconds
     model = model_flops_per_device(config, target.num_devices)
     mfu = model / seconds / (target.chip.peak_tflops * 1e12) if model else None
     return {"step_seconds": seconds, "samples_per_sec_per_chip": samples, "mfu": mfu,
             "note": GEMM_NOTE}
+
+
+def roofline(config, target, stats, mesh_shape) -> dict:
+    """A lower bound on the step time per device: max(FLOPs / peak, HBM bytes / bandwidth),
+    from the compiled HLO (hlo_stats: matmul FLOPs and unfused HBM traffic, loops multiplied
+    out), i.e. perfect overlap of compute and memory and no collectives' cost; its samples/s
+    and MFU are therefore upper bounds. MFU counts model FLOPs (model_flops.py; the compiled
+    FLOPs where that formula does not apply), so recomputation lowers it."""
+    compute = stats.flops / (target.chip.peak_tflops * 1e12)
+    memory = stats.bytes_accessed / (target.chip.hbm_gbps * 1e9)
+    seconds = max(compute, memory, 1e-12)
+    model = model_flops_per_device(config, target.num_devices) or stats.flops
+    return {"step_seconds": seconds, "compute_seconds": compute, "memory_seconds": memory,
+            "bound": "compute" if compute >= memory else "HBM bandwidth",
+            "hbm_bytes": stats.bytes_accessed,
+            "samples_per_sec_per_chip": per_device_batch(config, mesh_shape) / seconds,
+            "mfu": model / seconds / (target.chip.peak_tflops * 1e12),
+            "note": ROOFLINE_NOTE}
 
 
 def refused_by_compiler(config, target, mesh_shape: dict, message: str) -> dict:
@@ -187,6 +208,13 @@ def table(row: dict) -> str:
         mfu = f", MFU {est['mfu']:.1%}" if est["mfu"] is not None else ""
         lines.append(f"  {'estimate':<16}{est['step_seconds'] * 1e3:8.1f} ms/step, "
                      f"{est['samples_per_sec_per_chip']:.1f} samples/s/chip{mfu} ({est['note']})")
+    roof = row.get("roofline")
+    if roof:
+        lines.append(f"  {'roofline':<16}{roof['step_seconds'] * 1e3:8.1f} ms/step "
+                     f"({roof['bound']}-bound: compute {roof['compute_seconds'] * 1e3:.1f} ms, "
+                     f"HBM {roof['hbm_bytes'] / 1e9:.1f} GB in {roof['memory_seconds'] * 1e3:.1f} "
+                     f"ms), {roof['samples_per_sec_per_chip']:.1f} samples/s/chip, MFU "
+                     f"{roof['mfu']:.1%} (roofline estimate: an upper bound)")
     coll = row.get("collectives")
     if coll:
         for loop in coll["loops"]:

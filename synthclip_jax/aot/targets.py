@@ -23,22 +23,24 @@ class Chip:
     kind: str
     hbm_bytes: int  # memory of one chip (one TPU chip, one GPU)
     peak_tflops: float  # dense bf16 TFLOP/s per chip (the MFU denominator)
+    hbm_gbps: float  # HBM bandwidth, GB/s per chip (the roofline's memory side)
     usable_fraction: float = 1.0  # of hbm_bytes that a JAX process can use (see GPU below)
 
 
-# Cloud TPU docs' per-chip HBM and bf16 peak. v5e's 15.75 GiB and v4's 30.75 GiB usable are
-# what libtpu's compiler says is available ("exceeds available HBM (30.75G)").
+# Cloud TPU docs' per-chip HBM, bf16 peak and HBM bandwidth. v5e's 15.75 GiB and v4's 30.75 GiB
+# usable are what libtpu's compiler says is available ("exceeds available HBM (30.75G)").
 TPU_CHIPS = {
-    "v4": Chip("TPU v4", 32 * GIB, 275.0, usable_fraction=30.75 / 32),
-    "v5e": Chip("TPU v5e", int(15.75 * GIB), 197.0),
-    "v5p": Chip("TPU v5p", 95 * GIB, 459.0),
-    "v6e": Chip("TPU v6e", 32 * GIB, 918.0),
+    "v4": Chip("TPU v4", 32 * GIB, 275.0, 1228.0, usable_fraction=30.75 / 32),
+    "v5e": Chip("TPU v5e", int(15.75 * GIB), 197.0, 819.0),
+    "v5p": Chip("TPU v5p", 95 * GIB, 459.0, 2765.0),
+    "v6e": Chip("TPU v6e", 32 * GIB, 918.0, 1640.0),
 }
-# device_memory_size of XLA's target configs; bf16 dense peak of the SXM parts. JAX preallocates
-# XLA_PYTHON_CLIENT_MEM_FRACTION (default 0.75) of a GPU's memory and XLA must fit in that.
+# device_memory_size of XLA's target configs; bf16 dense peak and HBM bandwidth of the SXM
+# parts (NVIDIA's data sheets). JAX preallocates XLA_PYTHON_CLIENT_MEM_FRACTION (default 0.75)
+# of a GPU's memory and XLA must fit in that.
 GPU_CHIPS = {
-    "h100": (Chip("NVIDIA H100 SXM", 84942979072, 989.0), "h100_sxm.txtpb"),
-    "h200": (Chip("NVIDIA H200", 151397597184, 989.0), "h200.txtpb"),
+    "h100": (Chip("NVIDIA H100 SXM", 84942979072, 989.0, 3350.0), "h100_sxm.txtpb"),
+    "h200": (Chip("NVIDIA H200", 151397597184, 989.0, 4800.0), "h200.txtpb"),
 }
 # chips -> torus shape: v4/v5p are 3-D (x, y, z), v5e/v6e 2-D.
 SHAPES_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4),

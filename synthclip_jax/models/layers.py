@@ -19,6 +19,11 @@ from synthclip_jax import sharding
 from synthclip_jax.config.choices import ATTENTION_IMPLS, REMAT_POLICIES
 from synthclip_jax.models.param_kinds import PARAM_KINDS
 
+# The policy of the small recomputations inside every layer (LayerNorm, activation, attention
+# softmax: recomputed from their inputs in the backward pass whatever model.remat_policy says);
+# named so that they can be told from the per-layer policies.
+RECOMPUTE = jax.checkpoint_policies.nothing_saveable
+
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),  # PyTorch nn.GELU()
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),  # Flax / big_vision
@@ -84,11 +89,21 @@ class LayerNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x):
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * read(self.scale) + read(self.bias)).astype(x.dtype)
+        return _layer_norm(x, read(self.scale), read(self.bias), self.eps)
+
+
+# Recomputed in the backward pass from its (compute-dtype) input: otherwise autodiff keeps three
+# float32 copies of the activation per norm (x - mean, the normalised y, y * scale), 12 bytes per
+# element against the input's 2 in bfloat16, the largest single part of what a ViT-B/16 layer
+# kept per image without remat (issue 28). The recomputation is a few elementwise ops, fused into
+# the backward kernels, and gives bit-identical values.
+@functools.partial(jax.checkpoint, static_argnums=(3,), policy=RECOMPUTE)
+def _layer_norm(x, scale, bias, eps):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+    return (y * scale + bias).astype(x.dtype)
 
 
 class StackedBlocks(nnx.Module):
@@ -128,7 +143,9 @@ class StackedBlocks(nnx.Module):
         self.c_proj_kernel = normal_param(rngs, (depth, mlp_dim, width), (*L, "mlp", "embed"),
                                           proj_std, kind="weight")
         self.c_proj_bias = const_param((depth, width), (*L, "embed"), 0.0, kind="bias")
-        self.act = act
+        # The activation is recomputed in the backward pass from its input: exact GELU's
+        # derivative otherwise keeps erfc, exp and two more (batch, seq, mlp) tensors per layer.
+        self.act = jax.checkpoint(act, policy=RECOMPUTE)
         self.dtype = dtype
         self.attention = attention
 
@@ -140,9 +157,16 @@ class StackedBlocks(nnx.Module):
         qkv = jnp.einsum("bsd,dthk->tbshk", h, w(self.in_proj_kernel)) + w(
             self.in_proj_bias)[:, None, None]
         q, k, v = sharding.constrain(qkv, (None, "batch", "seq", "heads", "kv"))
-        h = jax.nn.dot_product_attention(
-            q, k, v, mask=mask, is_causal=causal,
-            implementation=attention_impl(self.attention, q.dtype, q.shape[-1]))
+        impl = attention_impl(self.attention, q.dtype, q.shape[-1])
+        attend = functools.partial(jax.nn.dot_product_attention, is_causal=causal,
+                                   implementation=impl)
+        if impl == "xla":
+            # Recompute the scores and softmax in the backward pass from q, k, v (what a flash
+            # kernel such as cuDNN's keeps) instead of keeping the float32 exp and the
+            # probabilities, (batch, heads, seq, seq) x 6 bytes per layer: for ViT-B/16 more
+            # than q, k and v together. One more QK^T matmul, a few % of a ViT's FLOPs.
+            attend = jax.checkpoint(attend, policy=RECOMPUTE)
+        h = attend(q, k, v, mask=mask)
         h = sharding.constrain(h, ("batch", "seq", "heads", "kv"))
         x = residual(x + jnp.einsum("bshk,hkd->bsd", h, w(self.out_proj_kernel))
                      + w(self.out_proj_bias))
