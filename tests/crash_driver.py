@@ -117,7 +117,9 @@ def run_crashed(config, workdir, kills: int, seed: int, run_seconds: float):
         startup.append(round(restored - forked, 2))
         os.close(read_fd)
         left = (STEPS - start_step) / STEPS
-        if landed < kills and ready:
+        # A run resumed at the end (killed while finishing) is left to finish: it shows the
+        # restart there works, and killing it again would only pile the kills up at the end.
+        if landed < kills and ready and left > 0:
             # anywhere from the restore to just after the end
             delay = rng.uniform(0, run_seconds * (left + 0.1))
             deadline = time.monotonic() + delay
