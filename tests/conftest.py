@@ -34,9 +34,28 @@ def pytest_sessionfinish(session, exitstatus):
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
+# The longest files (summed test time in a CI run, tests/README.md), longest first.
+LONGEST_FILES = ("test_data_gen_text.py", "test_train_parallel.py", "test_crash_consistency.py",
+                 "test_main_e2e.py", "test_bench.py", "test_resume_process_count.py",
+                 "test_multihost.py", "test_seed_cpu_configs.py", "test_resnet_training.py",
+                 "test_clips_parallel.py", "test_data_gen_chain.py", "test_captioner.py",
+                 "test_device_check.py")
+
+
+def pytest_configure(config):
+    # xdist would otherwise re-sort files by their number of tests, undoing the order below.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
-    # xdist's --dist loadfile hands out whole files in collection order: the files holding slow
-    # tests go first (longest first, roughly), so that no long file starts last and leaves the
-    # other worker idle at the end. Order within a file is kept (a stable sort).
+    # xdist's --dist loadfile hands out whole files in collection order: the longest files go
+    # first, then the other files holding slow tests, so that no long file starts last and
+    # leaves the other worker idle at the end. Order within a file is kept (a stable sort).
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+
+    def rank(item):
+        name = item.path.name
+        longest = LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+        return longest, item.path not in slow_files
+    items.sort(key=rank)
