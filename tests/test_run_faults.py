@@ -1,4 +1,6 @@
 """Faults found early and named, and a failing evaluation that keeps the training it follows."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -51,7 +53,10 @@ def test_undecodable_zeroshot_image_is_named_at_start(tmp_path):
 
 
 @pytest.mark.slow
-def test_failing_evaluation_keeps_the_steps_since_the_last_checkpoint(tmp_path, monkeypatch):
+def test_failing_evaluation_keeps_the_steps_since_the_last_checkpoint_and_the_rerun_evaluates(
+        tmp_path, monkeypatch):
+    """The checkpoint of step 3 is saved before the evaluation fails (as after a kill between
+    an evaluation step's checkpoint and its eval.jsonl row): the rerun evaluates step 3 first."""
     (tmp_path / "data").mkdir()
     config = config_for(write_shards(tmp_path / "data", "shapes", 0, 64, 2, seed=0,
                                      image_size=40), workers=0)
@@ -68,3 +73,10 @@ def test_failing_evaluation_keeps_the_steps_since_the_last_checkpoint(tmp_path, 
     checkpointer = Checkpointer(tmp_path / "run" / "checkpoints", keep=3)
     assert checkpointer.latest_step() == 3
     checkpointer.close()
+    eval_rows = tmp_path / "run" / "eval.jsonl"
+    assert not eval_rows.exists() or not eval_rows.read_text().strip()
+
+    monkeypatch.undo()
+    loop.train(config, tmp_path / "run", devices=jax.devices())
+    rows = [json.loads(line) for line in eval_rows.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3] and "zeroshot/top1" in rows[0]

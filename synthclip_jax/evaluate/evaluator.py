@@ -9,7 +9,10 @@ evaluation, so host memory does not grow with the sets.
 import dataclasses
 import time
 
+import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from synthclip_jax.data.text_tokenizer import tokenizer_of
 from synthclip_jax.evaluate import classify, retrieval, sources, zeroshot
@@ -138,6 +141,17 @@ class Evaluator:
         logging.info("eval at step %d: %s", step,
                      "  ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
         return results
+
+    def row_missing(self, step: int) -> bool:
+        """Whether eval.jsonl lacks `step`'s row: a run killed after that step's checkpoint and
+        before its evaluation's row. The same answer on every process (process 0 holds the
+        rows), since all of them take part in an evaluation."""
+        if not self.enabled:
+            return False
+        missing = jax.process_index() == 0 and not self.writer.has_step(step)
+        if jax.process_count() > 1:
+            missing = bool(multihost_utils.broadcast_one_to_all(np.int32(missing)))
+        return missing
 
     def close(self):
         if self.writer is not None:

@@ -106,6 +106,13 @@ def _layer_norm(x, scale, bias, eps):
     return (y * scale + bias).astype(x.dtype)
 
 
+@functools.cache
+def recomputed(act):
+    """`act` under the RECOMPUTE policy: one wrapper per activation function, so that models
+    built apart have equal graphdefs (the activation is a static attribute of the module)."""
+    return jax.checkpoint(act, policy=RECOMPUTE)
+
+
 class StackedBlocks(nnx.Module):
     """All of a tower's pre-LN blocks, x + attn(ln_1(x)); x + mlp(ln_2(x)), stored stacked
     (leading 'layers' axis) and called one layer at a time, with that layer's slice.
@@ -145,7 +152,7 @@ class StackedBlocks(nnx.Module):
         self.c_proj_bias = const_param((depth, width), (*L, "embed"), 0.0, kind="bias")
         # The activation is recomputed in the backward pass from its input: exact GELU's
         # derivative otherwise keeps erfc, exp and two more (batch, seq, mlp) tensors per layer.
-        self.act = jax.checkpoint(act, policy=RECOMPUTE)
+        self.act = recomputed(act)
         self.dtype = dtype
         self.attention = attention
 

@@ -39,6 +39,10 @@ class MetricWriter:
             from tensorboardX import SummaryWriter  # light; no TensorFlow needed
             self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
+    def has_step(self, step: int) -> bool:
+        """Whether a row of `step` is kept (process 0 only: the others hold no rows)."""
+        return self.enabled and any(json.loads(line)["step"] == step for line in self.lines)
+
     def write(self, step: int, scalars: dict):
         if not self.enabled:
             return

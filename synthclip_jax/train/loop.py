@@ -178,6 +178,11 @@ def _train_stage(stage, previous, workdir, stop, devices, staged: bool, started)
 
     total, log_every = stage.end, config.log.every_steps  # = total_steps without stages
     ckpt_every = config.checkpoint.every_steps
+    if eval_every and start and (start % eval_every == 0 or start == total) and \
+            evaluator.row_missing(start):
+        # Killed (or stopped) after this step's checkpoint, before its evaluation was written.
+        logging.info("step %d's evaluation is not in eval.jsonl: evaluating it first", start)
+        evaluator(state["params"], start, ema_params=state.get("ema"))
     # (step, device metrics, its data wait, when it was dispatched) not yet seen on the host:
     # timing by dispatch keeps each row's wall time and data wait over the same steps.
     pending = None
