@@ -210,3 +210,30 @@ def test_gpu_names_and_bad_targets():
 def test_compile_mode_without_a_target_is_a_config_error():
     with pytest.raises(ConfigError, match="compile.target"):
         run.main_mode(get_config(), None)
+
+
+@needs["tpu"]
+def test_neighbour_search_compiles_with_the_bank_split_over_the_chips():
+    """SimCLIP's neighbour search (data.clusters): the bank's rows split over the 4 chips, the
+    replicated query chunk, on top of the train state; skipped, and said so, without a size."""
+    config = demo("dp", TARGETS["tpu"])
+    config.data.clusters.enabled = True
+    target = targets.parse(TARGETS["tpu"])
+    devices = run.target_devices(target)
+    unsized = {"memory": {"arguments_gib": 1.0}, "fits": True}
+    run.add_neighbour_search(unsized, config, devices, target)
+    assert "compile.num_records" in unsized["neighbour_search_skipped"]
+
+    config.compile.num_records = n = 10_240  # rows a multiple of 128: no TPU layout padding
+    row = {"memory": {"arguments_gib": 1.0}, "fits": True}
+    run.add_neighbour_search(row, config, devices, target)
+    search = row["neighbour_search"]
+    # k: every cluster of 16 sees its whole neighbourhood (data/clusters.py, proportion 1)
+    k = config.batch_size + config.data.clusters.cluster_size
+    rows = max(-(-n // 4), k)
+    chunk = min(4096, (1 << 28) // (4 * rows))
+    assert (search["k"], search["rows_per_device"], search["query_chunk"]) == (k, rows, chunk)
+    dim = config.model.embed_dim
+    assert search["arguments_gib"] * 2**30 == pytest.approx((rows + chunk) * dim * 4)
+    assert search["total_with_train_state_gib"] > 1.0 + search["arguments_gib"]
+    assert search["fits"] and row["fits"]

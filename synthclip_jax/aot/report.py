@@ -77,16 +77,32 @@ def build(config, target, compiled) -> dict:
     return row
 
 
-def add_eval(row: dict, executable, target) -> None:
-    """The evaluation image encoder, run between steps while the train state (the step's
-    arguments) stays in memory: its temporaries and outputs come on top of that."""
+def between_steps(row: dict, executable, target, own_arguments: bool) -> dict:
+    """Memory of a program run between steps while the train state (the step's arguments)
+    stays in memory: its temporaries and outputs, and its arguments when they are not that
+    state (`own_arguments`), come on top of it."""
     mem = executable.memory_analysis()
-    during = (row["memory"]["arguments_gib"] + (mem.temp_size_in_bytes + mem.output_size_in_bytes
-                                                + mem.generated_code_size_in_bytes) / GIB)
-    row["eval_encoder"] = {"temporaries_gib": mem.temp_size_in_bytes / GIB,
-                           "total_with_train_state_gib": during,
-                           "fits": during <= target.usable_bytes / GIB}
+    own = mem.temp_size_in_bytes + mem.output_size_in_bytes + mem.generated_code_size_in_bytes
+    if own_arguments:
+        own += mem.argument_size_in_bytes
+    during = row["memory"]["arguments_gib"] + own / GIB
+    return {"temporaries_gib": mem.temp_size_in_bytes / GIB,
+            "arguments_gib": mem.argument_size_in_bytes / GIB if own_arguments else 0.0,
+            "total_with_train_state_gib": during, "fits": during <= target.usable_bytes / GIB}
+
+
+def add_eval(row: dict, executable, target) -> None:
+    """The evaluation image encoder (its arguments are the train state's parameters)."""
+    row["eval_encoder"] = between_steps(row, executable, target, own_arguments=False)
     row["fits"] = row["fits"] and row["eval_encoder"]["fits"]
+
+
+def add_neighbour_search(row: dict, executable, target, **plan) -> None:
+    """SimCLIP's neighbour search over the embedded records (data/neighbours.py): one query
+    chunk against the bank's row block on each device."""
+    row["neighbour_search"] = {**plan, **between_steps(row, executable, target,
+                                                        own_arguments=True)}
+    row["fits"] = row["fits"] and row["neighbour_search"]["fits"]
 
 
 def estimate(config, target, executable, stats, mesh_shape) -> dict | None:
@@ -202,8 +218,10 @@ def table(row: dict) -> str:
                      + (f" (with {row['compiler_options']})" if row["compiler_options"] else ""))
     est = row.get("estimate")
     if est is None and "flops_per_device" in row:
+        why = ("without a device a GPU compile never does" if row.get("platform") == "cuda"
+               else "libtpu often gives none, or a negative one")
         lines.append(f"  {'estimate':<16}none (the compiler gave no time estimate for this "
-                     "step; without a device a GPU compile never does)")
+                     f"step; {why})")
     if est:
         mfu = f", MFU {est['mfu']:.1%}" if est["mfu"] is not None else ""
         lines.append(f"  {'estimate':<16}{est['step_seconds'] * 1e3:8.1f} ms/step, "
@@ -233,6 +251,15 @@ def table(row: dict) -> str:
         lines.append(f"  eval encoder: {ev['temporaries_gib']:.2f} GiB temporaries, "
                      f"{ev['total_with_train_state_gib']:.2f} GiB with the train state "
                      f"({'fits' if ev['fits'] else 'DOES NOT FIT'})")
+    if "neighbour_search" in row:
+        ns = row["neighbour_search"]
+        lines.append(f"  neighbour search ({ns['num_records']} records, k={ns['k']}, chunks of "
+                     f"{ns['query_chunk']}): {ns['arguments_gib']:.2f} GiB bank and queries, "
+                     f"{ns['temporaries_gib']:.2f} GiB temporaries, "
+                     f"{ns['total_with_train_state_gib']:.2f} GiB with the train state "
+                     f"({'fits' if ns['fits'] else 'DOES NOT FIT'})")
+    elif row.get("neighbour_search_skipped"):
+        lines.append(f"  neighbour search: {row['neighbour_search_skipped']}")
     if "max_batch_per_device" in row:
         lines.append(f"  largest per-device batch that fits: {row['max_batch_per_device']}")
     return "\n".join(lines)

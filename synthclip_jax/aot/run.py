@@ -129,6 +129,39 @@ def compile_eval_encoder(config, devices, platform: str):
     return compile_lowered(lowered, platform)[0]
 
 
+def add_neighbour_search(row: dict, config, devices, target) -> None:
+    """SimCLIP's cluster batches (data.clusters) search the embedded records' neighbours on the
+    training mesh between steps; the bank's size is the dataset's (compile.num_records)."""
+    from synthclip_jax import sharding
+    from synthclip_jax.data import neighbours
+    from synthclip_jax.data.clusters import neighbours_needed
+
+    c = config.data.clusters
+    if not config.compile.num_records:
+        row["neighbour_search_skipped"] = ("not compiled: set compile.num_records to the "
+                                           "dataset's record count")
+        return
+    n = config.compile.num_records
+    k = min(neighbours_needed(config.batch_size, 1.0, c.cluster_size, c.neighborhood), n)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    start = time.perf_counter()
+    try:
+        executable, rows, chunk = neighbours.compile_search(
+            mesh, n, config.model.embed_dim, k,
+            lambda lowered: compile_lowered(lowered, target.platform)[0])
+    except Exception as error:  # XlaRuntimeError
+        if target.platform != "cuda" or "CUDA" not in str(error):
+            raise
+        # XLA's GPU top_k loads the CUDA runtime while compiling: not on a host without one
+        row["neighbour_search_skipped"] = ("not compiled: the GPU compiler needs the CUDA "
+                                           "runtime for top_k (compile it for a TPU target, "
+                                           "or on a GPU host)")
+        return
+    report.add_neighbour_search(row, executable, target, num_records=n, k=k, query_chunk=chunk,
+                                rows_per_device=rows,
+                                compile_seconds=time.perf_counter() - start)
+
+
 def out_of_memory(error: Exception) -> bool:
     text = str(error)
     return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
@@ -190,6 +223,8 @@ def run(config, workdir) -> int:
     row, compiled = try_compile(config, devices, target)
     if compiled is not None and evaluates(config):
         report.add_eval(row, compile_eval_encoder(config, devices, target.platform), target)
+    if compiled is not None and config.data.clusters.enabled:
+        add_neighbour_search(row, config, devices, target)
     if config.compile.max_batch:
         from synthclip_jax import sharding
         shards = sharding.batch_shards(sharding.make_mesh(config.mesh, devices))

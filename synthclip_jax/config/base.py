@@ -188,7 +188,9 @@ def base() -> ml_collections.ConfigDict:
     # (h100:1x8); num_slices = TPU slices; out = the report's path ("" = WORKDIR or the
     # current directory /compile_report.json); max_batch > 0 = also search the largest
     # per-device batch up to it that fits.
-    c.compile = dict(target="", num_slices=1, out="", max_batch=0)
+    # num_records: the dataset's record count, for SimCLIP's neighbour search (data.clusters)
+    # over the embedded records; 0 = not compiled.
+    c.compile = dict(target="", num_slices=1, out="", max_batch=0, num_records=0)
     clips(c)
     recipes(c)
     return c

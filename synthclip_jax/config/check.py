@@ -149,6 +149,7 @@ def check_mesh(mesh) -> None:
 def check_compile(config) -> None:
     at_least(config, "compile.num_slices", 1)
     at_least(config, "compile.max_batch", 0)  # 0 = no search
+    at_least(config, "compile.num_records", 0)  # 0 = no neighbour search compiled
     if config.compile.target:
         try:
             targets.parse(config.compile.target, config.compile.num_slices)

@@ -55,6 +55,29 @@ def _chunk_fn(mesh, rows: int, num_records: int, k: int, approximate: bool):
                                  out_specs=(P(), P()), check_vma=False))
 
 
+def layout(num_records: int, k: int, devices: int, query_chunk: int = 0) -> tuple:
+    """(rows per device block, queries per chunk) of the search over `num_records`."""
+    rows = max(-(-num_records // devices), k)  # every block holds k rows for its local top k
+    return rows, query_chunk or int(np.clip(DEVICE_BYTES // (4 * rows), 1, 4096))
+
+
+def bank_sharding(mesh) -> NamedSharding:
+    """The bank's rows split over every device of the mesh."""
+    return NamedSharding(mesh, P(tuple(mesh.axis_names), None))
+
+
+def compile_search(mesh, num_records: int, dim: int, k: int, compile_lowered):
+    """The chunk search `top_k_neighbours` runs, lowered from shapes alone and compiled with
+    `compile_lowered(lowered)` (the AOT compile mode: a target's devices, nothing allocated).
+    -> (executable, rows, chunk)."""
+    rows, chunk = layout(num_records, k, mesh.size)
+    queries = jax.ShapeDtypeStruct((chunk, dim), jnp.float32, sharding=NamedSharding(mesh, P()))
+    bank = jax.ShapeDtypeStruct((rows * mesh.size, dim), jnp.float32,
+                                sharding=bank_sharding(mesh))
+    lowered = _chunk_fn(mesh, rows, num_records, k, False).lower(queries, bank)
+    return compile_lowered(lowered), rows, chunk
+
+
 def top_k_neighbours(features: np.ndarray, k: int, mesh: jax.sharding.Mesh, *,
                      query_chunk: int = 0, approximate: bool = False, progress=None):
     """(sims (N, k) float32, ids (N, k) int32) of (N, E) `features`: each row's k highest dot
@@ -67,13 +90,10 @@ def top_k_neighbours(features: np.ndarray, k: int, mesh: jax.sharding.Mesh, *,
     if k < 1:
         raise ValueError(f"k={k}: need at least one neighbour of {n} records")
     devices = mesh.size
-    rows = max(-(-n // devices), k)  # every block holds at least k rows for its local top k
+    rows, chunk = layout(n, k, devices, query_chunk)
     bank = np.zeros((rows * devices, dim), np.float32)
     bank[:n] = features
-    axes = tuple(mesh.axis_names)
-    bank = jax.make_array_from_callback(bank.shape, NamedSharding(mesh, P(axes, None)),
-                                        lambda idx: bank[idx])
-    chunk = query_chunk or int(np.clip(DEVICE_BYTES // (4 * rows), 1, 4096))
+    bank = jax.make_array_from_callback(bank.shape, bank_sharding(mesh), lambda idx: bank[idx])
     fn = _chunk_fn(mesh, rows, n, k, approximate)
     replicated = NamedSharding(mesh, P())
     out_sims, out_ids = np.empty((n, k), np.float32), np.empty((n, k), np.int32)
