@@ -4,6 +4,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,8 +37,17 @@ ENV = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
 
 
 def sh(*args, env=None, check=True):
-    proc = subprocess.run(["bash", *map(str, args)], capture_output=True, text=True,
-                          env=env or ENV, cwd=ROOT, timeout=60)
+    # Its own process group, killed whole on a timeout: the scripts start compiles (the
+    # pre-flight) that would otherwise outlive bash and burn the CPU for minutes.
+    with subprocess.Popen(["bash", *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env or ENV, cwd=ROOT,
+                          start_new_session=True) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            raise
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
