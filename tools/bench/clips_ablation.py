@@ -23,11 +23,11 @@ data and steps, evaluated on held-out pairs.
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 from etils import epath
+
+from tools.bench.jobs import run_all
 
 VARIANTS = {  # name: config overrides
     "clips": {},
@@ -137,23 +137,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     paths, vocab, vocab_size, longest = prepare(args)
     names = args.only.split(",")
-    pending, running = list(names), {}
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            name = pending.pop(0)
-            log = open(run_dir(args, name) + ".log", "w")
-            cmd = command(args, name, paths, vocab, vocab_size, longest)
-            print(f"[{time.strftime('%H:%M:%S')}] start {name}: {' '.join(cmd[1:])}", flush=True)
-            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
-        time.sleep(5)
-        for name, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                del running[name]
-                print(f"[{time.strftime('%H:%M:%S')}] {name} exited {proc.returncode}",
-                      flush=True)
-                if proc.returncode:
-                    sys.exit(f"{name} failed: see {run_dir(args, name)}.log")
+    run_all([(name, command(args, name, paths, vocab, vocab_size, longest),
+              run_dir(args, name) + ".log") for name in names], args.parallel)
     results = {name: summary(run_dir(args, name)) for name in names}
     keys = list(dict.fromkeys(k for r in results.values() for k in r))
     print(f"\n{'':34s}" + "".join(f"{n:>14s}" for n in names))

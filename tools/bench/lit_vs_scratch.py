@@ -24,7 +24,8 @@ import os
 import subprocess
 import sys
 
-from tools.bench.recipes_ablation import report, run_all
+from tools.bench.jobs import run_all
+from tools.bench.recipes_ablation import report
 
 
 def export(pretrained, out) -> str:

@@ -22,11 +22,11 @@ steps, examples seen, FLOPs, wall time and the held-out metrics, and their mean 
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 from etils import epath
+
+from tools.bench.jobs import run_all
 
 STAGES = {
     "baseline": (),
@@ -96,27 +96,6 @@ def summary(workdir):
                             for p, r in zip([{"step": 0}] + rows[:-1], rows))}
     out.update({k: v for k, v in evals[-1].items() if k != "step"})
     return out
-
-
-def run_all(jobs, parallel):
-    """jobs: [(label, command, log path)]; at most `parallel` at a time."""
-    pending, running = list(jobs), {}
-    while pending or running:
-        while pending and len(running) < parallel:
-            label, cmd, log_path = pending.pop(0)
-            log = open(log_path, "w")
-            print(f"[{time.strftime('%H:%M:%S')}] start {label}: {' '.join(cmd[1:])}",
-                  flush=True)
-            running[label] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
-        time.sleep(5)
-        for label, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                del running[label]
-                print(f"[{time.strftime('%H:%M:%S')}] {label} exited {proc.returncode}",
-                      flush=True)
-                if proc.returncode:
-                    sys.exit(f"{label} failed: see its log")
 
 
 def print_table(results: dict, names: list):
